@@ -1,0 +1,316 @@
+// Package caddyfile registers the metrics_gateway Caddyfile directive and
+// turns its tokens into the JSON config of caddymodule.Gateway. It holds no
+// runtime logic.
+//
+//	metrics_gateway [<matcher>] {
+//	    proxy {
+//	        default        <url>
+//	        <component>    <url> [<url>...] [{
+//	            # for http(s):// and h2c:// URLs: any reverse_proxy subdirective
+//	            # for dns: URLs:
+//	            refresh          <duration>
+//	            timeout          <duration>
+//	            retries          <n>
+//	            max_request_body <size>
+//	            keepalive        <time> [<timeout>]
+//	            compression      gzip|none
+//	            tls {
+//	                ca                   <file>
+//	                cert                 <file>
+//	                key                  <file>
+//	                server_name          <name>
+//	                insecure_skip_verify
+//	            }
+//	        }]
+//	    }
+//	    prometheus_http_prefix   <path>
+//	    alertmanager_http_prefix <path>
+//	    default_tenant           <tenant>
+//	    tenant                   <value with placeholders>
+//	}
+package caddyfile
+
+import (
+	"encoding/json"
+	"strconv"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	parser "github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+	"github.com/dustin/go-humanize"
+
+	"github.com/metrics-gateway/metrics_gateway/caddymodule"
+)
+
+func init() {
+	httpcaddyfile.RegisterHandlerDirective("metrics_gateway", parseDirective)
+	// Before reverse_proxy, so the directive works in a plain site block
+	// without an `order` global option or a `route` block.
+	httpcaddyfile.RegisterDirectiveOrder("metrics_gateway", httpcaddyfile.Before, "reverse_proxy")
+}
+
+func parseDirective(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	g := new(caddymodule.Gateway)
+	if err := unmarshalGateway(h, g); err != nil {
+		return nil, err
+	}
+	return g, nil
+}
+
+// unmarshalGateway fills g from the directive's tokens.
+func unmarshalGateway(h httpcaddyfile.Helper, g *caddymodule.Gateway) error {
+	d := h.Dispenser
+	d.Next() // the directive name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	sawProxy := false
+	for d.NextBlock(0) {
+		switch opt := d.Val(); opt {
+		case "proxy":
+			if sawProxy {
+				return d.Err("proxy: only one proxy block is allowed")
+			}
+			sawProxy = true
+			if err := unmarshalProxy(h, &g.Proxy); err != nil {
+				return err
+			}
+		case "prometheus_http_prefix", "alertmanager_http_prefix":
+			var prefix string
+			if !d.AllArgs(&prefix) {
+				return d.ArgErr()
+			}
+			if err := caddymodule.CheckPrefix(prefix); err != nil {
+				return d.Errf("%s: %v", opt, err)
+			}
+			if opt == "prometheus_http_prefix" {
+				g.PrometheusHTTPPrefix = prefix
+			} else {
+				g.AlertmanagerHTTPPrefix = prefix
+			}
+		case "default_tenant":
+			if !d.AllArgs(&g.DefaultTenant) {
+				return d.ArgErr()
+			}
+		case "tenant":
+			if !d.AllArgs(&g.Tenant) {
+				return d.ArgErr()
+			}
+		default:
+			return d.Errf("unrecognized metrics_gateway option %q", opt)
+		}
+	}
+	if !sawProxy {
+		return d.Err("metrics_gateway: a proxy block is required")
+	}
+	return nil
+}
+
+// unmarshalProxy fills p from a proxy block: one line (and optional
+// sub-block) per component.
+func unmarshalProxy(h httpcaddyfile.Helper, p *caddymodule.ProxyConfig) error {
+	d := h.Dispenser
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	seen := map[caddymodule.Component]int{}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		name := d.Val()
+		c, ok := caddymodule.ParseComponent(name)
+		if !ok {
+			return d.Errf("proxy: unknown component %q (known: %s)", name, componentList())
+		}
+		if line, dup := seen[c]; dup {
+			return d.Errf("proxy: component %s is configured twice (first on line %d)", c, line)
+		}
+		seen[c] = d.Line()
+		b, err := unmarshalBackend(h, c, d.NextSegment())
+		if err != nil {
+			return err
+		}
+		p.Set(c, b)
+	}
+	if len(seen) == 0 {
+		return d.Err("proxy: empty proxy block; set at least `default <url>`")
+	}
+	if p.Default == nil {
+		return d.Err("proxy.default: required: it serves every component without a backend of its own")
+	}
+	return nil
+}
+
+// unmarshalBackend parses one component line: URLs and an optional block,
+// which belongs to reverse_proxy for HTTP URLs and to the gRPC upstream for
+// dns: URLs.
+func unmarshalBackend(h httpcaddyfile.Helper, c caddymodule.Component, seg parser.Segment) (*caddymodule.Backend, error) {
+	d := parser.NewDispenser(seg)
+	d.Next()
+	urls := d.RemainingArgs()
+	if len(urls) == 0 {
+		return nil, d.Errf("proxy.%s: missing URL", c)
+	}
+	b := &caddymodule.Backend{URL: strings.Join(urls, " ")}
+	u, err := caddymodule.ParseBackendURL(b.URL)
+	if err != nil {
+		return nil, d.Errf("proxy.%s.url: %v", c, err)
+	}
+	hasBlock := len(seg) > 1+len(urls)
+	if !hasBlock {
+		return b, nil
+	}
+	if u.Kind == caddymodule.KindGRPC {
+		b.GRPC = new(caddymodule.GRPCConfig)
+		return b, unmarshalGRPC(d, c, b.GRPC)
+	}
+	b.ReverseProxy, err = unmarshalReverseProxy(h, seg, len(urls))
+	return b, err
+}
+
+// unmarshalReverseProxy hands a backend's block to reverse_proxy's own
+// Caddyfile parser, as if it were written `reverse_proxy { ... }`. The URLs
+// stay in the url field, so they are not parsed as upstreams here.
+func unmarshalReverseProxy(h httpcaddyfile.Helper, seg parser.Segment, nURLs int) (json.RawMessage, error) {
+	head := seg[0]
+	head.Text = "reverse_proxy"
+	tokens := append(parser.Segment{head}, seg[1+nURLs:]...)
+	rp := new(reverseproxy.Handler)
+	if err := rp.UnmarshalCaddyfile(parser.NewDispenser(tokens)); err != nil {
+		return nil, err
+	}
+	if err := rp.FinalizeUnmarshalCaddyfile(h); err != nil {
+		return nil, err
+	}
+	return caddyconfig.JSON(rp, nil), nil
+}
+
+// unmarshalGRPC parses a dns: backend's block.
+func unmarshalGRPC(d *parser.Dispenser, c caddymodule.Component, cfg *caddymodule.GRPCConfig) error {
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		opt := d.Val()
+		field := "proxy." + string(c) + ".grpc." + opt
+		var err error
+		switch opt {
+		case "refresh":
+			cfg.Refresh, err = durationArg(d)
+		case "timeout":
+			cfg.Timeout, err = durationArg(d)
+		case "retries":
+			var n string
+			if !d.AllArgs(&n) {
+				return d.ArgErr()
+			}
+			cfg.Retries, err = strconv.Atoi(n)
+			if err == nil && cfg.Retries < -1 {
+				err = d.Errf("must be -1 (no retries) or more")
+			}
+			if err == nil && cfg.Retries == 0 {
+				cfg.Retries = -1 // 0 in JSON means "default"
+			}
+		case "max_request_body":
+			var size string
+			if !d.AllArgs(&size) {
+				return d.ArgErr()
+			}
+			var n uint64
+			n, err = humanize.ParseBytes(size)
+			cfg.MaxRequestBody = int64(n)
+		case "keepalive":
+			args := d.RemainingArgs()
+			if len(args) < 1 || len(args) > 2 {
+				return d.ArgErr()
+			}
+			cfg.KeepaliveTime, err = parseDuration(args[0])
+			if err == nil && len(args) == 2 {
+				cfg.KeepaliveTimeout, err = parseDuration(args[1])
+			}
+		case "compression":
+			var algo string
+			if !d.AllArgs(&algo) {
+				return d.ArgErr()
+			}
+			switch algo {
+			case "gzip":
+				cfg.Compression = algo
+			case "none", "off":
+				cfg.Compression = ""
+			default:
+				return d.Errf("%s: unsupported %q (gzip or none)", field, algo)
+			}
+		case "tls":
+			cfg.TLS = new(caddymodule.GRPCTLSConfig)
+			err = unmarshalTLS(d, cfg.TLS)
+		default:
+			return d.Errf("proxy.%s: unrecognized option %q for a dns: backend (refresh, timeout, retries, max_request_body, keepalive, compression, tls)", c, opt)
+		}
+		if err != nil {
+			return d.Errf("%s: %v", field, err)
+		}
+	}
+	return nil
+}
+
+func unmarshalTLS(d *parser.Dispenser, t *caddymodule.GRPCTLSConfig) error {
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		var target *string
+		switch opt := d.Val(); opt {
+		case "ca":
+			target = &t.CA
+		case "cert":
+			target = &t.Cert
+		case "key":
+			target = &t.Key
+		case "server_name":
+			target = &t.ServerName
+		case "insecure_skip_verify":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			t.InsecureSkipVerify = true
+			continue
+		default:
+			return d.Errf("unrecognized tls option %q (ca, cert, key, server_name, insecure_skip_verify)", opt)
+		}
+		if !d.AllArgs(target) {
+			return d.ArgErr()
+		}
+	}
+	return nil
+}
+
+func durationArg(d *parser.Dispenser) (caddy.Duration, error) {
+	var s string
+	if !d.AllArgs(&s) {
+		return 0, d.ArgErr()
+	}
+	return parseDuration(s)
+}
+
+func parseDuration(s string) (caddy.Duration, error) {
+	dur, err := caddy.ParseDuration(s)
+	if err != nil {
+		return 0, err
+	}
+	if dur <= 0 {
+		return 0, errNotPositive{s}
+	}
+	return caddy.Duration(dur), nil
+}
+
+type errNotPositive struct{ s string }
+
+func (e errNotPositive) Error() string { return "duration " + e.s + " must be positive" }
+
+func componentList() string {
+	names := make([]string, len(caddymodule.Components))
+	for i, c := range caddymodule.Components {
+		names[i] = string(c)
+	}
+	return strings.Join(names, ", ")
+}

@@ -1,0 +1,93 @@
+package caddymodule
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+)
+
+// httpBackend is a backend served by Caddy's own reverse_proxy handler.
+type httpBackend struct {
+	name   Component
+	target string
+	rp     caddyhttp.MiddlewareHandler
+}
+
+// newHTTPBackend loads a reverse_proxy handler for b the way Caddy loads any
+// module, through ctx: Caddy provisions and validates it now and cleans it up
+// with this config, so nothing outlives a reload.
+func newHTTPBackend(ctx caddy.Context, name Component, b *Backend, u *ParsedURL) (*httpBackend, error) {
+	raw, err := reverseProxyConfig(b.ReverseProxy, u)
+	if err != nil {
+		return nil, err
+	}
+	mod, err := ctx.LoadModuleByID("http.handlers.reverse_proxy", raw)
+	if err != nil {
+		return nil, fmt.Errorf("reverse_proxy: %v", err)
+	}
+	return &httpBackend{name: name, target: b.URL, rp: mod.(caddyhttp.MiddlewareHandler)}, nil
+}
+
+// reverseProxyConfig merges the backend's URL into its reverse_proxy config:
+// the URLs become the upstreams unless the config names its own (static or
+// dynamic), and https:// or h2c:// select the transport's TLS or HTTP/2.
+func reverseProxyConfig(raw json.RawMessage, u *ParsedURL) (json.RawMessage, error) {
+	var rp reverseproxy.Handler
+	if len(raw) > 0 {
+		if err := caddy.StrictUnmarshalJSON(raw, &rp); err != nil {
+			return nil, fmt.Errorf("reverse_proxy: %v", err)
+		}
+	}
+	if len(rp.Upstreams) == 0 && len(rp.DynamicUpstreamsRaw) == 0 {
+		for _, dial := range u.Dials {
+			rp.Upstreams = append(rp.Upstreams, &reverseproxy.Upstream{Dial: dial})
+		}
+	}
+	transport, err := transportFor(rp.TransportRaw, u.Scheme)
+	if err != nil {
+		return nil, err
+	}
+	rp.TransportRaw = transport
+	return json.Marshal(&rp)
+}
+
+// transportFor adds what the URL scheme implies to the transport config:
+// TLS for https, HTTP/2 over cleartext for h2c. A config that already says
+// either is left alone.
+func transportFor(raw json.RawMessage, scheme string) (json.RawMessage, error) {
+	if scheme == "http" {
+		return raw, nil
+	}
+	transport := map[string]any{"protocol": "http"}
+	if len(raw) > 0 {
+		if err := json.Unmarshal(raw, &transport); err != nil {
+			return nil, fmt.Errorf("reverse_proxy.transport: %v", err)
+		}
+	}
+	if transport["protocol"] != "http" {
+		return nil, fmt.Errorf("reverse_proxy.transport: %s:// URLs need the http transport, not %v", scheme, transport["protocol"])
+	}
+	switch scheme {
+	case "https":
+		if _, ok := transport["tls"]; !ok {
+			transport["tls"] = map[string]any{}
+		}
+	case "h2c":
+		if _, ok := transport["versions"]; !ok {
+			transport["versions"] = []string{"h2c", "2"}
+		}
+	}
+	return json.Marshal(transport)
+}
+
+func (h *httpBackend) serve(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	return h.rp.ServeHTTP(w, r, next)
+}
+
+func (h *httpBackend) status() BackendStatus {
+	return BackendStatus{Component: h.name, Kind: KindHTTP, Target: h.target}
+}

@@ -1,0 +1,228 @@
+package caddymodule
+
+import (
+	"encoding/json"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2"
+)
+
+// ProxyConfig names the backend of each component, like the `gateway.proxy`
+// block of Grafana Enterprise Metrics. A component without a backend sends
+// its requests to Default.
+type ProxyConfig struct {
+	// Default serves every component without a backend of its own and every
+	// path the route table does not claim (`/config`, `/memberlist`,
+	// `/api/v1/user_limits`, ...). Required.
+	Default *Backend `json:"default,omitempty"`
+
+	// AdminAPI serves `/admin/api` (GEM's admin API). Default: `default`.
+	AdminAPI *Backend `json:"admin_api,omitempty"`
+
+	// Alertmanager serves the Alertmanager UI and API under
+	// `alertmanager_http_prefix`, `/multitenant_alertmanager` and the
+	// Alertmanager configuration API `/api/v1/alerts`. Default: `default`.
+	Alertmanager *Backend `json:"alertmanager,omitempty"`
+
+	// Compactor serves `/compactor` and block uploads under
+	// `/api/v1/upload/block`. Default: `default`.
+	Compactor *Backend `json:"compactor,omitempty"`
+
+	// Distributor serves writes: `/api/v1/push` (Remote-Write 1.0 and 2.0,
+	// Influx under `/api/v1/push/influx/write`), `/otlp/v1/metrics`,
+	// `/distributor` and Cortex's `/api/prom/push`. This is the backend to
+	// point at a headless Service with a `dns:///` URL. Default: `default`.
+	Distributor *Backend `json:"distributor,omitempty"`
+
+	// Graphite serves `/graphite` (GEM's Graphite write and query paths).
+	// Default: `default`.
+	Graphite *Backend `json:"graphite,omitempty"`
+
+	// Ingester serves `/ingester`. Default: `default`.
+	Ingester *Backend `json:"ingester,omitempty"`
+
+	// QueryFrontend serves reads: everything under `prometheus_http_prefix`
+	// except the ruler's paths, Cortex's `/api/prom` and
+	// `/api/v1/status/buildinfo`. Default: `default`.
+	QueryFrontend *Backend `json:"query_frontend,omitempty"`
+
+	// Ruler serves `/ruler`, `/api/v1/rules`, the ruler's Prometheus-style
+	// paths under `prometheus_http_prefix` (`/config/v1/rules`,
+	// `/api/v1/rules`, `/api/v1/alerts`) and their Cortex legacy forms.
+	// Default: `default`.
+	Ruler *Backend `json:"ruler,omitempty"`
+
+	// StoreGateway serves `/store-gateway`. Default: `default`.
+	StoreGateway *Backend `json:"store_gateway,omitempty"`
+}
+
+// byComponent returns the configured backends by component; unset ones are
+// absent.
+func (p *ProxyConfig) byComponent() map[Component]*Backend {
+	all := map[Component]*Backend{
+		ComponentDefault:       p.Default,
+		ComponentAdminAPI:      p.AdminAPI,
+		ComponentAlertmanager:  p.Alertmanager,
+		ComponentCompactor:     p.Compactor,
+		ComponentDistributor:   p.Distributor,
+		ComponentGraphite:      p.Graphite,
+		ComponentIngester:      p.Ingester,
+		ComponentQueryFrontend: p.QueryFrontend,
+		ComponentRuler:         p.Ruler,
+		ComponentStoreGateway:  p.StoreGateway,
+	}
+	for c, b := range all {
+		if b == nil {
+			delete(all, c)
+		}
+	}
+	return all
+}
+
+// ParseComponent accepts a component name in GEM's YAML spelling
+// ("store_gateway") or its flag spelling ("store-gateway").
+func ParseComponent(name string) (Component, bool) {
+	c := Component(strings.ReplaceAll(name, "-", "_"))
+	for _, known := range Components {
+		if c == known {
+			return c, true
+		}
+	}
+	return "", false
+}
+
+// Set stores b as the backend of component c. It returns false for an
+// unknown component.
+func (p *ProxyConfig) Set(c Component, b *Backend) bool {
+	slot := p.slot(c)
+	if slot == nil {
+		return false
+	}
+	*slot = b
+	return true
+}
+
+// Get returns the backend configured for component c, or nil.
+func (p *ProxyConfig) Get(c Component) *Backend {
+	if slot := p.slot(c); slot != nil {
+		return *slot
+	}
+	return nil
+}
+
+func (p *ProxyConfig) slot(c Component) **Backend {
+	switch c {
+	case ComponentDefault:
+		return &p.Default
+	case ComponentAdminAPI:
+		return &p.AdminAPI
+	case ComponentAlertmanager:
+		return &p.Alertmanager
+	case ComponentCompactor:
+		return &p.Compactor
+	case ComponentDistributor:
+		return &p.Distributor
+	case ComponentGraphite:
+		return &p.Graphite
+	case ComponentIngester:
+		return &p.Ingester
+	case ComponentQueryFrontend:
+		return &p.QueryFrontend
+	case ComponentRuler:
+		return &p.Ruler
+	case ComponentStoreGateway:
+		return &p.StoreGateway
+	}
+	return nil
+}
+
+// Backend is where one component's requests go.
+type Backend struct {
+	// URL of the component, in one of two forms:
+	//
+	// - One or more HTTP URLs separated by spaces: `http://host:port`,
+	//   `https://host:port` or `h2c://host:port` (cleartext HTTP/2). They are
+	//   served by Caddy's own `reverse_proxy` handler; all URLs of one backend
+	//   must share a scheme. Placeholders work as in `reverse_proxy`
+	//   upstreams.
+	// - One gRPC target: `dns:///host:port`, `dns:///ip:port`, or
+	//   `dns://dns-server:port/host:port` to ask a specific DNS server
+	//   (RFC 4501). Every A/AAAA record of host becomes an endpoint; each
+	//   request is tunnelled through `/httpgrpc.HTTP/Handle` (the gRPC service
+	//   every Mimir/Cortex component serves on its gRPC port, 9095 by default)
+	//   and balanced round-robin over persistent HTTP/2 connections.
+	//
+	// Required.
+	URL string `json:"url"`
+
+	// ReverseProxy is the configuration of Caddy's `reverse_proxy` handler
+	// (http.handlers.reverse_proxy, without the "handler" key) for an HTTP
+	// backend: load balancing, health checks, transport, timeouts, header
+	// manipulation. `upstreams` is filled from URL unless set; for `https://`
+	// and `h2c://` URLs the HTTP transport's TLS or HTTP/2 settings are added
+	// when not given. Only valid with HTTP URLs.
+	ReverseProxy json.RawMessage `json:"reverse_proxy,omitempty"`
+
+	// GRPC tunes a `dns:` backend. Only valid with a `dns:` URL; all its
+	// settings have defaults.
+	GRPC *GRPCConfig `json:"grpc,omitempty"`
+}
+
+// GRPCConfig tunes the gRPC upstream of a `dns:` backend. The defaults match
+// what Mimir's and dskit's own gRPC clients use.
+type GRPCConfig struct {
+	// Refresh is how often the target's DNS name is resolved again, so that
+	// new pods get traffic and removed ones stop getting it. A failed or
+	// empty answer keeps the last good endpoints. Default: 30s.
+	Refresh caddy.Duration `json:"refresh,omitempty"`
+
+	// Timeout bounds each request, including retries; when it passes the
+	// client gets 504. Default: 30s.
+	Timeout caddy.Duration `json:"timeout,omitempty"`
+
+	// Retries is how many times a request that failed because its endpoint
+	// went away (gRPC UNAVAILABLE: connection refused or reset, GOAWAY) is
+	// tried again on another endpoint. Nothing else is retried. Set to -1 for
+	// no retries. Default: 2.
+	Retries int `json:"retries,omitempty"`
+
+	// MaxRequestBody is the largest request body, in bytes, tunnelled; a
+	// larger one is answered 413 without contacting a backend. It also sets
+	// the gRPC message size limits. Default: 104857600 (100 MiB, Mimir's
+	// -server.grpc-max-recv-msg-size-bytes; Cortex's default is 4 MiB).
+	MaxRequestBody int64 `json:"max_request_body,omitempty"`
+
+	// TLS enables TLS to the gRPC endpoints. Default: plaintext, as Mimir's
+	// gRPC port serves by default.
+	TLS *GRPCTLSConfig `json:"tls,omitempty"`
+
+	// KeepaliveTime is how long a connection may be idle before the client
+	// pings it. Mimir's server rejects pings more often than every 10s.
+	// Default: 20s.
+	KeepaliveTime caddy.Duration `json:"keepalive_time,omitempty"`
+
+	// KeepaliveTimeout is how long the client waits for a ping's answer
+	// before closing the connection. Default: 10s.
+	KeepaliveTimeout caddy.Duration `json:"keepalive_timeout,omitempty"`
+
+	// Compression compresses request messages: "" (none) or "gzip". Mimir
+	// accepts gzip; Remote-Write bodies are already snappy-compressed, so
+	// this mostly costs CPU. Default: none.
+	Compression string `json:"compression,omitempty"`
+}
+
+// GRPCTLSConfig configures TLS to gRPC endpoints.
+type GRPCTLSConfig struct {
+	// CA is a PEM file of the certificate authorities that sign the
+	// endpoints' certificates. Default: the system roots.
+	CA string `json:"ca,omitempty"`
+	// Cert and Key are PEM files of a client certificate and its key, for
+	// mutual TLS. Both or neither.
+	Cert string `json:"cert,omitempty"`
+	Key  string `json:"key,omitempty"`
+	// ServerName is the name the endpoints' certificates are checked
+	// against. Default: the host of the target.
+	ServerName string `json:"server_name,omitempty"`
+	// InsecureSkipVerify turns off certificate checks. For testing only.
+	InsecureSkipVerify bool `json:"insecure_skip_verify,omitempty"`
+}

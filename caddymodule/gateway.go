@@ -1,0 +1,218 @@
+// Package caddymodule is the metrics_gateway Caddy HTTP handler: the front
+// door of a Grafana Mimir, Cortex or Grafana Enterprise Metrics cluster. It
+// routes each request by path to the component that serves it, through
+// Caddy's reverse_proxy for HTTP backends or through a gRPC round-robin
+// upstream (package grpcpush) for dns: backends.
+package caddymodule
+
+import (
+	"fmt"
+	"net/http"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+)
+
+func init() {
+	caddy.RegisterModule(Gateway{})
+}
+
+// Gateway is the metrics_gateway HTTP handler. It answers `/` and `/ready`
+// itself and sends every other request to the backend of the component the
+// route table assigns to its path. Its JSON mirrors the `gateway` block of
+// Grafana Enterprise Metrics.
+type Gateway struct {
+	// Proxy names each component's backend. `default` is required.
+	Proxy ProxyConfig `json:"proxy"`
+
+	// PrometheusHTTPPrefix is the path prefix of the Prometheus HTTP API,
+	// as Mimir's -http.prometheus-http-prefix. Must start with "/".
+	// Default: "/prometheus".
+	PrometheusHTTPPrefix string `json:"prometheus_http_prefix,omitempty"`
+
+	// AlertmanagerHTTPPrefix is the path prefix of the Alertmanager UI and
+	// API, as Mimir's -http.alertmanager-http-prefix. Must start with "/".
+	// Default: "/alertmanager".
+	AlertmanagerHTTPPrefix string `json:"alertmanager_http_prefix,omitempty"`
+
+	// DefaultTenant is set as X-Scope-OrgID on requests that carry none.
+	// Default: none (requests without a tenant reach HTTP backends as they
+	// are; gRPC backends answer them 401).
+	DefaultTenant string `json:"default_tenant,omitempty"`
+
+	// Tenant sets X-Scope-OrgID on every request from this value, with
+	// placeholders evaluated per request, e.g. "{http.auth.user.id}" after
+	// basic_auth. It replaces any X-Scope-OrgID the client sent, so a client
+	// can never choose another tenant; if it evaluates empty the request is
+	// answered 401. Takes precedence over DefaultTenant. Default: none.
+	Tenant string `json:"tenant,omitempty"`
+
+	routes   *Routes
+	backends map[Component]upstream
+	// pooled are the keys of the gRPC upstreams this instance holds in the
+	// usage pool, released on Cleanup.
+	pooled []string
+	logger *zap.Logger
+}
+
+// upstream is one backend, whatever serves it.
+type upstream interface {
+	serve(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error
+	status() BackendStatus
+}
+
+// CaddyModule returns the Caddy module information.
+func (Gateway) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.metrics_gateway",
+		New: func() caddy.Module { return new(Gateway) },
+	}
+}
+
+// Provision checks the config and builds the route table and one upstream
+// per configured backend. Components without a backend share default's.
+func (g *Gateway) Provision(ctx caddy.Context) error {
+	g.logger = ctx.Logger()
+	if g.PrometheusHTTPPrefix == "" {
+		g.PrometheusHTTPPrefix = "/prometheus"
+	}
+	if g.AlertmanagerHTTPPrefix == "" {
+		g.AlertmanagerHTTPPrefix = "/alertmanager"
+	}
+	parsed, err := g.checkConfig()
+	if err != nil {
+		return err
+	}
+	g.routes, err = NewRoutes(RouteTable(g.PrometheusHTTPPrefix, g.AlertmanagerHTTPPrefix))
+	if err != nil {
+		return err
+	}
+	g.backends = make(map[Component]upstream, len(Components))
+	for _, c := range Components {
+		b := g.Proxy.Get(c)
+		if b == nil {
+			continue
+		}
+		up, err := g.newUpstream(ctx, c, b, parsed[c])
+		if err != nil {
+			return fmt.Errorf("proxy.%s: %v", c, err)
+		}
+		g.backends[c] = up
+	}
+	for _, c := range Components {
+		if g.backends[c] == nil {
+			g.backends[c] = g.backends[ComponentDefault]
+		}
+	}
+	return nil
+}
+
+// checkConfig validates the config without side effects. Every error names
+// the field it is about.
+func (g *Gateway) checkConfig() (map[Component]*ParsedURL, error) {
+	for field, prefix := range map[string]string{
+		"prometheus_http_prefix":   g.PrometheusHTTPPrefix,
+		"alertmanager_http_prefix": g.AlertmanagerHTTPPrefix,
+	} {
+		if err := CheckPrefix(prefix); err != nil {
+			return nil, fmt.Errorf("%s: %v", field, err)
+		}
+	}
+	backends := g.Proxy.byComponent()
+	if len(backends) == 0 {
+		return nil, fmt.Errorf("proxy: no backends configured; set at least proxy.default")
+	}
+	if g.Proxy.Default == nil {
+		return nil, fmt.Errorf("proxy.default: required: it serves every component without a backend of its own")
+	}
+	parsed := make(map[Component]*ParsedURL, len(backends))
+	for c, b := range backends {
+		u, err := ParseBackendURL(b.URL)
+		if err != nil {
+			return nil, fmt.Errorf("proxy.%s.url: %v", c, err)
+		}
+		if u.Kind == KindHTTP && b.GRPC != nil {
+			return nil, fmt.Errorf("proxy.%s.grpc: only valid with a dns: URL, not %s://", c, u.Scheme)
+		}
+		if u.Kind == KindGRPC && len(b.ReverseProxy) > 0 {
+			return nil, fmt.Errorf("proxy.%s.reverse_proxy: only valid with HTTP URLs, not a dns: URL", c)
+		}
+		parsed[c] = u
+	}
+	return parsed, nil
+}
+
+// CheckPrefix checks a configurable route prefix (prometheus_http_prefix,
+// alertmanager_http_prefix).
+func CheckPrefix(p string) error {
+	switch {
+	case !strings.HasPrefix(p, "/"):
+		return fmt.Errorf("%q must start with /", p)
+	case p == "/" || strings.HasSuffix(p, "/"):
+		return fmt.Errorf("%q must not end with /", p)
+	case strings.ContainsAny(p, "?#{} \t"):
+		return fmt.Errorf("%q must be a plain path", p)
+	}
+	return nil
+}
+
+func (g *Gateway) newUpstream(ctx caddy.Context, c Component, b *Backend, u *ParsedURL) (upstream, error) {
+	if u.Kind == KindGRPC {
+		return g.newGRPCBackend(ctx, c, b, u)
+	}
+	return newHTTPBackend(ctx, c, b, u)
+}
+
+// ServeHTTP routes the request: one table lookup, the tenant header, one
+// backend call.
+func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	route := g.routes.Match(r.URL.Path)
+	if route.Component == ComponentGateway {
+		return serveLocal(w, route)
+	}
+	if !g.setTenant(r) {
+		http.Error(w, "no org id: the tenant placeholder evaluated empty (is the request authenticated?)", http.StatusUnauthorized)
+		return nil
+	}
+	addLogFields(r, zap.String("metrics_gateway.route", route.Name), zap.String("metrics_gateway.backend", string(route.Component)))
+	return g.backends[route.Component].serve(w, r, next)
+}
+
+// serveLocal answers the paths the gateway owns.
+func serveLocal(w http.ResponseWriter, route *Route) error {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.WriteHeader(http.StatusOK)
+	body := "OK"
+	if route.Path == "/ready" {
+		body = "ready"
+	}
+	_, err := w.Write([]byte(body))
+	return err
+}
+
+// addLogFields adds fields to the request's access log entry.
+func addLogFields(r *http.Request, fields ...zap.Field) {
+	extra, ok := r.Context().Value(caddyhttp.ExtraLogFieldsCtxKey).(*caddyhttp.ExtraLogFields)
+	if !ok {
+		return
+	}
+	for _, f := range fields {
+		extra.Add(f)
+	}
+}
+
+// Cleanup releases the gRPC upstreams this config holds. The reverse_proxy
+// handlers were loaded through the Caddy context, which cleans them up.
+func (g *Gateway) Cleanup() error {
+	return releaseGRPCBackends(g.pooled)
+}
+
+// Interface guards.
+var (
+	_ caddy.Module                = (*Gateway)(nil)
+	_ caddy.Provisioner           = (*Gateway)(nil)
+	_ caddy.CleanerUpper          = (*Gateway)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Gateway)(nil)
+)

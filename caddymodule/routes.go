@@ -1,0 +1,220 @@
+package caddymodule
+
+import "strings"
+
+// This file is the route table: which Mimir/Cortex/GEM component serves
+// which request path. It is data, in the order of the table in the README;
+// Routes.Match implements "longest matching entry wins".
+
+// Component names a backend in the proxy block, in GEM's YAML spelling.
+type Component string
+
+// The components a request can be routed to. ComponentGateway is not a
+// backend: the gateway answers those paths itself.
+const (
+	ComponentGateway       Component = "gateway"
+	ComponentDefault       Component = "default"
+	ComponentAdminAPI      Component = "admin_api"
+	ComponentAlertmanager  Component = "alertmanager"
+	ComponentCompactor     Component = "compactor"
+	ComponentDistributor   Component = "distributor"
+	ComponentGraphite      Component = "graphite"
+	ComponentIngester      Component = "ingester"
+	ComponentQueryFrontend Component = "query_frontend"
+	ComponentRuler         Component = "ruler"
+	ComponentStoreGateway  Component = "store_gateway"
+)
+
+// Components lists every configurable backend, default first.
+var Components = []Component{
+	ComponentDefault, ComponentAdminAPI, ComponentAlertmanager, ComponentCompactor,
+	ComponentDistributor, ComponentGraphite, ComponentIngester, ComponentQueryFrontend,
+	ComponentRuler, ComponentStoreGateway,
+}
+
+// MatchKind says whether a route matches only its own path or also
+// everything below it.
+type MatchKind uint8
+
+const (
+	// Prefix matches the path itself and every path below it
+	// ("/prometheus" matches "/prometheus", "/prometheus/" and
+	// "/prometheus/api/v1/query", not "/prometheusx").
+	Prefix MatchKind = iota
+	// Exact matches the path only.
+	Exact
+)
+
+func (k MatchKind) String() string {
+	if k == Exact {
+		return "exact"
+	}
+	return "prefix"
+}
+
+// Route is one row of the route table.
+type Route struct {
+	Path      string
+	Match     MatchKind
+	Component Component
+	// Name is the route's label in metrics and logs, in Mimir's style
+	// ("api_v1_push", "prometheus_api_v1_query_range"): one per row, so the
+	// label's cardinality is bounded by the table, never by request paths.
+	Name string
+}
+
+// Placeholders in route paths for the configurable Prometheus and
+// Alertmanager HTTP prefixes (Mimir's -http.prometheus-http-prefix and
+// -http.alertmanager-http-prefix).
+const (
+	prometheusPrefix   = "{prometheus_http_prefix}"
+	alertmanagerPrefix = "{alertmanager_http_prefix}"
+)
+
+// routeTable is the route table with prefixes as placeholders. Rows below a
+// component's broad prefix that only refine the metrics route name (the
+// Prometheus query API) come right after it.
+var routeTable = []Route{
+	{Path: "/", Match: Exact, Component: ComponentGateway},
+	{Path: "/ready", Match: Exact, Component: ComponentGateway},
+
+	{Path: "/api/v1/push", Match: Prefix, Component: ComponentDistributor},
+	{Path: "/otlp/v1/metrics", Match: Prefix, Component: ComponentDistributor},
+	{Path: "/distributor", Match: Prefix, Component: ComponentDistributor},
+	{Path: "/api/prom/push", Match: Exact, Component: ComponentDistributor},
+
+	{Path: "/ingester", Match: Prefix, Component: ComponentIngester},
+
+	{Path: alertmanagerPrefix, Match: Prefix, Component: ComponentAlertmanager},
+	{Path: "/multitenant_alertmanager", Match: Prefix, Component: ComponentAlertmanager},
+	{Path: "/api/v1/alerts", Match: Exact, Component: ComponentAlertmanager},
+
+	{Path: prometheusPrefix + "/config/v1/rules", Match: Prefix, Component: ComponentRuler},
+	{Path: prometheusPrefix + "/api/v1/rules", Match: Prefix, Component: ComponentRuler},
+	{Path: prometheusPrefix + "/api/v1/alerts", Match: Prefix, Component: ComponentRuler},
+	{Path: "/ruler", Match: Prefix, Component: ComponentRuler},
+	{Path: "/api/v1/rules", Match: Prefix, Component: ComponentRuler},
+	{Path: "/api/prom/rules", Match: Prefix, Component: ComponentRuler},
+	{Path: "/api/prom/api/v1/rules", Match: Prefix, Component: ComponentRuler},
+	{Path: "/api/prom/api/v1/alerts", Match: Prefix, Component: ComponentRuler},
+
+	{Path: prometheusPrefix, Match: Prefix, Component: ComponentQueryFrontend},
+	{Path: prometheusPrefix + "/api/v1/query", Match: Exact, Component: ComponentQueryFrontend},
+	{Path: prometheusPrefix + "/api/v1/query_range", Match: Exact, Component: ComponentQueryFrontend},
+	{Path: prometheusPrefix + "/api/v1/query_exemplars", Match: Exact, Component: ComponentQueryFrontend},
+	{Path: prometheusPrefix + "/api/v1/series", Match: Exact, Component: ComponentQueryFrontend},
+	{Path: prometheusPrefix + "/api/v1/labels", Match: Exact, Component: ComponentQueryFrontend},
+	{Path: prometheusPrefix + "/api/v1/label", Match: Prefix, Component: ComponentQueryFrontend},
+	{Path: prometheusPrefix + "/api/v1/metadata", Match: Exact, Component: ComponentQueryFrontend},
+	{Path: prometheusPrefix + "/api/v1/read", Match: Exact, Component: ComponentQueryFrontend},
+	{Path: prometheusPrefix + "/api/v1/cardinality", Match: Prefix, Component: ComponentQueryFrontend},
+	{Path: prometheusPrefix + "/api/v1/format_query", Match: Exact, Component: ComponentQueryFrontend},
+	{Path: "/api/prom", Match: Prefix, Component: ComponentQueryFrontend},
+	{Path: "/api/v1/status/buildinfo", Match: Exact, Component: ComponentQueryFrontend},
+
+	{Path: "/api/v1/upload/block", Match: Prefix, Component: ComponentCompactor},
+	{Path: "/compactor", Match: Prefix, Component: ComponentCompactor},
+
+	{Path: "/store-gateway", Match: Prefix, Component: ComponentStoreGateway},
+
+	{Path: "/admin/api", Match: Prefix, Component: ComponentAdminAPI},
+
+	{Path: "/graphite", Match: Prefix, Component: ComponentGraphite},
+}
+
+// defaultRoute is where a path that no row claims goes.
+var defaultRoute = Route{Path: "", Match: Prefix, Component: ComponentDefault, Name: "other"}
+
+// RouteTable returns the route table with the given Prometheus and
+// Alertmanager HTTP prefixes filled in.
+func RouteTable(promPrefix, amPrefix string) []Route {
+	table := make([]Route, len(routeTable))
+	for i, r := range routeTable {
+		r.Path = strings.NewReplacer(prometheusPrefix, promPrefix, alertmanagerPrefix, amPrefix).Replace(r.Path)
+		if r.Name == "" {
+			r.Name = routeName(r)
+		}
+		table[i] = r
+	}
+	return table
+}
+
+// routeName derives a Mimir-style route name from a path:
+// "/prometheus/api/v1/query_range" → "prometheus_api_v1_query_range".
+func routeName(r Route) string {
+	switch r.Path {
+	case "/":
+		return "root"
+	}
+	name := strings.Trim(r.Path, "/")
+	return strings.NewReplacer("/", "_", "-", "_", ".", "_").Replace(name)
+}
+
+// Routes matches request paths against a route table.
+type Routes struct {
+	// exact and prefix hold the rows by path; Match walks a path's parent
+	// segments from the longest, so the longest matching row wins.
+	exact  map[string]*Route
+	prefix map[string]*Route
+	rows   []Route
+}
+
+// NewRoutes builds a matcher for the table returned by RouteTable. Two rows
+// with the same path and kind are a configuration error (e.g. both prefixes
+// set to the same value).
+func NewRoutes(table []Route) (*Routes, error) {
+	rs := &Routes{exact: map[string]*Route{}, prefix: map[string]*Route{}, rows: table}
+	for i := range rs.rows {
+		row := &rs.rows[i]
+		m := rs.prefix
+		if row.Match == Exact {
+			m = rs.exact
+		}
+		if prev, dup := m[row.Path]; dup {
+			// A prefix may legitimately coincide with a fixed row of the
+			// same component (Cortex's legacy /api/prom as the Prometheus
+			// prefix); the first row keeps its name.
+			if prev.Component != row.Component {
+				return nil, &duplicateRouteError{path: row.Path, a: prev.Component, b: row.Component}
+			}
+			continue
+		}
+		m[row.Path] = row
+	}
+	return rs, nil
+}
+
+type duplicateRouteError struct {
+	path string
+	a, b Component
+}
+
+func (e *duplicateRouteError) Error() string {
+	return "route " + e.path + " is claimed by both " + string(e.a) + " and " + string(e.b) +
+		": prometheus_http_prefix and alertmanager_http_prefix must not collide with each other or with fixed routes"
+}
+
+// Match returns the route for a request path: the exact row for the path if
+// there is one, else the prefix row with the longest path that is the path
+// itself or one of its parent segments. It does not allocate.
+func (rs *Routes) Match(path string) *Route {
+	if r, ok := rs.exact[path]; ok {
+		return r
+	}
+	// "/prometheus/" is "/prometheus" and everything below it.
+	p := strings.TrimRight(path, "/")
+	for p != "" {
+		if r, ok := rs.prefix[p]; ok {
+			return r
+		}
+		i := strings.LastIndexByte(p, '/')
+		if i < 0 {
+			break
+		}
+		p = p[:i]
+	}
+	return &defaultRoute
+}
+
+// Rows returns the table this matcher was built from.
+func (rs *Routes) Rows() []Route { return rs.rows }

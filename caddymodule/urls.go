@@ -1,0 +1,113 @@
+package caddymodule
+
+import (
+	"fmt"
+	"net"
+	"net/url"
+	"strings"
+)
+
+// BackendKind says which upstream serves a backend.
+type BackendKind string
+
+const (
+	// KindHTTP backends are served by Caddy's reverse_proxy.
+	KindHTTP BackendKind = "http"
+	// KindGRPC backends are served by the gRPC round-robin upstream.
+	KindGRPC BackendKind = "grpc"
+)
+
+// httpSchemes are the schemes reverse_proxy upstreams take here: h2c is
+// cleartext HTTP/2, as Caddy's reverse_proxy spells it.
+var httpSchemes = map[string]string{"http": "80", "https": "443", "h2c": "80"}
+
+// ParsedURL is a validated backend URL.
+type ParsedURL struct {
+	Kind BackendKind
+	// Scheme is "http", "https" or "h2c" for HTTP backends, "dns" for gRPC.
+	Scheme string
+	// Dials are the host:port addresses of an HTTP backend.
+	Dials []string
+	// Target is the gRPC target of a dns: backend, as written.
+	Target string
+}
+
+// ParseBackendURL checks a backend's url field. Errors say what is wrong
+// with the URL; the caller names the field.
+func ParseBackendURL(raw string) (*ParsedURL, error) {
+	fields := strings.Fields(raw)
+	if len(fields) == 0 {
+		return nil, fmt.Errorf("no URL given")
+	}
+	if strings.HasPrefix(fields[0], "dns:") {
+		if len(fields) > 1 {
+			return nil, fmt.Errorf("a dns: URL stands alone: the DNS name already lists every endpoint (got %d URLs)", len(fields))
+		}
+		if err := checkDNSTarget(fields[0]); err != nil {
+			return nil, err
+		}
+		return &ParsedURL{Kind: KindGRPC, Scheme: "dns", Target: fields[0]}, nil
+	}
+	p := &ParsedURL{Kind: KindHTTP}
+	for _, f := range fields {
+		scheme, dial, err := parseHTTPURL(f)
+		if err != nil {
+			return nil, err
+		}
+		if p.Scheme != "" && p.Scheme != scheme {
+			return nil, fmt.Errorf("%q: all URLs of one backend must use the same scheme (%s:// and %s:// mixed)", f, p.Scheme, scheme)
+		}
+		p.Scheme = scheme
+		p.Dials = append(p.Dials, dial)
+	}
+	return p, nil
+}
+
+func parseHTTPURL(raw string) (scheme, dial string, err error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "", "", fmt.Errorf("%q is not a URL: %v", raw, err)
+	}
+	defaultPort, ok := httpSchemes[u.Scheme]
+	if !ok {
+		return "", "", fmt.Errorf("%q: unsupported scheme %q (use http://, https://, h2c:// or dns:///)", raw, u.Scheme)
+	}
+	if u.Host == "" || u.Hostname() == "" {
+		return "", "", fmt.Errorf("%q has no host", raw)
+	}
+	if u.Path != "" && u.Path != "/" || u.RawQuery != "" || u.Fragment != "" {
+		return "", "", fmt.Errorf("%q: a backend URL is scheme://host[:port] only; the request's own path is sent", raw)
+	}
+	if u.User != nil {
+		return "", "", fmt.Errorf("%q: credentials in backend URLs are not supported; use header_up Authorization in a reverse_proxy block", raw)
+	}
+	port := u.Port()
+	if port == "" {
+		port = defaultPort
+	}
+	return u.Scheme, net.JoinHostPort(u.Hostname(), port), nil
+}
+
+// checkDNSTarget checks a dns: target: dns:///host:port or
+// dns://authority/host:port (RFC 4501).
+func checkDNSTarget(raw string) error {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return fmt.Errorf("%q is not a URL: %v", raw, err)
+	}
+	if !strings.HasPrefix(raw, "dns://") {
+		return fmt.Errorf("%q: write dns:///host:port or dns://dns-server:port/host:port", raw)
+	}
+	endpoint := strings.TrimPrefix(u.Path, "/")
+	if endpoint == "" {
+		return fmt.Errorf("%q has no host: write dns:///host:port", raw)
+	}
+	host, port, err := net.SplitHostPort(endpoint)
+	if err != nil || port == "" {
+		return fmt.Errorf("%q has no port: write dns:///%s:9095 (Mimir's gRPC port)", raw, strings.TrimSuffix(endpoint, ":"))
+	}
+	if host == "" {
+		return fmt.Errorf("%q has no host", raw)
+	}
+	return nil
+}
