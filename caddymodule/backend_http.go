@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"sync/atomic"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -14,7 +15,15 @@ import (
 type httpBackend struct {
 	name   Component
 	target string
-	rp     caddyhttp.MiddlewareHandler
+	rp     *reverseproxy.Handler
+
+	// inflight and retired let a handler retired by a config reload close
+	// its idle upstream connections once its last request is done.
+	// reverse_proxy's own cleanup closes only the connections idle at that
+	// moment; those still busy would otherwise linger until their idle
+	// timeout (2 minutes by default) after every reload.
+	inflight atomic.Int64
+	retired  atomic.Bool
 }
 
 // newHTTPBackend loads a reverse_proxy handler for b the way Caddy loads any
@@ -29,7 +38,7 @@ func newHTTPBackend(ctx caddy.Context, name Component, b *Backend, u *ParsedURL)
 	if err != nil {
 		return nil, fmt.Errorf("reverse_proxy: %v", err)
 	}
-	return &httpBackend{name: name, target: b.URL, rp: mod.(caddyhttp.MiddlewareHandler)}, nil
+	return &httpBackend{name: name, target: b.URL, rp: mod.(*reverseproxy.Handler)}, nil
 }
 
 // reverseProxyConfig merges the backend's URL into its reverse_proxy config:
@@ -85,7 +94,29 @@ func transportFor(raw json.RawMessage, scheme string) (json.RawMessage, error) {
 }
 
 func (h *httpBackend) serve(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	h.inflight.Add(1)
+	defer h.done()
 	return h.rp.ServeHTTP(w, r, next)
+}
+
+func (h *httpBackend) done() {
+	if h.inflight.Add(-1) == 0 && h.retired.Load() {
+		h.closeIdleConnections()
+	}
+}
+
+// retire is called when the config that owns h is unloaded.
+func (h *httpBackend) retire() {
+	h.retired.Store(true)
+	if h.inflight.Load() == 0 {
+		h.closeIdleConnections()
+	}
+}
+
+func (h *httpBackend) closeIdleConnections() {
+	if t, ok := h.rp.Transport.(*reverseproxy.HTTPTransport); ok && t.Transport != nil {
+		t.Transport.CloseIdleConnections()
+	}
 }
 
 func (h *httpBackend) status() BackendStatus {

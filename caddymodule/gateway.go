@@ -206,6 +206,11 @@ func addLogFields(r *http.Request, fields ...zap.Field) {
 // Cleanup releases the gRPC upstreams this config holds. The reverse_proxy
 // handlers were loaded through the Caddy context, which cleans them up.
 func (g *Gateway) Cleanup() error {
+	for _, b := range g.backends {
+		if h, ok := b.(*httpBackend); ok {
+			h.retire()
+		}
+	}
 	return releaseGRPCBackends(g.pooled)
 }
 

@@ -1,0 +1,243 @@
+package grpcpush
+
+import (
+	"sort"
+	"sync"
+	"sync/atomic"
+
+	"google.golang.org/grpc/attributes"
+	"google.golang.org/grpc/balancer"
+	"google.golang.org/grpc/balancer/roundrobin"
+	"google.golang.org/grpc/connectivity"
+	"google.golang.org/grpc/resolver"
+)
+
+// balancerName is the load-balancing policy every Handler's ClientConn uses:
+// grpc-go's round_robin, unchanged, behind a thin observer that records each
+// endpoint's connectivity state and how many calls were sent to it. The
+// balancing itself (which endpoint gets the next call) is round_robin's.
+const balancerName = "metrics_gateway_round_robin"
+
+func init() {
+	balancer.Register(observerBuilder{})
+}
+
+// trackerKey is the resolver.State attribute through which a Handler's
+// resolver hands its tracker to the balancer of the same ClientConn (the
+// balancer registry is global, the tracker is per Handler).
+type trackerKey struct{}
+
+func withTracker(s resolver.State, t *tracker) resolver.State {
+	s.Attributes = s.Attributes.WithValue(trackerKey{}, t)
+	return s
+}
+
+func trackerFrom(a *attributes.Attributes) *tracker {
+	t, _ := a.Value(trackerKey{}).(*tracker)
+	return t
+}
+
+// EndpointStatus describes one endpoint for an admin view.
+type EndpointStatus struct {
+	// Address is ip:port.
+	Address string `json:"address"`
+	// State is the gRPC connectivity state: IDLE, CONNECTING, READY,
+	// TRANSIENT_FAILURE (or SHUTDOWN while being removed).
+	State string `json:"state"`
+	// Requests counts the calls (attempts) sent to the endpoint.
+	Requests uint64 `json:"requests"`
+}
+
+// endpoint is the live record of one address.
+type endpoint struct {
+	addr     string
+	state    atomic.Int32 // connectivity.State
+	requests atomic.Uint64
+	subConns int // guarded by tracker.mu
+	counters codeCounters
+}
+
+// tracker holds the endpoints of one ClientConn.
+type tracker struct {
+	metrics *backendMetrics
+	none    endpoint // for requests that never reached an endpoint
+
+	mu     sync.Mutex
+	byAddr map[string]*endpoint
+	ready  int
+	// bySubConn maps picked SubConns to endpoints. It is copied on write
+	// (rare: connects, disconnects) so that Pick reads it without a lock.
+	bySubConn atomic.Pointer[map[balancer.SubConn]*endpoint]
+}
+
+func newTracker(m *backendMetrics) *tracker {
+	t := &tracker{metrics: m, byAddr: map[string]*endpoint{}}
+	t.none.addr = noEndpoint
+	empty := map[balancer.SubConn]*endpoint{}
+	t.bySubConn.Store(&empty)
+	return t
+}
+
+// add registers a new SubConn for addr.
+func (t *tracker) add(sc balancer.SubConn, addr string) *endpoint {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	ep := t.byAddr[addr]
+	if ep == nil {
+		ep = &endpoint{addr: addr}
+		ep.state.Store(int32(connectivity.Idle))
+		t.byAddr[addr] = ep
+	}
+	ep.subConns++
+	t.updateSubConnsLocked(func(m map[balancer.SubConn]*endpoint) { m[sc] = ep })
+	return ep
+}
+
+// setState records a SubConn state change; Shutdown removes the SubConn, and
+// the endpoint with its last SubConn.
+func (t *tracker) setState(sc balancer.SubConn, ep *endpoint, s connectivity.State) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	old := connectivity.State(ep.state.Swap(int32(s)))
+	if old == connectivity.Ready && s != connectivity.Ready {
+		t.ready--
+	} else if old != connectivity.Ready && s == connectivity.Ready {
+		t.ready++
+	}
+	if t.metrics != nil {
+		t.metrics.ready.Set(float64(t.ready))
+	}
+	if s != connectivity.Shutdown {
+		return
+	}
+	t.updateSubConnsLocked(func(m map[balancer.SubConn]*endpoint) { delete(m, sc) })
+	ep.subConns--
+	if ep.subConns == 0 && t.byAddr[ep.addr] == ep {
+		delete(t.byAddr, ep.addr)
+		t.metrics.forget(ep.addr)
+	}
+}
+
+// updateSubConnsLocked replaces bySubConn with an edited copy.
+func (t *tracker) updateSubConnsLocked(edit func(map[balancer.SubConn]*endpoint)) {
+	old := *t.bySubConn.Load()
+	m := make(map[balancer.SubConn]*endpoint, len(old)+1)
+	for k, v := range old {
+		m[k] = v
+	}
+	edit(m)
+	t.bySubConn.Store(&m)
+}
+
+// picked counts a call sent to sc and returns its endpoint (nil if unknown).
+func (t *tracker) picked(sc balancer.SubConn) *endpoint {
+	ep := (*t.bySubConn.Load())[sc]
+	if ep != nil {
+		ep.requests.Add(1)
+	}
+	return ep
+}
+
+// statuses lists the current endpoints by address.
+func (t *tracker) statuses() []EndpointStatus {
+	t.mu.Lock()
+	out := make([]EndpointStatus, 0, len(t.byAddr))
+	for _, ep := range t.byAddr {
+		out = append(out, EndpointStatus{
+			Address:  ep.addr,
+			State:    connectivity.State(ep.state.Load()).String(),
+			Requests: ep.requests.Load(),
+		})
+	}
+	t.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].Address < out[j].Address })
+	return out
+}
+
+// observerBuilder builds round_robin behind an observing ClientConn.
+type observerBuilder struct{}
+
+func (observerBuilder) Name() string { return balancerName }
+
+func (observerBuilder) Build(cc balancer.ClientConn, opts balancer.BuildOptions) balancer.Balancer {
+	occ := &observingCC{ClientConn: cc}
+	return &observer{
+		Balancer: balancer.Get(roundrobin.Name).Build(occ, opts),
+		cc:       occ,
+	}
+}
+
+// observer is round_robin; it only picks up the tracker from the resolver
+// state before round_robin sees that state.
+type observer struct {
+	balancer.Balancer
+	cc *observingCC
+}
+
+func (b *observer) UpdateClientConnState(s balancer.ClientConnState) error {
+	if t := trackerFrom(s.ResolverState.Attributes); t != nil {
+		b.cc.tracker.Store(t)
+	}
+	return b.Balancer.UpdateClientConnState(s)
+}
+
+// observingCC sits between round_robin and gRPC: it wraps every SubConn's
+// state listener and every picker, and passes everything else through.
+type observingCC struct {
+	balancer.ClientConn
+	tracker atomic.Pointer[tracker]
+}
+
+func (c *observingCC) NewSubConn(addrs []resolver.Address, opts balancer.NewSubConnOptions) (balancer.SubConn, error) {
+	t := c.tracker.Load()
+	if t == nil || len(addrs) == 0 {
+		return c.ClientConn.NewSubConn(addrs, opts)
+	}
+	var sc balancer.SubConn
+	var ep *endpoint
+	ready := make(chan struct{})
+	inner := opts.StateListener
+	opts.StateListener = func(s balancer.SubConnState) {
+		<-ready // the listener only runs after Connect, i.e. after registration
+		t.setState(sc, ep, s.ConnectivityState)
+		if inner != nil {
+			inner(s)
+		}
+	}
+	sc, err := c.ClientConn.NewSubConn(addrs, opts)
+	if err != nil {
+		return nil, err
+	}
+	ep = t.add(sc, addrs[0].Addr)
+	close(ready)
+	return sc, nil
+}
+
+func (c *observingCC) UpdateState(s balancer.State) {
+	if t := c.tracker.Load(); t != nil && s.Picker != nil {
+		s.Picker = &countingPicker{Picker: s.Picker, t: t}
+	}
+	c.ClientConn.UpdateState(s)
+}
+
+// countingPicker is round_robin's picker; it notes where each call went.
+type countingPicker struct {
+	balancer.Picker
+	t *tracker
+}
+
+func (p *countingPicker) Pick(info balancer.PickInfo) (balancer.PickResult, error) {
+	res, err := p.Picker.Pick(info)
+	if err != nil || res.SubConn == nil {
+		return res, err
+	}
+	if ep := p.t.picked(res.SubConn); ep != nil {
+		if c, ok := info.Ctx.Value(callKey{}).(*call); ok {
+			c.endpoint.Store(ep)
+		}
+	}
+	return res, err
+}
+
+// callKey is the context key under which ServeHTTP passes its call to Pick.
+type callKey struct{}

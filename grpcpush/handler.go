@@ -1,0 +1,335 @@
+package grpcpush
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/grafana/dskit/httpgrpc"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	_ "google.golang.org/grpc/encoding/gzip" // registers the "gzip" compressor
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/metadata"
+)
+
+// handleMethod is the one RPC every Mimir and Cortex component serves.
+const handleMethod = "/httpgrpc.HTTP/Handle"
+
+// tenantHeader is X-Scope-OrgID in canonical form; tenantMetadataKey the
+// gRPC metadata key dskit's server interceptor reads.
+const (
+	tenantHeader      = "X-Scope-Orgid"
+	tenantMetadataKey = "x-scope-orgid"
+)
+
+// Handler tunnels HTTP requests to the endpoints of one target over gRPC,
+// spreading them round-robin, one call per request. Create it with New; it is
+// safe for concurrent use; Close releases its connections.
+type Handler struct {
+	s       settings
+	conn    *grpc.ClientConn
+	tracker *tracker
+	metrics *backendMetrics
+	tenants tenantCache
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// New validates opts and creates the Handler with its single gRPC ClientConn.
+// It does not wait for DNS or connections: it starts them and returns; calls
+// made before an endpoint is ready wait for one (up to the timeout) or fail
+// with 503 once resolution has failed.
+func New(opts Options) (*Handler, error) {
+	s, err := opts.settings()
+	if err != nil {
+		return nil, err
+	}
+	h := &Handler{s: s, metrics: s.metrics.forBackend(s.backend)}
+	h.tracker = newTracker(h.metrics)
+	builder := newDNSBuilder(s.target, s.refresh, s.logger, h.tracker)
+	h.conn, err = grpc.NewClient(s.target.String(), h.dialOptions(builder)...)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", s.target, err)
+	}
+	h.conn.Connect() // resolve and connect now, not on the first request
+	return h, nil
+}
+
+// dialOptions are the ClientConn settings (see the package documentation).
+func (h *Handler) dialOptions(b *dnsBuilder) []grpc.DialOption {
+	s := h.s
+	limit := int(s.maxBody) + MaxMessageOverhead
+	callOpts := []grpc.CallOption{
+		grpc.ForceCodecV2(tunnelCodec{}),
+		grpc.MaxCallSendMsgSize(limit),
+		grpc.MaxCallRecvMsgSize(limit),
+		// grpc-go keeps at most this much of a call for retries (default
+		// 256 KiB): larger calls would silently lose their retries. The
+		// buffered message is the request buffer itself, not a copy.
+		grpc.MaxRetryRPCBufferSize(limit),
+	}
+	if s.compression != "" {
+		callOpts = append(callOpts, grpc.UseCompressor(s.compression))
+	}
+	creds := insecure.NewCredentials()
+	if s.tls != nil {
+		creds = credentials.NewTLS(s.tls)
+	}
+	return []grpc.DialOption{
+		grpc.WithResolvers(b),
+		grpc.WithDefaultServiceConfig(serviceConfig(s.retries)),
+		grpc.WithTransportCredentials(creds),
+		grpc.WithDefaultCallOptions(callOpts...),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{
+			Time:                s.keepaliveTime,
+			Timeout:             s.keepaliveTimeout,
+			PermitWithoutStream: true,
+		}),
+		// dskit's client defaults: reconnect after 1s, backing off to 5s.
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: time.Second, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 5 * time.Second},
+			MinConnectTimeout: 5 * time.Second,
+		}),
+		// Never go idle: an idle channel drops its connections and resolver,
+		// and the next push would pay for DNS and handshakes.
+		grpc.WithIdleTimeout(0),
+		grpc.WithUserAgent("metrics_gateway"),
+	}
+}
+
+// serviceConfig selects the balancer and, with retries, grpc-go's retry
+// policy: only UNAVAILABLE (the endpoint died or refused the connection) is
+// retried, on whichever endpoint round_robin picks next.
+func serviceConfig(retries int) string {
+	lb := fmt.Sprintf(`"loadBalancingConfig":[{%q:{}}]`, balancerName)
+	if retries == 0 {
+		return "{" + lb + "}"
+	}
+	return fmt.Sprintf(`{%s,"methodConfig":[{"name":[{"service":"httpgrpc.HTTP"}],"retryPolicy":{`+
+		`"maxAttempts":%d,"initialBackoff":"0.025s","maxBackoff":"0.25s","backoffMultiplier":2,`+
+		`"retryableStatusCodes":["UNAVAILABLE"]}}]}`, lb, retries+1)
+}
+
+// Close closes the ClientConn and stops the resolver. In-flight requests fail.
+func (h *Handler) Close() error {
+	h.closeOnce.Do(func() { h.closeErr = h.conn.Close() })
+	return h.closeErr
+}
+
+// Endpoints returns the current endpoints, sorted by address.
+func (h *Handler) Endpoints() []EndpointStatus { return h.tracker.statuses() }
+
+// Target returns the parsed target.
+func (h *Handler) Target() Target { return h.s.target }
+
+// ServeHTTP tunnels r as one /httpgrpc.HTTP/Handle call and writes the answer.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	m := h.metrics
+	if m != nil {
+		m.inFlight.Inc()
+	}
+	c := getCall()
+	code := h.serve(w, r, c)
+	ep := c.endpoint.Load()
+	if m != nil {
+		m.inFlight.Dec()
+		m.duration.Observe(time.Since(start).Seconds())
+		if ep == nil {
+			m.inc(&h.tracker.none.counters, noEndpoint, code)
+		} else {
+			m.inc(&ep.counters, ep.addr, code)
+		}
+	}
+	if h.s.onDone != nil {
+		addr := ""
+		if ep != nil {
+			addr = ep.addr
+		}
+		h.s.onDone(r, addr, code)
+	}
+	putCall(c)
+}
+
+// serve does the work of ServeHTTP and returns the status sent.
+func (h *Handler) serve(w http.ResponseWriter, r *http.Request, c *call) int {
+	var tenant string
+	if v := r.Header[tenantHeader]; len(v) > 0 {
+		tenant = v[0]
+	}
+	if tenant == "" {
+		return h.writeError(w, r, http.StatusUnauthorized, "no org id", nil) // Mimir's exact text
+	}
+	buf, n, err := readBody(r.Body, r.ContentLength, h.s.maxBody)
+	if err != nil {
+		return h.bodyError(w, r, err)
+	}
+	c.setBody(buf, n)
+	defer c.releaseBody()
+	c.setRequest(r)
+
+	ctx := context.WithValue(r.Context(), callKey{}, c)
+	ctx, cancel := context.WithTimeout(ctx, h.s.timeout)
+	defer cancel()
+	ctx = metadata.NewOutgoingContext(ctx, h.tenants.get(tenant))
+	if err := h.conn.Invoke(ctx, handleMethod, &c.req, &c.resp); err != nil {
+		return h.callError(w, r, c, err)
+	}
+	if !validStatus(int(c.resp.Code)) {
+		return h.failed(w, r, http.StatusBadGateway, fmt.Sprintf("invalid status %d", c.resp.Code), c.endpoint.Load())
+	}
+	return writeResponse(w, &c.resp)
+}
+
+// bodyError answers a request whose body could not be read.
+func (h *Handler) bodyError(w http.ResponseWriter, r *http.Request, err error) int {
+	switch {
+	case errors.Is(err, errBodyTooLarge):
+		return h.failed(w, r, http.StatusRequestEntityTooLarge,
+			fmt.Sprintf("request body larger than %d bytes", h.s.maxBody), nil)
+	case r.Context().Err() != nil:
+		h.debug("client went away while sending the body", r, nil, err)
+		return StatusClientClosedRequest
+	default:
+		return h.failed(w, r, http.StatusBadRequest, "reading request body: "+err.Error(), nil)
+	}
+}
+
+// callError answers a failed call following mapError.
+func (h *Handler) callError(w http.ResponseWriter, r *http.Request, c *call, err error) int {
+	o := mapError(err)
+	ep := c.endpoint.Load()
+	if o.resp != nil {
+		return writeResponse(w, o.resp)
+	}
+	if o.code == StatusClientClosedRequest && r.Context().Err() != nil {
+		h.debug("client went away", r, ep, err)
+		return o.code
+	}
+	return h.failed(w, r, o.code, describe(o, h.s.timeout), ep)
+}
+
+// describe says in one line what failed for a gateway-made error.
+func describe(o outcome, timeout time.Duration) string {
+	switch o.grpcCode {
+	case codes.DeadlineExceeded:
+		return fmt.Sprintf("no answer within %v", timeout)
+	case codes.Unavailable:
+		return "unavailable: " + o.msg
+	case codes.Canceled:
+		return "call canceled: " + o.msg
+	}
+	return o.msg
+}
+
+// failed answers with a gateway-made error whose line names the backend (and
+// endpoint) and what failed.
+func (h *Handler) failed(w http.ResponseWriter, r *http.Request, code int, msg string, ep *endpoint) int {
+	where := h.s.backend
+	if ep != nil {
+		where += " " + ep.addr
+	}
+	return h.writeError(w, r, code, where+": "+msg, ep)
+}
+
+// writeError writes a gateway-made error: text/plain, one line; 429 and 503
+// carry Retry-After.
+func (h *Handler) writeError(w http.ResponseWriter, r *http.Request, code int, line string, ep *endpoint) int {
+	line = strings.ReplaceAll(line, "\n", " ")
+	h.debug("request failed", r, ep, errors.New(line), zap.Int("status", code))
+	hdr := w.Header()
+	hdr["Content-Type"] = textPlain
+	hdr["X-Content-Type-Options"] = noSniff
+	if code == http.StatusTooManyRequests || code == http.StatusServiceUnavailable {
+		hdr["Retry-After"] = retryAfter
+	}
+	w.WriteHeader(code)
+	_, _ = w.Write([]byte(line + "\n"))
+	return code
+}
+
+// Header values shared by every gateway-made error (never modified).
+var (
+	textPlain  = []string{"text/plain; charset=utf-8"}
+	noSniff    = []string{"nosniff"}
+	retryAfter = []string{"1"}
+)
+
+// writeResponse writes a component's answer: status, headers (without
+// hop-by-hop ones) and body, and returns the status.
+func writeResponse(w http.ResponseWriter, resp *httpgrpc.HTTPResponse) int {
+	hdr := w.Header()
+	for _, hd := range resp.Headers {
+		k := http.CanonicalHeaderKey(hd.Key)
+		if !isHopByHop(k) {
+			hdr[k] = hd.Values
+		}
+	}
+	code := int(resp.Code)
+	w.WriteHeader(code)
+	if len(resp.Body) > 0 {
+		_, _ = w.Write(resp.Body)
+	}
+	return code
+}
+
+// debug logs a failed request at debug level, without cost when disabled.
+func (h *Handler) debug(msg string, r *http.Request, ep *endpoint, err error, fields ...zap.Field) {
+	ce := h.s.logger.Check(zapcore.DebugLevel, msg)
+	if ce == nil {
+		return
+	}
+	addr := ""
+	if ep != nil {
+		addr = ep.addr
+	}
+	ce.Write(append(fields, zap.String("backend", h.s.backend), zap.String("endpoint", addr),
+		zap.String("method", r.Method), zap.String("uri", r.RequestURI), zap.Error(err))...)
+}
+
+// maxCachedTenants bounds the tenant metadata cache.
+const maxCachedTenants = 1024
+
+// tenantCache keeps the outgoing metadata of recent tenants so that a
+// request does not allocate it. Reads are lock-free (copy-on-write map).
+type tenantCache struct {
+	mu sync.Mutex
+	m  atomic.Pointer[map[string]metadata.MD]
+}
+
+// get returns {x-scope-orgid: [tenant]}; callers must not modify it.
+func (t *tenantCache) get(tenant string) metadata.MD {
+	if m := t.m.Load(); m != nil {
+		if md, ok := (*m)[tenant]; ok {
+			return md
+		}
+	}
+	md := metadata.MD{tenantMetadataKey: []string{tenant}}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	old := t.m.Load()
+	if old != nil && len(*old) >= maxCachedTenants {
+		return md
+	}
+	next := make(map[string]metadata.MD, 1)
+	if old != nil {
+		for k, v := range *old {
+			next[k] = v
+		}
+	}
+	next[tenant] = md
+	t.m.Store(&next)
+	return md
+}

@@ -1,0 +1,104 @@
+package grpcpush
+
+import (
+	"strconv"
+	"sync/atomic"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics are the Prometheus collectors of one or more Handlers (told apart by
+// the "backend" label). Create them once with NewMetrics, register
+// Collectors() wherever the caller keeps its metrics, and pass the same
+// Metrics to every Handler.
+type Metrics struct {
+	requests *prometheus.CounterVec   // backend, endpoint, code
+	duration *prometheus.HistogramVec // backend
+	inFlight *prometheus.GaugeVec     // backend
+	ready    *prometheus.GaugeVec     // backend
+}
+
+// noEndpoint is the endpoint label of requests answered before any endpoint
+// was picked (401, 413, no endpoint available, ...).
+const noEndpoint = "none"
+
+// NewMetrics creates the collectors (not registered).
+func NewMetrics() *Metrics {
+	const ns, sub = "metrics_gateway", "grpc"
+	return &Metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "requests_total",
+			Help: "Requests tunnelled over gRPC, by backend, endpoint of the last attempt (\"none\" if no endpoint was picked) and HTTP status sent to the client.",
+		}, []string{"backend", "endpoint", "code"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: ns, Subsystem: sub, Name: "request_duration_seconds",
+			Help:    "Time from receiving a request to having answered it, by backend.",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+		}, []string{"backend"}),
+		inFlight: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: ns, Subsystem: sub, Name: "requests_in_flight",
+			Help: "Requests being handled, by backend.",
+		}, []string{"backend"}),
+		ready: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: ns, Subsystem: sub, Name: "endpoints_ready",
+			Help: "Endpoints with a READY connection, by backend.",
+		}, []string{"backend"}),
+	}
+}
+
+// Collectors returns the collectors to register.
+func (m *Metrics) Collectors() []prometheus.Collector {
+	return []prometheus.Collector{m.requests, m.duration, m.inFlight, m.ready}
+}
+
+// backendMetrics are the children of one backend, looked up once so that the
+// hot path does no label lookups. A nil *backendMetrics records nothing.
+type backendMetrics struct {
+	m        *Metrics
+	backend  string
+	duration prometheus.Observer
+	inFlight prometheus.Gauge
+	ready    prometheus.Gauge
+}
+
+func (m *Metrics) forBackend(backend string) *backendMetrics {
+	if m == nil {
+		return nil
+	}
+	return &backendMetrics{
+		m:        m,
+		backend:  backend,
+		duration: m.duration.WithLabelValues(backend),
+		inFlight: m.inFlight.WithLabelValues(backend),
+		ready:    m.ready.WithLabelValues(backend),
+	}
+}
+
+// forget drops the request series of an endpoint that left the set, so that
+// endpoint churn (pods replaced) does not grow the series without bound.
+func (b *backendMetrics) forget(addr string) {
+	if b != nil {
+		b.m.requests.DeletePartialMatch(prometheus.Labels{"backend": b.backend, "endpoint": addr})
+	}
+}
+
+// codeCounters caches the request counter of each status code for one
+// endpoint (lock-free after the first request with that code).
+type codeCounters struct {
+	c [600]atomic.Pointer[counterRef]
+}
+
+type counterRef struct{ prometheus.Counter }
+
+// inc counts one request answered with code (100-599) on endpoint addr.
+func (b *backendMetrics) inc(cc *codeCounters, addr string, code int) {
+	if b == nil || code < 0 || code >= len(cc.c) {
+		return
+	}
+	ref := cc.c[code].Load()
+	if ref == nil {
+		ref = &counterRef{b.m.requests.WithLabelValues(b.backend, addr, strconv.Itoa(code))}
+		cc.c[code].Store(ref)
+	}
+	ref.Inc()
+}

@@ -1,0 +1,116 @@
+package grpcpush
+
+import (
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/grafana/dskit/httpgrpc"
+	"google.golang.org/grpc/mem"
+)
+
+// call is the per-request state. It is pooled so that a request allocates
+// neither its header list nor its response message.
+type call struct {
+	req      tunnelRequest
+	resp     httpgrpc.HTTPResponse
+	headers  []httpgrpc.Header  // backing array of req.msg.Headers
+	hptrs    []*httpgrpc.Header // req.msg.Headers
+	host     [1]string          // Values of the Host header
+	endpoint atomic.Pointer[endpoint]
+}
+
+var callPool = sync.Pool{New: func() any { return new(call) }}
+
+// maxPooledResponseBody bounds the response buffer a pooled call keeps.
+const maxPooledResponseBody = 64 << 10
+
+func getCall() *call { return callPool.Get().(*call) }
+
+// putCall clears every reference into the finished request and pools c.
+func putCall(c *call) {
+	clear(c.headers)
+	clear(c.hptrs)
+	c.headers, c.hptrs = c.headers[:0], c.hptrs[:0]
+	c.req.msg = httpgrpc.HTTPRequest{}
+	c.req.buf, c.req.root, c.req.bodyLen = nil, nil, 0
+	body := c.resp.Body[:0]
+	if cap(body) > maxPooledResponseBody {
+		body = nil
+	}
+	c.resp = httpgrpc.HTTPResponse{Body: body}
+	c.host[0] = ""
+	c.endpoint.Store(nil)
+	callPool.Put(c)
+}
+
+// setBody hands the body buffer (from readBody) to the call. The call holds
+// one reference until releaseBody; the codec takes more for gRPC.
+func (c *call) setBody(buf *[]byte, n int) {
+	*buf = (*buf)[:headroom+n]
+	c.req.buf, c.req.bodyLen = buf, n
+	c.req.root = mem.NewBuffer(buf, bodyPool)
+}
+
+// releaseBody drops the call's reference to the body; the buffer returns to
+// the pool once gRPC has dropped its own.
+func (c *call) releaseBody() {
+	if c.req.root != nil {
+		c.req.root.Free()
+	}
+}
+
+// setRequest fills method, URL and the tunnelled headers from r. Header
+// values are shared with r.Header, not copied.
+func (c *call) setRequest(r *http.Request) {
+	c.req.msg.Method = r.Method
+	c.req.msg.Url = r.RequestURI
+	if c.req.msg.Url == "" { // a request built in code rather than read from a client
+		c.req.msg.Url = r.URL.RequestURI()
+	}
+	connection := r.Header["Connection"]
+	for k, vs := range r.Header {
+		if isHopByHop(k) || (len(connection) > 0 && listedIn(connection, k)) {
+			continue
+		}
+		c.headers = append(c.headers, httpgrpc.Header{Key: k, Values: vs})
+	}
+	if r.Host != "" {
+		c.host[0] = r.Host
+		c.headers = append(c.headers, httpgrpc.Header{Key: "Host", Values: c.host[:]})
+	}
+	for i := range c.headers {
+		c.hptrs = append(c.hptrs, &c.headers[i])
+	}
+	c.req.msg.Headers = c.hptrs
+}
+
+// hopByHop are the headers of one HTTP hop (RFC 9110 section 7.6.1); they
+// are neither tunnelled nor copied from the response.
+var hopByHop = map[string]bool{
+	"Connection":          true,
+	"Keep-Alive":          true,
+	"Proxy-Authenticate":  true,
+	"Proxy-Authorization": true,
+	"Proxy-Connection":    true,
+	"Te":                  true,
+	"Trailer":             true,
+	"Transfer-Encoding":   true,
+	"Upgrade":             true,
+}
+
+// isHopByHop reports whether the canonical header key k is hop-by-hop.
+func isHopByHop(k string) bool { return hopByHop[k] }
+
+// listedIn reports whether header k is named in a Connection header.
+func listedIn(connection []string, k string) bool {
+	for _, v := range connection {
+		for name := range strings.SplitSeq(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(name), k) {
+				return true
+			}
+		}
+	}
+	return false
+}
