@@ -85,6 +85,9 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := registerCollectors(ctx, requestDuration, inflightRequests); err != nil {
+		return err
+	}
 	g.routes, err = NewRoutes(RouteTable(g.PrometheusHTTPPrefix, g.AlertmanagerHTTPPrefix))
 	if err != nil {
 		return err
@@ -169,6 +172,12 @@ func (g *Gateway) newUpstream(ctx caddy.Context, c Component, b *Backend, u *Par
 // backend call.
 func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	route := g.routes.Match(r.URL.Path)
+	return instrument(w, r, route, func(w http.ResponseWriter) error {
+		return g.serveRoute(w, r, next, route)
+	})
+}
+
+func (g *Gateway) serveRoute(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, route *Route) error {
 	if route.Component == ComponentGateway {
 		return serveLocal(w, route)
 	}

@@ -1,12 +1,12 @@
 package caddymodule_test
 
 import (
-	"errors"
 	"bufio"
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"

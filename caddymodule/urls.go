@@ -5,6 +5,8 @@ import (
 	"net"
 	"net/url"
 	"strings"
+
+	"github.com/metrics-gateway/metrics_gateway/grpcpush"
 )
 
 // BackendKind says which upstream serves a backend.
@@ -91,23 +93,6 @@ func parseHTTPURL(raw string) (scheme, dial string, err error) {
 // checkDNSTarget checks a dns: target: dns:///host:port or
 // dns://authority/host:port (RFC 4501).
 func checkDNSTarget(raw string) error {
-	u, err := url.Parse(raw)
-	if err != nil {
-		return fmt.Errorf("%q is not a URL: %v", raw, err)
-	}
-	if !strings.HasPrefix(raw, "dns://") {
-		return fmt.Errorf("%q: write dns:///host:port or dns://dns-server:port/host:port", raw)
-	}
-	endpoint := strings.TrimPrefix(u.Path, "/")
-	if endpoint == "" {
-		return fmt.Errorf("%q has no host: write dns:///host:port", raw)
-	}
-	host, port, err := net.SplitHostPort(endpoint)
-	if err != nil || port == "" {
-		return fmt.Errorf("%q has no port: write dns:///%s:9095 (Mimir's gRPC port)", raw, strings.TrimSuffix(endpoint, ":"))
-	}
-	if host == "" {
-		return fmt.Errorf("%q has no host", raw)
-	}
-	return nil
+	_, err := grpcpush.ParseTarget(raw)
+	return err
 }

@@ -89,7 +89,7 @@
 //	Unauthenticated 401, PermissionDenied 403, NotFound 404, Unimplemented 501, AlreadyExists 409
 //	anything else                                500
 //
-// A 1xx code (in a code number or an HTTPResponse) cannot be relayed as a
+// A call made after Close fails with 503 rather than 499. A 1xx code (in a code number or an HTTPResponse) cannot be relayed as a
 // final answer (net/http sends 1xx as interim responses), so it becomes 502,
 // as does any code outside 100-599 in a successful HTTPResponse.
 //

@@ -45,6 +45,7 @@ type Handler struct {
 
 	closeOnce sync.Once
 	closeErr  error
+	closed    atomic.Bool
 }
 
 // New validates opts and creates the Handler with its single gRPC ClientConn.
@@ -124,7 +125,10 @@ func serviceConfig(retries int) string {
 
 // Close closes the ClientConn and stops the resolver. In-flight requests fail.
 func (h *Handler) Close() error {
-	h.closeOnce.Do(func() { h.closeErr = h.conn.Close() })
+	h.closeOnce.Do(func() {
+		h.closed.Store(true)
+		h.closeErr = h.conn.Close()
+	})
 	return h.closeErr
 }
 
@@ -217,6 +221,11 @@ func (h *Handler) callError(w http.ResponseWriter, r *http.Request, c *call, err
 	if o.code == StatusClientClosedRequest && r.Context().Err() != nil {
 		h.debug("client went away", r, ep, err)
 		return o.code
+	}
+	if o.grpcCode == codes.Canceled && h.closed.Load() {
+		// Closed under a late request (e.g. a reload released it): the
+		// client should retry elsewhere, not read 499.
+		return h.failed(w, r, http.StatusServiceUnavailable, "closed: "+o.msg, ep)
 	}
 	return h.failed(w, r, o.code, describe(o, h.s.timeout), ep)
 }

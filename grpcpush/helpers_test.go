@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -18,6 +19,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
 )
 
 // testName is the DNS name the test DNS server answers for the cluster.
@@ -227,4 +229,14 @@ func metricValue(t testing.TB, m prometheus.Metric) float64 {
 	}
 	t.Fatalf("not a counter or gauge: %v", &out)
 	return 0
+}
+
+// localIP is the server address a call arrived on.
+func localIP(ctx context.Context) string {
+	if p, ok := peer.FromContext(ctx); ok && p.LocalAddr != nil {
+		if a, ok := p.LocalAddr.(*net.TCPAddr); ok {
+			return a.IP.String()
+		}
+	}
+	return ""
 }

@@ -222,3 +222,21 @@ func orDefault[T comparable](v, def T) T {
 	}
 	return v
 }
+
+// Key returns a string that is equal for two Options exactly when they would
+// build interchangeable Handlers, for sharing one Handler (one ClientConn)
+// between configurations, e.g. across config reloads. Logger, Metrics and
+// OnDone are not part of it: a shared Handler keeps those of its creator.
+func (o Options) Key() (string, error) {
+	s, err := o.settings()
+	if err != nil {
+		return "", err
+	}
+	var t TLSOptions
+	if o.TLS != nil {
+		t = *o.TLS
+	}
+	return fmt.Sprintf("%s|refresh=%v|timeout=%v|retries=%d|max_body=%d|keepalive=%v/%v|compression=%s|backend=%s|tls=%t,%q,%q,%q,%q,%t",
+		s.target, s.refresh, s.timeout, s.retries, s.maxBody, s.keepaliveTime, s.keepaliveTimeout,
+		s.compression, s.backend, o.TLS != nil, t.CAFile, t.CertFile, t.KeyFile, t.ServerName, t.InsecureSkipVerify), nil
+}

@@ -98,3 +98,28 @@ func TestOptionsValidation(t *testing.T) {
 		t.Errorf("Retries: Ptr(0) gave %d retries", s.retries)
 	}
 }
+
+func TestOptionsKey(t *testing.T) {
+	a, err := Options{Target: "dns://10.0.0.1/d:9095"}.Key()
+	if err != nil {
+		t.Fatal(err)
+	}
+	same, _ := Options{Target: "dns://10.0.0.1:53/d:9095", Refresh: DefaultRefresh, Retries: Ptr(DefaultRetries)}.Key()
+	if a != same {
+		t.Errorf("equivalent options differ:\n%s\n%s", a, same)
+	}
+	for _, o := range []Options{
+		{Target: "dns://10.0.0.1/d:9096"},
+		{Target: "dns://10.0.0.1/d:9095", Retries: Ptr(0)},
+		{Target: "dns://10.0.0.1/d:9095", Compression: "gzip"},
+		{Target: "dns://10.0.0.1/d:9095", TLS: &TLSOptions{}},
+		{Target: "dns://10.0.0.1/d:9095", Timeout: 5e9},
+	} {
+		if k, _ := o.Key(); k == a {
+			t.Errorf("%+v has the default key", o)
+		}
+	}
+	if _, err := (Options{Target: "x"}).Key(); err == nil {
+		t.Error("Key of an invalid target")
+	}
+}

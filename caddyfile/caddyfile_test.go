@@ -1,0 +1,273 @@
+package caddyfile_test
+
+import (
+	"encoding/json"
+	"os"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+
+	_ "github.com/caddyserver/caddy/v2/modules/standard"
+	_ "github.com/metrics-gateway/metrics_gateway/caddyfile"
+)
+
+func adapt(t *testing.T, caddyfile string) ([]byte, error) {
+	t.Helper()
+	out, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(caddyfile), map[string]any{"filename": "Caddyfile"})
+	return out, err
+}
+
+// gatewayHandler adapts a Caddyfile and returns the metrics_gateway handler
+// it produced.
+func gatewayHandler(t *testing.T, caddyfile string) map[string]any {
+	t.Helper()
+	out, err := adapt(t, caddyfile)
+	if err != nil {
+		t.Fatalf("adapt: %v", err)
+	}
+	var cfg struct {
+		Apps struct {
+			HTTP struct {
+				Servers map[string]struct {
+					Routes []struct {
+						Handle []map[string]any `json:"handle"`
+					} `json:"routes"`
+				} `json:"servers"`
+			} `json:"http"`
+		} `json:"apps"`
+	}
+	if err := json.Unmarshal(out, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	for _, srv := range cfg.Apps.HTTP.Servers {
+		for _, r := range srv.Routes {
+			for _, h := range r.Handle {
+				if found := findGateway(h); found != nil {
+					return found
+				}
+			}
+		}
+	}
+	t.Fatalf("no metrics_gateway handler in %s", out)
+	return nil
+}
+
+// findGateway looks for the handler in h or in its subroutes.
+func findGateway(h map[string]any) map[string]any {
+	if h["handler"] == "metrics_gateway" {
+		return h
+	}
+	routes, _ := h["routes"].([]any)
+	for _, r := range routes {
+		handles, _ := r.(map[string]any)["handle"].([]any)
+		for _, sub := range handles {
+			if found := findGateway(sub.(map[string]any)); found != nil {
+				return found
+			}
+		}
+	}
+	return nil
+}
+
+func TestDirectiveAdapts(t *testing.T) {
+	h := gatewayHandler(t, `
+:8000 {
+	metrics_gateway {
+		proxy {
+			default        http://mimir:8080
+			distributor    dns:///distributor-headless.mimir.svc.cluster.local:9095 {
+				refresh 10s
+				timeout 5s
+				retries 0
+				max_request_body 10MiB
+				keepalive 30s 5s
+				compression gzip
+				tls {
+					ca /etc/ca.pem
+					server_name distributor
+				}
+			}
+			query_frontend http://qf-1:8080 http://qf-2:8080 {
+				lb_policy round_robin
+				health_uri /ready
+			}
+			store-gateway  https://store-gateway:8443
+		}
+		prometheus_http_prefix   /api/prom
+		alertmanager_http_prefix /am
+		default_tenant           anonymous
+		tenant                   {http.auth.user.id}
+	}
+}`)
+	want := map[string]any{
+		"handler": "metrics_gateway",
+		"proxy": map[string]any{
+			"default": map[string]any{"url": "http://mimir:8080"},
+			"distributor": map[string]any{
+				"url": "dns:///distributor-headless.mimir.svc.cluster.local:9095",
+				"grpc": map[string]any{
+					"refresh": float64(10e9), "timeout": float64(5e9), "retries": float64(-1),
+					"max_request_body": float64(10 << 20), "keepalive_time": float64(30e9),
+					"keepalive_timeout": float64(5e9), "compression": "gzip",
+					"tls": map[string]any{"ca": "/etc/ca.pem", "server_name": "distributor"},
+				},
+			},
+			"query_frontend": map[string]any{
+				"url": "http://qf-1:8080 http://qf-2:8080",
+				"reverse_proxy": map[string]any{
+					"load_balancing": map[string]any{"selection_policy": map[string]any{"policy": "round_robin"}},
+					"health_checks":  map[string]any{"active": map[string]any{"uri": "/ready"}},
+				},
+			},
+			"store_gateway": map[string]any{"url": "https://store-gateway:8443"},
+		},
+		"prometheus_http_prefix":   "/api/prom",
+		"alertmanager_http_prefix": "/am",
+		"default_tenant":           "anonymous",
+		"tenant":                   "{http.auth.user.id}",
+	}
+	if !reflect.DeepEqual(h, want) {
+		got, _ := json.MarshalIndent(h, "", "  ")
+		t.Errorf("adapted handler:\n%s", got)
+	}
+}
+
+func TestDirectiveEnvPlaceholders(t *testing.T) {
+	t.Setenv("MG_TEST_DISTRIBUTOR", "dns:///distributor:9095")
+	h := gatewayHandler(t, `
+:8000 {
+	metrics_gateway {
+		proxy {
+			default     http://mimir:8080
+			distributor {$MG_TEST_DISTRIBUTOR}
+		}
+	}
+}`)
+	got := h["proxy"].(map[string]any)["distributor"].(map[string]any)["url"]
+	if got != "dns:///distributor:9095" {
+		t.Errorf("distributor url = %v", got)
+	}
+}
+
+// TestLoadTimeErrors checks that every config mistake fails adapting with a
+// message that names the field.
+func TestLoadTimeErrors(t *testing.T) {
+	cases := []struct {
+		name, body, want string
+	}{
+		{"unknown component", "default http://a:1\n querier http://b:1", `proxy: unknown component "querier" (known: default, admin_api,`},
+		{"duplicate component", "default http://a:1\n store-gateway http://b:1\n store_gateway http://c:1", "proxy: component store_gateway is configured twice (first on line"},
+		{"URL without host", "default http://", `proxy.default.url: "http://" has no host`},
+		{"unsupported scheme", "default ftp://mimir:21", `proxy.default.url: "ftp://mimir:21": unsupported scheme "ftp" (use http://, https://, h2c:// or dns:///)`},
+		{"dns without port", "default http://a:1\n distributor dns:///distributor", `proxy.distributor.url: target "dns:///distributor": missing port in "distributor" (want host:port)`},
+		{"dns without host", "default http://a:1\n distributor dns:///", `proxy.distributor.url: target "dns:///": missing host:port`},
+		{"mixed schemes", "default http://a:1 https://b:2", `proxy.default.url: "https://b:2": all URLs of one backend must use the same scheme`},
+		{"URL with path", "default http://a:1/api", `proxy.default.url: "http://a:1/api": a backend URL is scheme://host[:port] only`},
+		{"no default", "distributor http://a:1", "proxy.default: required"},
+		{"missing URL", "default", "proxy.default: missing URL"},
+		{"bad grpc option", "default http://a:1\n distributor dns:///d:9095 {\n bogus 1\n }", `proxy.distributor: unrecognized option "bogus" for a dns: backend`},
+		{"bad refresh", "default http://a:1\n distributor dns:///d:9095 {\n refresh soon\n }", "proxy.distributor.grpc.refresh:"},
+		{"bad reverse_proxy option", "default http://a:1 {\n bogus 1\n }", `unrecognized subdirective bogus`},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := adapt(t, ":8000 {\n metrics_gateway {\n proxy {\n "+c.body+"\n }\n }\n}")
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Errorf("got %v\nwant it to contain %q", err, c.want)
+			}
+		})
+	}
+
+	t.Run("empty proxy block", func(t *testing.T) {
+		_, err := adapt(t, ":8000 {\n metrics_gateway {\n proxy {\n }\n }\n}")
+		if err == nil || !strings.Contains(err.Error(), "proxy: empty proxy block; set at least `default <url>`") {
+			t.Errorf("got %v", err)
+		}
+	})
+	t.Run("no proxy block", func(t *testing.T) {
+		_, err := adapt(t, ":8000 {\n metrics_gateway {\n default_tenant x\n }\n}")
+		if err == nil || !strings.Contains(err.Error(), "a proxy block is required") {
+			t.Errorf("got %v", err)
+		}
+	})
+	t.Run("bad prefix", func(t *testing.T) {
+		_, err := adapt(t, ":8000 {\n metrics_gateway {\n proxy {\n default http://a:1\n }\n prometheus_http_prefix prometheus\n }\n}")
+		if err == nil || !strings.Contains(err.Error(), `prometheus_http_prefix: "prometheus" must start with /`) {
+			t.Errorf("got %v", err)
+		}
+	})
+}
+
+// TestJSONLoadTimeErrors checks the same mistakes in JSON configs, which
+// Caddy reports when it provisions the module (caddy validate, POST /load).
+func TestJSONLoadTimeErrors(t *testing.T) {
+	cases := []struct {
+		name, handler, want string
+	}{
+		{"unknown component", `{"proxy": {"default": {"url": "http://a:1"}, "querier": {"url": "http://b:1"}}}`, `unknown field "querier"`},
+		{"URL without host", `{"proxy": {"default": {"url": "http:///x"}}}`, `proxy.default.url: "http:///x" has no host`},
+		{"unsupported scheme", `{"proxy": {"default": {"url": "grpc://a:1"}}}`, `proxy.default.url: "grpc://a:1": unsupported scheme "grpc"`},
+		{"dns without port", `{"proxy": {"default": {"url": "http://a:1"}, "distributor": {"url": "dns:///d"}}}`, `proxy.distributor.url: target "dns:///d": missing port in "d"`},
+		{"empty proxy", `{"proxy": {}}`, "proxy: no backends configured; set at least proxy.default"},
+		{"no default", `{"proxy": {"ruler": {"url": "http://a:1"}}}`, "proxy.default: required"},
+		{"bad prefix", `{"proxy": {"default": {"url": "http://a:1"}}, "alertmanager_http_prefix": "/am/"}`, `alertmanager_http_prefix: "/am/" must not end with /`},
+		{"colliding prefixes", `{"proxy": {"default": {"url": "http://a:1"}}, "alertmanager_http_prefix": "/p", "prometheus_http_prefix": "/p"}`, "route /p is claimed by both"},
+		{"grpc options on http", `{"proxy": {"default": {"url": "http://a:1", "grpc": {"retries": 1}}}}`, "proxy.default.grpc: only valid with a dns: URL"},
+		{"reverse_proxy on dns", `{"proxy": {"default": {"url": "http://a:1"}, "distributor": {"url": "dns:///d:9095", "reverse_proxy": {}}}}`, "proxy.distributor.reverse_proxy: only valid with HTTP URLs"},
+		{"bad reverse_proxy", `{"proxy": {"default": {"url": "http://a:1", "reverse_proxy": {"bogus": 1}}}}`, `proxy.default: reverse_proxy: json: unknown field "bogus"`},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			handler := strings.Replace(c.handler, "{", `{"handler": "metrics_gateway", `, 1)
+			cfgJSON := `{"admin": {"disabled": true}, "apps": {"http": {"servers": {"s": {"listen": ["127.0.0.1:0"], "routes": [{"handle": [` + handler + `]}]}}}}}`
+			var cfg caddy.Config
+			if err := json.Unmarshal([]byte(cfgJSON), &cfg); err != nil {
+				t.Fatal(err)
+			}
+			err := caddy.Validate(&cfg)
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Errorf("got %v\nwant it to contain %q", err, c.want)
+			}
+		})
+	}
+}
+
+// TestExamplesAgree checks that examples/caddy.json is what
+// examples/Caddyfile adapts to, so the two documented forms never drift.
+func TestExamplesAgree(t *testing.T) {
+	caddyfile, err := os.ReadFile("../examples/Caddyfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantJSON, err := os.ReadFile("../examples/caddy.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	adapted, err := adapt(t, string(caddyfile))
+	if err != nil {
+		t.Fatalf("examples/Caddyfile: %v", err)
+	}
+	var got, want any
+	if err := json.Unmarshal(adapted, &got); err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(wantJSON, &want); err != nil {
+		t.Fatalf("examples/caddy.json: %v", err)
+	}
+	if !reflect.DeepEqual(got, want) {
+		pretty, _ := json.MarshalIndent(got, "", "\t")
+		t.Errorf("examples/caddy.json differs from the adapted examples/Caddyfile; adapted:\n%s", pretty)
+	}
+	// And the JSON provisions: every URL in it is valid.
+	var cfg caddy.Config
+	if err := json.Unmarshal(wantJSON, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	cfg.Admin = &caddy.AdminConfig{Disabled: true}
+	if err := caddy.Validate(&cfg); err != nil {
+		t.Errorf("examples/caddy.json does not validate: %v", err)
+	}
+}
