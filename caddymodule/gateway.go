@@ -109,6 +109,7 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 			g.backends[c] = g.backends[ComponentDefault]
 		}
 	}
+	live.Store(g, struct{}{})
 	return nil
 }
 
@@ -215,6 +216,7 @@ func addLogFields(r *http.Request, fields ...zap.Field) {
 // Cleanup releases the gRPC upstreams this config holds. The reverse_proxy
 // handlers were loaded through the Caddy context, which cleans them up.
 func (g *Gateway) Cleanup() error {
+	live.Delete(g)
 	for _, b := range g.backends {
 		if h, ok := b.(*httpBackend); ok {
 			h.retire()

@@ -116,5 +116,5 @@
 // Options.Retries is a *int so that 0 (no retries) differs from "default".
 // Options.Compression accepts "" and "gzip". One Handler owns one
 // ClientConn; sharing a Handler between configurations (reloads) is the
-// caller's business.
+// caller's business, and Options.Key tells which Options may share one.
 package grpcpush

@@ -228,12 +228,24 @@ func TestHungEndpoint(t *testing.T) {
 		t.Fatalf("warm-up: %d", w.Code)
 	}
 	baseline := runtime.NumGoroutine()
+	// The endpoint hangs until released: waiting for its own context would
+	// not do, as the server's context expires with the call's deadline
+	// (grpc-timeout) and the stand-in could answer just before the client
+	// gives up.
 	var hung atomic.Int64
-	c.dists[0].SetBehavior(func(_ http.ResponseWriter, r *http.Request) bool {
+	release := make(chan struct{})
+	c.dists[0].SetBehavior(func(_ http.ResponseWriter, _ *http.Request) bool {
 		hung.Add(1)
-		<-r.Context().Done()
+		<-release
 		return true
 	})
+	defer func() {
+		select {
+		case <-release:
+		default:
+			close(release)
+		}
+	}()
 	const n = 20
 	var wg sync.WaitGroup
 	for i := 0; i < n; i++ {
@@ -252,6 +264,7 @@ func TestHungEndpoint(t *testing.T) {
 	if hung.Load() != n {
 		t.Errorf("%d calls reached the server, want %d", hung.Load(), n)
 	}
+	close(release)
 	waitFor(t, 20*time.Second, "goroutines back to the baseline", func() bool {
 		return runtime.NumGoroutine() <= baseline+2
 	})
