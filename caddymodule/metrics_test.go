@@ -1,0 +1,152 @@
+package caddymodule_test
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/metrics-gateway/metrics_gateway/examples/standin"
+	"github.com/metrics-gateway/metrics_gateway/internal/testcaddy"
+)
+
+// scrape returns the admin /metrics exposition.
+func scrape(t *testing.T, c *testcaddy.Caddy) string {
+	t.Helper()
+	code, body, err := c.AdminGet("/metrics")
+	if err != nil || code != 200 {
+		t.Fatalf("GET /metrics: %d %v %s", code, err, body)
+	}
+	return string(body)
+}
+
+// TestMetricsMimirStyle sends traffic through several route groups and
+// finds Mimir's request metrics with route names from the route table, then
+// reloads and finds them again. Two gateway instances share the collectors.
+func TestMetricsMimirStyle(t *testing.T) {
+	cl := startCluster(t, 1)
+	qf := startEchoBackend(t, "query_frontend")
+	handler := fmt.Sprintf(`[{"handler": "subroute", "routes": [
+		{"match": [{"path": ["/second/*"]}], "handle": [{"handler": "metrics_gateway", "proxy": {"default": {"url": %q}}}]},
+		{"handle": [{"handler": "metrics_gateway", "proxy": {
+			"default": {"url": %q},
+			"distributor": {"url": "dns://%s/%s:%s"}}}]}]}]`,
+		qf.URL(), qf.URL(), cl.dns.Addr(), distributorName, cl.port)
+	c := testcaddy.Start(t, handler)
+
+	body := standin.RemoteWriteBody(10, 1)
+	if resp, b, err := push(c.Client, body); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("push: %v %s", err, b)
+	}
+	for _, path := range []string{"/prometheus/api/v1/query_range?query=up", "/prometheus/api/v1/labels", "/ready", "/nowhere"} {
+		if resp, _, err := c.Get(path); err != nil || resp.StatusCode != 200 {
+			t.Fatalf("GET %s: %v", path, err)
+		}
+	}
+	if resp, _, err := c.Get("/api/v1/push"); err != nil || resp.StatusCode != 401 {
+		t.Fatalf("GET /api/v1/push without tenant: %v %v", resp, err)
+	}
+
+	want := []string{
+		`cortex_request_duration_seconds_count{method="POST",route="api_v1_push",status_code="200",ws="false"} 1`,
+		`cortex_request_duration_seconds_count{method="GET",route="api_v1_push",status_code="401",ws="false"} 1`,
+		`cortex_request_duration_seconds_count{method="GET",route="prometheus_api_v1_query_range",status_code="200",ws="false"} 1`,
+		`cortex_request_duration_seconds_count{method="GET",route="prometheus_api_v1_labels",status_code="200",ws="false"} 1`,
+		`cortex_request_duration_seconds_count{method="GET",route="ready",status_code="200",ws="false"} 1`,
+		`cortex_request_duration_seconds_count{method="GET",route="other",status_code="200",ws="false"} 1`,
+		`cortex_request_duration_seconds_bucket{method="POST",route="api_v1_push",status_code="200",ws="false",le="+Inf"} 1`,
+		`cortex_inflight_requests{method="POST",route="api_v1_push"} 0`,
+		`metrics_gateway_grpc_requests_total{backend="distributor",code="200",endpoint="` + standin.GroupIP(0) + ":" + cl.port + `"} 1`,
+		`metrics_gateway_grpc_endpoints_ready{backend="distributor"} 1`,
+	}
+	checkMetrics(t, scrape(t, c), want)
+
+	if err := c.Reload(strings.Replace(handler, "/second/*", "/third/*", 1)); err != nil {
+		t.Fatalf("reload: %v", err)
+	}
+	if resp, b, err := push(c.Client, body); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("push after reload: %v %s", err, b)
+	}
+	checkMetrics(t, scrape(t, c), []string{
+		`cortex_request_duration_seconds_count{method="POST",route="api_v1_push",status_code="200",ws="false"} 2`,
+		`metrics_gateway_grpc_endpoints_ready{backend="distributor"} 1`,
+	})
+}
+
+func checkMetrics(t *testing.T, exposition string, want []string) {
+	t.Helper()
+	lines := map[string]bool{}
+	for _, l := range strings.Split(exposition, "\n") {
+		lines[l] = true
+	}
+	for _, w := range want {
+		if !lines[w] {
+			t.Errorf("metric line missing: %s", w)
+		}
+	}
+	if t.Failed() {
+		var ours []string
+		for _, l := range strings.Split(exposition, "\n") {
+			if strings.HasPrefix(l, "cortex_") || strings.HasPrefix(l, "metrics_gateway_") {
+				ours = append(ours, l)
+			}
+		}
+		t.Logf("exposition:\n%s", strings.Join(ours, "\n"))
+	}
+}
+
+// TestAccessLogFields checks that access log entries say where each
+// request went: route, backend component and, for gRPC, the endpoint.
+func TestAccessLogFields(t *testing.T) {
+	cl := startCluster(t, 1)
+	qf := startEchoBackend(t, "query_frontend")
+	c := testcaddy.Start(t, fmt.Sprintf(`[{"handler": "metrics_gateway", "proxy": {
+		"default": {"url": %q},
+		"distributor": {"url": "dns://%s/%s:%s"}}}]`, qf.URL(), cl.dns.Addr(), distributorName, cl.port))
+
+	if resp, b, err := push(c.Client, standin.RemoteWriteBody(10, 1)); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("push: %v %s", err, b)
+	}
+	if resp, _, err := c.Get("/prometheus/api/v1/query?query=up"); err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("query: %v", err)
+	}
+
+	type entry struct {
+		Request struct {
+			URI string `json:"uri"`
+		} `json:"request"`
+		Route    string `json:"metrics_gateway.route"`
+		Backend  string `json:"metrics_gateway.backend"`
+		Endpoint string `json:"metrics_gateway.endpoint"`
+	}
+	want := map[string]entry{}
+	want["/api/v1/push"] = entry{Route: "api_v1_push", Backend: "distributor", Endpoint: standin.GroupIP(0) + ":" + cl.port}
+	want["/prometheus/api/v1/query?query=up"] = entry{Route: "prometheus_api_v1_query", Backend: "query_frontend"}
+
+	got := map[string]entry{}
+	waitFor(t, "both access log entries", func() bool {
+		f, err := os.Open(c.AccessLog)
+		if err != nil {
+			return false
+		}
+		defer f.Close()
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			var e entry
+			if json.Unmarshal(sc.Bytes(), &e) == nil {
+				got[e.Request.URI] = e
+			}
+		}
+		return len(got) >= 2
+	})
+	for uri, w := range want {
+		g := got[uri]
+		g.Request.URI = ""
+		if g != w {
+			t.Errorf("access log for %s: %+v, want %+v", uri, g, w)
+		}
+	}
+}
