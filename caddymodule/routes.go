@@ -99,6 +99,7 @@ var routeTable = []Route{
 	{Path: "/api/prom/api/v1/alerts", Match: Prefix, Component: ComponentRuler},
 
 	{Path: prometheusPrefix, Match: Prefix, Component: ComponentQueryFrontend},
+	{Path: prometheusPrefix + "/api/v1", Match: Prefix, Component: ComponentQueryFrontend, Name: "prometheus_api_v1_other"},
 	{Path: prometheusPrefix + "/api/v1/query", Match: Exact, Component: ComponentQueryFrontend},
 	{Path: prometheusPrefix + "/api/v1/query_range", Match: Exact, Component: ComponentQueryFrontend},
 	{Path: prometheusPrefix + "/api/v1/query_exemplars", Match: Exact, Component: ComponentQueryFrontend},
@@ -110,6 +111,7 @@ var routeTable = []Route{
 	{Path: prometheusPrefix + "/api/v1/cardinality", Match: Prefix, Component: ComponentQueryFrontend},
 	{Path: prometheusPrefix + "/api/v1/format_query", Match: Exact, Component: ComponentQueryFrontend},
 	{Path: "/api/prom", Match: Prefix, Component: ComponentQueryFrontend},
+	{Path: "/api/prom/api/v1", Match: Prefix, Component: ComponentQueryFrontend, Name: "api_prom_api_v1_other"},
 	{Path: "/api/v1/status/buildinfo", Match: Exact, Component: ComponentQueryFrontend},
 
 	{Path: "/api/v1/upload/block", Match: Prefix, Component: ComponentCompactor},

@@ -145,8 +145,10 @@ func TestRouteNames(t *testing.T) {
 		"/otlp/v1/metrics":                  "otlp_v1_metrics",
 		"/prometheus/api/v1/query_range":    "prometheus_api_v1_query_range",
 		"/prometheus/api/v1/label/x/values": "prometheus_api_v1_label",
-		"/prometheus/api/v1/foo":            "prometheus",
 		"/store-gateway/tenants":            "store_gateway",
+		"/prometheus/api/v1/foo":            "prometheus_api_v1_other",
+		"/prometheus/foo":                   "prometheus",
+		"/api/prom/api/v1/query":            "api_prom_api_v1_other",
 		"/":                                 "root",
 		"/nothing":                          "other",
 	}
