@@ -491,13 +491,13 @@ func TestGRPCReloadsKeepConnections(t *testing.T) {
 				default:
 				}
 				resp, b, err := push(c.Client, body)
-				if err != nil {
+				for try := 0; err != nil && try < 5; try++ {
 					// No response at all: Go's HTTP server drops, unread, a
 					// request that arrives in the instant the old server
 					// stops (see TestReloadSwitchesBackends). Remote-write
-					// clients retry network errors; so does this one, once.
-					// The distributors' count below proves it never reached
-					// the gateway.
+					// clients retry network errors; so does this one. The
+					// distributors' count below proves such a request never
+					// reached the gateway.
 					retried.Add(1)
 					resp, b, err = push(c.Client, body)
 				}
