@@ -595,3 +595,106 @@ func TestAdminBackendsView(t *testing.T) {
 		t.Error("no requests counted per endpoint")
 	}
 }
+
+// TestGRPCRemovedRecord checks that an endpoint whose A record is removed
+// gets no new requests once the next refresh has dropped it.
+func TestGRPCRemovedRecord(t *testing.T) {
+	cl := startCluster(t, 3)
+	c := testcaddy.Start(t, cl.handlerJSON(`"refresh": "200ms"`))
+	body := standin.RemoteWriteBody(10, 1)
+	waitFor(t, "traffic on all three", func() bool {
+		_, _, _ = push(c.Client, body)
+		return cl.dists[2].Requests() > 0 && cl.dists[1].Requests() > 0
+	})
+
+	cl.setDNS(2)
+	removed := standin.GroupIP(2) + ":" + cl.port
+	start := time.Now()
+	waitFor(t, "the removed endpoint to leave the backend", func() bool {
+		_, b, _ := c.AdminGet("/metrics_gateway/backends")
+		return !strings.Contains(string(b), removed)
+	})
+	if took := time.Since(start); took > 200*time.Millisecond+time.Second {
+		t.Errorf("removed endpoint left after %v, want within refresh + 1s", took)
+	}
+	before := cl.dists[2].Requests()
+	for i := 0; i < 30; i++ {
+		if resp, b, err := push(c.Client, body); err != nil || resp.StatusCode != 200 {
+			t.Fatalf("push: %v %q", err, b)
+		}
+	}
+	if got := cl.dists[2].Requests() - before; got != 0 {
+		t.Errorf("removed endpoint got %d new requests", got)
+	}
+}
+
+// TestGRPCHungEndpointAndDisconnect checks the timeout (504, nothing piles
+// up) and that a client going away cancels the call at the distributor.
+func TestGRPCHungEndpointAndDisconnect(t *testing.T) {
+	cl := startCluster(t, 1)
+	c := testcaddy.Start(t, cl.handlerJSON(`"timeout": "300ms", "retries": -1`))
+	body := standin.RemoteWriteBody(10, 1)
+	if resp, b, err := push(c.Client, body); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("push: %v %q", err, b)
+	}
+	baseline := testcaddy.Goroutines()
+
+	release := make(chan struct{})
+	var canceled atomic.Int64
+	cl.dists[0].SetBehavior(func(w http.ResponseWriter, r *http.Request) bool {
+		select {
+		case <-release:
+		case <-r.Context().Done():
+			canceled.Add(1)
+		}
+		return true
+	})
+	defer close(release)
+
+	var wg sync.WaitGroup
+	codes := make(chan int, 10)
+	for i := 0; i < 10; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			start := time.Now()
+			resp, _, err := push(c.Client, body)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			if took := time.Since(start); took < 300*time.Millisecond {
+				t.Errorf("answered after %v, before the 300ms timeout", took)
+			}
+			codes <- resp.StatusCode
+		}()
+	}
+	wg.Wait()
+	close(codes)
+	for code := range codes {
+		if code != http.StatusGatewayTimeout {
+			t.Errorf("hung endpoint: status %d, want 504", code)
+		}
+	}
+	c.Client.Transport.(*http.Transport).CloseIdleConnections()
+	testcaddy.WaitGoroutines(t, baseline, 10)
+
+	// A client that goes away: the distributor's request context ends.
+	canceled.Store(0)
+	ctx, cancel := context.WithCancel(context.Background())
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://gateway/api/v1/push", bytes.NewReader(body))
+	req.Header.Set("X-Scope-OrgID", "tenant-1")
+	served := cl.dists[0].Requests()
+	done := make(chan error, 1)
+	go func() {
+		resp, err := c.Client.Do(req)
+		if err == nil {
+			resp.Body.Close()
+		}
+		done <- err
+	}()
+	waitFor(t, "the request to reach the distributor", func() bool { return cl.dists[0].Requests() > served })
+	cancel()
+	<-done
+	waitFor(t, "the distributor to see the cancellation", func() bool { return canceled.Load() == 1 })
+}
