@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -31,12 +32,10 @@ import (
 const distributorName = "distributor-headless.mimir.test"
 
 // cluster is n distributor stand-ins behind dskit's real httpgrpc server on
-// 127.0.0.2, .3, ... (one port), and a real DNS server listing them.
+// 127.0.0.2, .3, ... (one port) and a real DNS server listing them, with
+// counters of what the servers saw.
 type cluster struct {
-	dists    []*standin.Distributor
-	servers  []*standin.GRPCServer
-	dns      *standin.DNSServer
-	port     string
+	*standin.Cluster
 	tenantMD atomic.Int64 // calls whose metadata had exactly one tenant, "tenant-1"
 	conns    atomic.Int64 // open gRPC connections, all servers
 	raw      atomic.Pointer[func(ctx context.Context) error]
@@ -45,38 +44,15 @@ type cluster struct {
 func startCluster(t *testing.T, n int) *cluster {
 	t.Helper()
 	c := &cluster{}
-	handlers := make([]http.Handler, n)
-	for i := range handlers {
-		d := standin.NewDistributor("distributor-" + strconv.Itoa(i))
-		c.dists = append(c.dists, d)
-		handlers[i] = d
-	}
-	servers, err := standin.StartGRPCGroup(handlers,
+	var err error
+	c.Cluster, err = standin.StartCluster(distributorName, n,
 		standin.WithUnaryInterceptors(c.intercept),
 		standin.WithServerOptions(grpc.StatsHandler(connCounter{&c.conns})))
 	if err != nil {
 		t.Fatal(err)
 	}
-	c.servers = servers
-	for _, s := range servers {
-		t.Cleanup(s.Stop)
-	}
-	c.port = strconv.Itoa(servers[0].Port())
-	if c.dns, err = standin.StartDNS(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = c.dns.Stop() })
-	c.setDNS(n)
+	t.Cleanup(c.Stop)
 	return c
-}
-
-// setDNS lists the first n stand-ins.
-func (c *cluster) setDNS(n int) {
-	ips := make([]string, n)
-	for i := range ips {
-		ips[i] = standin.GroupIP(i)
-	}
-	c.dns.SetA(distributorName, ips...)
 }
 
 // intercept records the tenant metadata and, when a test installed one,
@@ -95,19 +71,11 @@ func (c *cluster) intercept(ctx context.Context, req any, _ *grpc.UnaryServerInf
 	return next(ctx, req)
 }
 
-func (c *cluster) requests() []int64 {
-	out := make([]int64, len(c.dists))
-	for i, d := range c.dists {
-		out[i] = d.Requests()
-	}
-	return out
-}
-
 // handlerJSON is a gateway whose distributor is the cluster.
 func (c *cluster) handlerJSON(grpcOpts string) string {
 	return fmt.Sprintf(`[{"handler": "metrics_gateway", "proxy": {
 		"default": {"url": "http://127.0.0.1:1"},
-		"distributor": {"url": "dns://%s/%s:%s", "grpc": {%s}}}}]`, c.dns.Addr(), distributorName, c.port, grpcOpts)
+		"distributor": {"url": %q, "grpc": {%s}}}}]`, c.Target(), grpcOpts)
 }
 
 // connCounter counts a gRPC server's open connections.
@@ -184,7 +152,7 @@ func maxOverMean(counts []int64) float64 {
 func TestGRPCPushBalanced(t *testing.T) {
 	const clients, pushes = 4, 500
 	cl := startCluster(t, 3)
-	for _, d := range cl.dists {
+	for _, d := range cl.Distributors {
 		d.KeepRecords(clients * pushes)
 	}
 	c := testcaddy.Start(t, cl.handlerJSON(""))
@@ -197,7 +165,7 @@ func TestGRPCPushBalanced(t *testing.T) {
 		_, _, _ = push(c.Client, body)
 		return cl.conns.Load() == 3
 	})
-	for _, d := range cl.dists {
+	for _, d := range cl.Distributors {
 		d.Reset()
 	}
 	cl.tenantMD.Store(0)
@@ -226,9 +194,9 @@ func TestGRPCPushBalanced(t *testing.T) {
 		t.Fatalf("push failed: %v", err)
 	}
 
-	counts := cl.requests()
+	counts := cl.Requests()
 	var total int64
-	for i, d := range cl.dists {
+	for i, d := range cl.Distributors {
 		total += counts[i]
 		for _, r := range d.Records() {
 			if r.BodySHA256 != sum || r.Tenant != "tenant-1" || r.URL != "/api/v1/push" ||
@@ -301,8 +269,8 @@ func TestGRPCErrorContract(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			cl.dists[0].SetBehavior(tc.behavior)
-			defer cl.dists[0].SetBehavior(nil)
+			cl.Distributors[0].SetBehavior(tc.behavior)
+			defer cl.Distributors[0].SetBehavior(nil)
 			if tc.raw != nil {
 				cl.raw.Store(&tc.raw)
 				defer cl.raw.Store(nil)
@@ -327,14 +295,14 @@ func TestGRPCErrorContract(t *testing.T) {
 	}
 
 	t.Run("no tenant", func(t *testing.T) {
-		before := cl.servers[0].Calls()
+		before := cl.Servers[0].Calls()
 		req, _ := http.NewRequest(http.MethodPost, "http://gateway/api/v1/push", bytes.NewReader(body))
 		resp, b, err := c.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if resp.StatusCode != 401 || !strings.Contains(string(b), "no org id") || cl.servers[0].Calls() != before {
-			t.Errorf("%s %q, %d calls: want 401 no org id without a call", resp.Status, b, cl.servers[0].Calls()-before)
+		if resp.StatusCode != 401 || !strings.Contains(string(b), "no org id") || cl.Servers[0].Calls() != before {
+			t.Errorf("%s %q, %d calls: want 401 no org id without a call", resp.Status, b, cl.Servers[0].Calls()-before)
 		}
 	})
 }
@@ -343,7 +311,7 @@ func TestGRPCErrorContract(t *testing.T) {
 // ways and the body limit.
 func TestGRPCRemoteWrite2AndBodyLimit(t *testing.T) {
 	cl := startCluster(t, 1)
-	cl.dists[0].KeepRecords(10)
+	cl.Distributors[0].KeepRecords(10)
 	c := testcaddy.Start(t, cl.handlerJSON(`"max_request_body": 65536`))
 
 	req, _ := http.NewRequest(http.MethodPost, "http://gateway/api/v1/push", bytes.NewReader(standin.RemoteWriteV2Body(100, 1)))
@@ -358,19 +326,19 @@ func TestGRPCRemoteWrite2AndBodyLimit(t *testing.T) {
 	if resp.StatusCode/100 != 2 || resp.Header.Get(standin.HeaderSamplesWritten) != "100" {
 		t.Errorf("RW2: %s %q, samples written %q", resp.Status, b, resp.Header.Get(standin.HeaderSamplesWritten))
 	}
-	recs := cl.dists[0].Records()
+	recs := cl.Distributors[0].Records()
 	if len(recs) != 1 || recs[0].Header.Get("Content-Type") != standin.ContentTypeRW2 ||
 		recs[0].Header.Get("X-Prometheus-Remote-Write-Version") != "2.0.0" {
 		t.Errorf("RW2 request headers did not arrive: %+v", recs)
 	}
 
-	before := cl.servers[0].Calls()
+	before := cl.Servers[0].Calls()
 	resp, b, err = push(c.Client, make([]byte, 65537))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if resp.StatusCode != 413 || cl.servers[0].Calls() != before {
-		t.Errorf("body over the limit: %s %q and %d calls, want 413 and none", resp.Status, b, cl.servers[0].Calls()-before)
+	if resp.StatusCode != 413 || cl.Servers[0].Calls() != before {
+		t.Errorf("body over the limit: %s %q and %d calls, want 413 and none", resp.Status, b, cl.Servers[0].Calls()-before)
 	}
 }
 
@@ -382,7 +350,7 @@ func TestGRPCEndpointDiesUnderLoad(t *testing.T) {
 	c := testcaddy.Start(t, cl.handlerJSON(`"refresh": "200ms"`))
 	body := standin.RemoteWriteBody(2000, 1)
 	waitFor(t, "3 connections", func() bool { _, _, _ = push(c.Client, body); return cl.conns.Load() == 3 })
-	for _, d := range cl.dists {
+	for _, d := range cl.Distributors {
 		d.Reset()
 	}
 
@@ -410,14 +378,14 @@ func TestGRPCEndpointDiesUnderLoad(t *testing.T) {
 		}()
 	}
 	waitFor(t, "traffic before the kill", func() bool { return acked.Load() >= 300 })
-	cl.servers[2].Stop()
+	cl.Servers[2].Stop()
 	afterKill := acked.Load()
 	waitFor(t, "traffic after the kill", func() bool { return acked.Load() >= afterKill+600 })
 	close(stop)
 	wg.Wait()
 
 	var received int64
-	for _, d := range cl.dists {
+	for _, d := range cl.Distributors {
 		received += d.Requests()
 	}
 	if received < acked.Load() {
@@ -427,7 +395,7 @@ func TestGRPCEndpointDiesUnderLoad(t *testing.T) {
 	if float64(failed.Load()) > 0.001*float64(total) {
 		t.Errorf("%d of %d pushes failed (> 0.1%%)", failed.Load(), total)
 	}
-	counts := cl.requests()
+	counts := cl.Requests()
 	if counts[0] == 0 || counts[1] == 0 {
 		t.Errorf("survivors did not take over: %v", counts)
 	}
@@ -438,24 +406,24 @@ func TestGRPCEndpointDiesUnderLoad(t *testing.T) {
 // refresh + 1 s, and that the gateway keeps serving when DNS goes away.
 func TestGRPCDiscovery(t *testing.T) {
 	cl := startCluster(t, 3)
-	cl.setDNS(2)
+	cl.List(2)
 	c := testcaddy.Start(t, cl.handlerJSON(`"refresh": "300ms"`))
 	body := standin.RemoteWriteBody(100, 1)
 	if resp, b, err := push(c.Client, body); err != nil || resp.StatusCode != 200 {
 		t.Fatalf("push: %v %q", err, b)
 	}
 
-	cl.setDNS(3)
+	cl.List(3)
 	added := time.Now()
 	waitFor(t, "the new distributor to get traffic", func() bool {
 		_, _, _ = push(c.Client, body)
-		return cl.dists[2].Requests() > 0
+		return cl.Distributors[2].Requests() > 0
 	})
 	if took := time.Since(added); took > 300*time.Millisecond+time.Second {
 		t.Errorf("new endpoint got traffic after %v, want within refresh + 1s", took)
 	}
 
-	_ = cl.dns.Stop()
+	_ = cl.DNS.Stop()
 	for i := 0; i < 30; i++ {
 		if resp, b, err := push(c.Client, body); err != nil || resp.StatusCode != 200 {
 			t.Fatalf("push with DNS down: %v %q", err, b)
@@ -472,7 +440,7 @@ func TestGRPCReloadsKeepConnections(t *testing.T) {
 	body := standin.RemoteWriteBody(500, 1)
 	waitFor(t, "3 connections", func() bool { _, _, _ = push(c.Client, body); return cl.conns.Load() == 3 })
 
-	for _, d := range cl.dists {
+	for _, d := range cl.Distributors {
 		d.Reset()
 	}
 
@@ -533,7 +501,7 @@ func TestGRPCReloadsKeepConnections(t *testing.T) {
 		t.Errorf("%d requests failed during reloads, first: %v", n, firstErr.Load())
 	}
 	var received int64
-	for _, n := range cl.requests() {
+	for _, n := range cl.Requests() {
 		received += n
 	}
 	if received != acked.Load() {
@@ -582,8 +550,8 @@ func TestAdminBackendsView(t *testing.T) {
 		}
 		return n == 3
 	})
-	victim := standin.GroupIP(1) + ":" + cl.port
-	cl.servers[1].Stop()
+	victim := standin.GroupIP(1) + ":" + cl.Port
+	cl.Servers[1].Stop()
 	waitFor(t, "the stopped endpoint to leave READY", func() bool {
 		return states()[victim].State != "READY"
 	})
@@ -604,11 +572,11 @@ func TestGRPCRemovedRecord(t *testing.T) {
 	body := standin.RemoteWriteBody(10, 1)
 	waitFor(t, "traffic on all three", func() bool {
 		_, _, _ = push(c.Client, body)
-		return cl.dists[2].Requests() > 0 && cl.dists[1].Requests() > 0
+		return cl.Distributors[2].Requests() > 0 && cl.Distributors[1].Requests() > 0
 	})
 
-	cl.setDNS(2)
-	removed := standin.GroupIP(2) + ":" + cl.port
+	cl.List(2)
+	removed := standin.GroupIP(2) + ":" + cl.Port
 	start := time.Now()
 	waitFor(t, "the removed endpoint to leave the backend", func() bool {
 		_, b, _ := c.AdminGet("/metrics_gateway/backends")
@@ -617,13 +585,13 @@ func TestGRPCRemovedRecord(t *testing.T) {
 	if took := time.Since(start); took > 200*time.Millisecond+time.Second {
 		t.Errorf("removed endpoint left after %v, want within refresh + 1s", took)
 	}
-	before := cl.dists[2].Requests()
+	before := cl.Distributors[2].Requests()
 	for i := 0; i < 30; i++ {
 		if resp, b, err := push(c.Client, body); err != nil || resp.StatusCode != 200 {
 			t.Fatalf("push: %v %q", err, b)
 		}
 	}
-	if got := cl.dists[2].Requests() - before; got != 0 {
+	if got := cl.Distributors[2].Requests() - before; got != 0 {
 		t.Errorf("removed endpoint got %d new requests", got)
 	}
 }
@@ -639,17 +607,13 @@ func TestGRPCHungEndpointAndDisconnect(t *testing.T) {
 	}
 	baseline := testcaddy.Goroutines()
 
+	// A hung distributor answers nothing until released (not even when its
+	// own deadline passes: it would race the gateway's timeout with a 200).
 	release := make(chan struct{})
-	var canceled atomic.Int64
-	cl.dists[0].SetBehavior(func(w http.ResponseWriter, r *http.Request) bool {
-		select {
-		case <-release:
-		case <-r.Context().Done():
-			canceled.Add(1)
-		}
+	cl.Distributors[0].SetBehavior(func(w http.ResponseWriter, r *http.Request) bool {
+		<-release
 		return true
 	})
-	defer close(release)
 
 	var wg sync.WaitGroup
 	codes := make(chan int, 10)
@@ -676,15 +640,23 @@ func TestGRPCHungEndpointAndDisconnect(t *testing.T) {
 			t.Errorf("hung endpoint: status %d, want 504", code)
 		}
 	}
+	close(release)
 	c.Client.Transport.(*http.Transport).CloseIdleConnections()
 	testcaddy.WaitGoroutines(t, baseline, 10)
 
 	// A client that goes away: the distributor's request context ends.
-	canceled.Store(0)
+	var canceled atomic.Int64
+	cl.Distributors[0].SetBehavior(func(w http.ResponseWriter, r *http.Request) bool {
+		<-r.Context().Done()
+		if errors.Is(r.Context().Err(), context.Canceled) {
+			canceled.Add(1)
+		}
+		return true
+	})
 	ctx, cancel := context.WithCancel(context.Background())
 	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://gateway/api/v1/push", bytes.NewReader(body))
 	req.Header.Set("X-Scope-OrgID", "tenant-1")
-	served := cl.dists[0].Requests()
+	served := cl.Distributors[0].Requests()
 	done := make(chan error, 1)
 	go func() {
 		resp, err := c.Client.Do(req)
@@ -693,7 +665,7 @@ func TestGRPCHungEndpointAndDisconnect(t *testing.T) {
 		}
 		done <- err
 	}()
-	waitFor(t, "the request to reach the distributor", func() bool { return cl.dists[0].Requests() > served })
+	waitFor(t, "the request to reach the distributor", func() bool { return cl.Distributors[0].Requests() > served })
 	cancel()
 	<-done
 	waitFor(t, "the distributor to see the cancellation", func() bool { return canceled.Load() == 1 })

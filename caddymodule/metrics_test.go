@@ -33,8 +33,8 @@ func TestMetricsMimirStyle(t *testing.T) {
 		{"match": [{"path": ["/second/*"]}], "handle": [{"handler": "metrics_gateway", "proxy": {"default": {"url": %q}}}]},
 		{"handle": [{"handler": "metrics_gateway", "proxy": {
 			"default": {"url": %q},
-			"distributor": {"url": "dns://%s/%s:%s"}}}]}]}]`,
-		qf.URL(), qf.URL(), cl.dns.Addr(), distributorName, cl.port)
+			"distributor": {"url": %q}}}]}]}]`,
+		qf.URL(), qf.URL(), cl.Target())
 	c := testcaddy.Start(t, handler)
 	before := scrape(t, c)
 
@@ -60,7 +60,7 @@ func TestMetricsMimirStyle(t *testing.T) {
 		`cortex_request_duration_seconds_count{method="GET",route="other",status_code="200",ws="false"}`:                              1,
 		`cortex_request_duration_seconds_bucket{method="POST",route="api_v1_push",status_code="200",ws="false",le="+Inf"}`:            1,
 		`cortex_inflight_requests{method="POST",route="api_v1_push"}`:                                                                 0,
-		`metrics_gateway_grpc_requests_total{backend="distributor",code="200",endpoint="` + standin.GroupIP(0) + ":" + cl.port + `"}`: 1,
+		`metrics_gateway_grpc_requests_total{backend="distributor",code="200",endpoint="` + standin.GroupIP(0) + ":" + cl.Port + `"}`: 1,
 	}
 	after := scrape(t, c)
 	checkMetrics(t, before, after, want)
@@ -130,7 +130,7 @@ func TestAccessLogFields(t *testing.T) {
 	qf := startEchoBackend(t, "query_frontend")
 	c := testcaddy.Start(t, fmt.Sprintf(`[{"handler": "metrics_gateway", "proxy": {
 		"default": {"url": %q},
-		"distributor": {"url": "dns://%s/%s:%s"}}}]`, qf.URL(), cl.dns.Addr(), distributorName, cl.port))
+		"distributor": {"url": %q}}}]`, qf.URL(), cl.Target()))
 
 	if resp, b, err := push(c.Client, standin.RemoteWriteBody(10, 1)); err != nil || resp.StatusCode != 200 {
 		t.Fatalf("push: %v %s", err, b)
@@ -148,7 +148,7 @@ func TestAccessLogFields(t *testing.T) {
 		Endpoint string `json:"metrics_gateway.endpoint"`
 	}
 	want := map[string]entry{}
-	want["/api/v1/push"] = entry{Route: "api_v1_push", Backend: "distributor", Endpoint: standin.GroupIP(0) + ":" + cl.port}
+	want["/api/v1/push"] = entry{Route: "api_v1_push", Backend: "distributor", Endpoint: standin.GroupIP(0) + ":" + cl.Port}
 	want["/prometheus/api/v1/query?query=up"] = entry{Route: "prometheus_api_v1_query", Backend: "query_frontend"}
 
 	got := map[string]entry{}

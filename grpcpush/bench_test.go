@@ -39,7 +39,7 @@ func (*rewindBody) Close() error { return nil }
 // decoding it, so the numbers are about the tunnel.
 func benchCluster(b *testing.B) *cluster {
 	c := startCluster(b, 1)
-	c.dists[0].SetBehavior(func(w http.ResponseWriter, _ *http.Request) bool {
+	c.Distributors[0].SetBehavior(func(w http.ResponseWriter, _ *http.Request) bool {
 		w.WriteHeader(http.StatusOK)
 		return true
 	})
@@ -65,7 +65,7 @@ func BenchmarkTunnelPush2000(b *testing.B) {
 
 	// The straightforward tunnel: dskit's helpers and grpc-go's default codec.
 	b.Run("dskit-client", func(b *testing.B) {
-		conn, err := grpc.NewClient(c.target(), grpc.WithTransportCredentials(insecure.NewCredentials()),
+		conn, err := grpc.NewClient(c.Target(), grpc.WithTransportCredentials(insecure.NewCredentials()),
 			grpc.WithDefaultServiceConfig(`{"loadBalancingPolicy":"round_robin"}`))
 		if err != nil {
 			b.Fatal(err)

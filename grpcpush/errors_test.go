@@ -68,7 +68,7 @@ func distributorAnswers(w http.ResponseWriter, r *http.Request) bool {
 // through dskit's httpgrpc server.
 func TestErrorTable(t *testing.T) {
 	c := startCluster(t, 1, standin.WithUnaryInterceptors(errorInterceptor))
-	c.dists[0].SetBehavior(distributorAnswers)
+	c.Distributors[0].SetBehavior(distributorAnswers)
 	h := newHandler(t, c, Options{Retries: Ptr(1)})
 	waitReady(t, h, 1)
 
@@ -146,7 +146,7 @@ func TestErrorTable(t *testing.T) {
 			t.Errorf("%s: distributor headers lost: %v", tc.path, w.Header())
 		}
 		if !strings.HasPrefix(tc.path, "/http/") && tc.path != "/both" &&
-			!strings.HasPrefix(w.Body.String(), DefaultBackendName+" "+c.addr(0)+": ") {
+			!strings.HasPrefix(w.Body.String(), DefaultBackendName+" "+c.Addr(0)+": ") {
 			t.Errorf("%s: gateway-made body does not say where it failed: %q", tc.path, w.Body)
 		}
 	}
@@ -169,12 +169,12 @@ func TestMessageLargerThanServerMax(t *testing.T) {
 // 503 naming the resolution error.
 func TestUnresolvableTarget(t *testing.T) {
 	c := startCluster(t, 1)
-	h := newHandler(t, c, Options{Target: "dns://" + c.dns.Addr() + "/nowhere.mimir.test:" + c.port, Timeout: 20e9})
+	h := newHandler(t, c, Options{Target: "dns://" + c.DNS.Addr() + "/nowhere.mimir.test:" + c.Port, Timeout: 20e9})
 	w := serve(h, pushRequest([]byte("x")))
 	if w.Code != http.StatusServiceUnavailable || !strings.Contains(w.Body.String(), "nowhere.mimir.test") || w.Header().Get("Retry-After") == "" {
 		t.Fatalf("got %d %q %v", w.Code, w.Body, w.Header())
 	}
-	if n := c.servers[0].Calls(); n != 0 {
+	if n := c.Servers[0].Calls(); n != 0 {
 		t.Fatalf("%d calls", n)
 	}
 }

@@ -29,7 +29,7 @@ import (
 func TestKillEndpointUnderLoad(t *testing.T) {
 	const clients, pushes = 4, 150
 	c := startCluster(t, 3)
-	for _, d := range c.dists {
+	for _, d := range c.Distributors {
 		d.KeepRecords(clients * pushes * 2)
 	}
 	h := newHandler(t, c, Options{})
@@ -50,10 +50,10 @@ func TestKillEndpointUnderLoad(t *testing.T) {
 			runtime.Gosched()
 			time.Sleep(time.Millisecond)
 		}
-		for i, d := range c.dists {
+		for i, d := range c.Distributors {
 			killedAtCount[i] = d.Requests()
 		}
-		c.servers[0].Stop()
+		c.Servers[0].Stop()
 	}()
 
 	var mu sync.Mutex
@@ -83,7 +83,7 @@ func TestKillEndpointUnderLoad(t *testing.T) {
 	<-killed
 
 	received := map[[32]byte]bool{}
-	for _, d := range c.dists {
+	for _, d := range c.Distributors {
 		for _, r := range d.Records() {
 			received[r.BodySHA256] = true
 		}
@@ -97,7 +97,7 @@ func TestKillEndpointUnderLoad(t *testing.T) {
 		t.Errorf("%d of %d pushes failed: %v", len(failures), len(bodies), failures)
 	}
 	after := [3]int64{}
-	for i, d := range c.dists {
+	for i, d := range c.Distributors {
 		after[i] = d.Requests() - killedAtCount[i]
 	}
 	// Everything sent after the kill went to the survivors, about evenly.
@@ -106,7 +106,7 @@ func TestKillEndpointUnderLoad(t *testing.T) {
 	}
 	waitFor(t, 20*time.Second, "killed endpoint to leave READY", func() bool {
 		for _, e := range h.Endpoints() {
-			if e.Address == c.addr(0) && e.State == "READY" {
+			if e.Address == c.Addr(0) && e.State == "READY" {
 				return false
 			}
 		}
@@ -121,7 +121,7 @@ func TestKillEndpointUnderLoad(t *testing.T) {
 func TestDNSChanges(t *testing.T) {
 	const refresh = 200 * time.Millisecond
 	c := startCluster(t, 3)
-	c.setDNS(0, 1)
+	c.ListOnly(0, 1)
 	core, logs := zapobserver.New(zapcore.InfoLevel)
 	m := NewMetrics()
 	h := newHandler(t, c, Options{Refresh: refresh, Logger: zap.New(core), Metrics: m})
@@ -135,9 +135,9 @@ func TestDNSChanges(t *testing.T) {
 	}
 
 	// A new record gets traffic within refresh + 1s.
-	c.setDNS(0, 1, 2)
+	c.ListOnly(0, 1, 2)
 	start := time.Now()
-	for c.dists[2].Requests() == 0 {
+	for c.Distributors[2].Requests() == 0 {
 		if time.Since(start) > 20*time.Second {
 			t.Fatal("new endpoint never got traffic")
 		}
@@ -149,42 +149,42 @@ func TestDNSChanges(t *testing.T) {
 
 	// A removed record: gone from the set after the next refresh, then no
 	// new requests.
-	c.setDNS(0, 2)
+	c.ListOnly(0, 2)
 	start = time.Now()
 	waitFor(t, 20*time.Second, "removed endpoint to leave the set", func() bool {
 		push()
-		return !slices.ContainsFunc(h.Endpoints(), func(e EndpointStatus) bool { return e.Address == c.addr(1) })
+		return !slices.ContainsFunc(h.Endpoints(), func(e EndpointStatus) bool { return e.Address == c.Addr(1) })
 	})
 	if took := time.Since(start); took > refresh+time.Second {
 		t.Errorf("removed endpoint left the set after %v (> refresh + 1s)", took)
 	}
-	before := c.dists[1].Requests()
+	before := c.Distributors[1].Requests()
 	for i := 0; i < 60; i++ {
 		push()
 	}
-	if got := c.dists[1].Requests(); got != before {
+	if got := c.Distributors[1].Requests(); got != before {
 		t.Errorf("removed endpoint got %d more requests", got-before)
 	}
-	if n := seriesFor(t, m, c.addr(1)); n != 0 {
+	if n := seriesFor(t, m, c.Addr(1)); n != 0 {
 		t.Errorf("%d request series left for the removed endpoint", n)
 	}
-	if n := seriesFor(t, m, c.addr(2)); n != 1 {
+	if n := seriesFor(t, m, c.Addr(2)); n != 1 {
 		t.Errorf("%d request series for a live endpoint", n)
 	}
 	changes := logs.FilterMessage("endpoints changed").AllUntimed()
 	if len(changes) != 3 {
 		t.Fatalf("%d endpoint-set changes logged, want 3: %v", len(changes), changes)
 	}
-	if f := changes[1].ContextMap(); fmt.Sprint(f["added"]) != "["+c.addr(2)+"]" || fmt.Sprint(f["removed"]) != "[]" {
+	if f := changes[1].ContextMap(); fmt.Sprint(f["added"]) != "["+c.Addr(2)+"]" || fmt.Sprint(f["removed"]) != "[]" {
 		t.Errorf("second change logged as %v", f)
 	}
-	if f := changes[2].ContextMap(); fmt.Sprint(f["removed"]) != "["+c.addr(1)+"]" {
+	if f := changes[2].ContextMap(); fmt.Sprint(f["removed"]) != "["+c.Addr(1)+"]" {
 		t.Errorf("third change logged as %v", f)
 	}
 
 	// DNS down: the last good endpoints stay and keep working.
-	queries := c.dns.Queries()
-	if err := c.dns.Stop(); err != nil {
+	queries := c.DNS.Queries()
+	if err := c.DNS.Stop(); err != nil {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(5 * refresh)
@@ -194,7 +194,7 @@ func TestDNSChanges(t *testing.T) {
 	if got := len(h.Endpoints()); got != 2 {
 		t.Errorf("%d endpoints with DNS down, want 2", got)
 	}
-	if c.dists[0].Requests() == 0 || c.dists[2].Requests() == 0 {
+	if c.Distributors[0].Requests() == 0 || c.Distributors[2].Requests() == 0 {
 		t.Error("an endpoint got no traffic")
 	}
 	waitFor(t, 20*time.Second, "a warning about the failed resolution", func() bool {
@@ -206,14 +206,14 @@ func TestDNSChanges(t *testing.T) {
 // TestFixedIPTarget: dns:///ip:port is one endpoint, no DNS.
 func TestFixedIPTarget(t *testing.T) {
 	c := startCluster(t, 2)
-	h := newHandler(t, c, Options{Target: "dns:///" + c.addr(1), Retries: Ptr(0)})
+	h := newHandler(t, c, Options{Target: "dns:///" + c.Addr(1), Retries: Ptr(0)})
 	for i := 0; i < 5; i++ {
 		if w := serve(h, pushRequest(standin.RemoteWriteBody(10, 1))); w.Code != http.StatusOK {
 			t.Fatalf("%d %s", w.Code, w.Body)
 		}
 	}
-	if c.dists[1].Requests() != 5 || c.dists[0].Requests() != 0 || c.dns.Queries() != 0 {
-		t.Fatalf("requests %d/%d, DNS queries %d", c.dists[0].Requests(), c.dists[1].Requests(), c.dns.Queries())
+	if c.Distributors[1].Requests() != 5 || c.Distributors[0].Requests() != 0 || c.DNS.Queries() != 0 {
+		t.Fatalf("requests %d/%d, DNS queries %d", c.Distributors[0].Requests(), c.Distributors[1].Requests(), c.DNS.Queries())
 	}
 }
 
@@ -234,7 +234,7 @@ func TestHungEndpoint(t *testing.T) {
 	// gives up.
 	var hung atomic.Int64
 	release := make(chan struct{})
-	c.dists[0].SetBehavior(func(_ http.ResponseWriter, _ *http.Request) bool {
+	c.Distributors[0].SetBehavior(func(_ http.ResponseWriter, _ *http.Request) bool {
 		hung.Add(1)
 		<-release
 		return true
@@ -275,7 +275,7 @@ func TestHungEndpoint(t *testing.T) {
 func TestClientDisconnect(t *testing.T) {
 	c := startCluster(t, 1)
 	arrived, canceled := make(chan struct{}), make(chan struct{})
-	c.dists[0].SetBehavior(func(_ http.ResponseWriter, r *http.Request) bool {
+	c.Distributors[0].SetBehavior(func(_ http.ResponseWriter, r *http.Request) bool {
 		close(arrived)
 		<-r.Context().Done()
 		close(canceled)
@@ -337,7 +337,7 @@ func TestRetryLargeBody(t *testing.T) {
 		}
 		return next(ctx, req)
 	}))
-	c.dists[1].SetBehavior(func(w http.ResponseWriter, r *http.Request) bool {
+	c.Distributors[1].SetBehavior(func(w http.ResponseWriter, r *http.Request) bool {
 		w.WriteHeader(http.StatusOK)
 		return true
 	})
@@ -386,7 +386,7 @@ func seriesFor(t *testing.T, m *Metrics, addr string) int {
 func TestCloseReleasesEverything(t *testing.T) {
 	c := startCluster(t, 3)
 	baseline := runtime.NumGoroutine()
-	h, err := New(Options{Target: c.target(), Refresh: 50 * time.Millisecond})
+	h, err := New(Options{Target: c.Target(), Refresh: 50 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}

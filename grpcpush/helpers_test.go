@@ -29,12 +29,10 @@ const testName = "distributor.mimir.test"
 const testTenant = "tenant-1"
 
 // cluster is n stand-in distributors served over gRPC on 127.0.0.2... with
-// one port, and a DNS server answering testName with their addresses.
+// one port, and a DNS server answering testName with their addresses
+// (standin.Cluster), plus what the servers saw.
 type cluster struct {
-	dists   []*standin.Distributor
-	servers []*standin.GRPCServer
-	dns     *standin.DNSServer
-	port    string
+	*standin.Cluster
 	// tenantMD counts calls whose metadata carried exactly testTenant.
 	tenantMD atomic.Int64
 }
@@ -43,55 +41,14 @@ type cluster struct {
 func startCluster(t testing.TB, n int, opts ...standin.GRPCOption) *cluster {
 	t.Helper()
 	c := &cluster{}
-	handlers := make([]http.Handler, n)
-	for i := range handlers {
-		d := standin.NewDistributor("distributor-" + strconv.Itoa(i))
-		c.dists = append(c.dists, d)
-		handlers[i] = d
-	}
 	opts = append([]standin.GRPCOption{standin.WithUnaryInterceptors(c.countTenant)}, opts...)
-	servers, err := standin.StartGRPCGroup(handlers, opts...)
-	if err != nil {
+	var err error
+	if c.Cluster, err = standin.StartCluster(testName, n, opts...); err != nil {
 		t.Fatal(err)
 	}
-	c.servers = servers
-	for _, s := range servers {
-		t.Cleanup(s.Stop)
-	}
-	c.port = strconv.Itoa(servers[0].Port())
-	c.dns, err = standin.StartDNS()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = c.dns.Stop() })
-	c.setDNS(allIndexes(n)...)
+	t.Cleanup(c.Stop)
 	return c
 }
-
-func allIndexes(n int) []int {
-	out := make([]int, n)
-	for i := range out {
-		out[i] = i
-	}
-	return out
-}
-
-// setDNS makes testName resolve to the servers with the given indexes.
-func (c *cluster) setDNS(idx ...int) {
-	ips := make([]string, len(idx))
-	for i, x := range idx {
-		ips[i] = standin.GroupIP(x)
-	}
-	c.dns.SetA(testName, ips...)
-}
-
-// target is the dns://authority/ target of the cluster.
-func (c *cluster) target() string {
-	return "dns://" + c.dns.Addr() + "/" + testName + ":" + c.port
-}
-
-// addr is the endpoint address of server i.
-func (c *cluster) addr(i int) string { return standin.GroupIP(i) + ":" + c.port }
 
 func (c *cluster) countTenant(ctx context.Context, req any, _ *grpc.UnaryServerInfo, next grpc.UnaryHandler) (any, error) {
 	if md, ok := metadata.FromIncomingContext(ctx); ok {
@@ -107,7 +64,7 @@ func (c *cluster) countTenant(ctx context.Context, req any, _ *grpc.UnaryServerI
 func newHandler(t testing.TB, c *cluster, opts Options) *Handler {
 	t.Helper()
 	if opts.Target == "" {
-		opts.Target = c.target()
+		opts.Target = c.Target()
 	}
 	h, err := New(opts)
 	if err != nil {

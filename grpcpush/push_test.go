@@ -21,7 +21,7 @@ import (
 func TestRoundRobinPush(t *testing.T) {
 	const clients, pushes = 4, 150
 	c := startCluster(t, 3)
-	for _, d := range c.dists {
+	for _, d := range c.Distributors {
 		d.KeepRecords(clients * pushes)
 	}
 	reg := prometheus.NewPedanticRegistry()
@@ -68,7 +68,7 @@ func TestRoundRobinPush(t *testing.T) {
 	}
 
 	total, maxN := 0, 0
-	for i, d := range c.dists {
+	for i, d := range c.Distributors {
 		n := int(d.Requests())
 		total += n
 		maxN = max(maxN, n)
@@ -81,8 +81,8 @@ func TestRoundRobinPush(t *testing.T) {
 				t.Fatalf("%s received %+v", d.Name(), rec)
 			}
 		}
-		if got := metricValue(t, m.requests.WithLabelValues(DefaultBackendName, c.addr(i), "200")); got != float64(n) {
-			t.Errorf("requests_total{endpoint=%s} = %v, want %d", c.addr(i), got, n)
+		if got := metricValue(t, m.requests.WithLabelValues(DefaultBackendName, c.Addr(i), "200")); got != float64(n) {
+			t.Errorf("requests_total{endpoint=%s} = %v, want %d", c.Addr(i), got, n)
 		}
 	}
 	if total != clients*pushes {
@@ -93,7 +93,7 @@ func TestRoundRobinPush(t *testing.T) {
 	}
 	mean := float64(total) / 3
 	if ratio := float64(maxN) / mean; ratio > 1.05 {
-		t.Errorf("max/mean = %.3f > 1.05 (%d, %d, %d)", ratio, c.dists[0].Requests(), c.dists[1].Requests(), c.dists[2].Requests())
+		t.Errorf("max/mean = %.3f > 1.05 (%d, %d, %d)", ratio, c.Distributors[0].Requests(), c.Distributors[1].Requests(), c.Distributors[2].Requests())
 	}
 	if doneCalls.Load() != int64(total) || unknownEndpoint.Load() != 0 {
 		t.Errorf("OnDone: %d calls, %d without endpoint or 200", doneCalls.Load(), unknownEndpoint.Load())
@@ -121,7 +121,7 @@ func TestRoundRobinPush(t *testing.T) {
 // distributor and its -Written response headers reach the client.
 func TestRemoteWrite2RoundTrip(t *testing.T) {
 	c := startCluster(t, 1)
-	c.dists[0].KeepRecords(1)
+	c.Distributors[0].KeepRecords(1)
 	h := newHandler(t, c, Options{})
 	r := pushRequest(standin.RemoteWriteV2Body(500, 4))
 	r.Header.Set("Content-Type", standin.ContentTypeRW2)
@@ -137,7 +137,7 @@ func TestRemoteWrite2RoundTrip(t *testing.T) {
 			t.Errorf("%s = %q, want %q", k, got, want)
 		}
 	}
-	rec := c.dists[0].Records()[0]
+	rec := c.Distributors[0].Records()[0]
 	if rec.Header.Get("Content-Type") != standin.ContentTypeRW2 || rec.Header.Get("X-Prometheus-Remote-Write-Version") != "2.0.0" {
 		t.Errorf("distributor saw headers %v", rec.Header)
 	}
@@ -164,7 +164,7 @@ func TestNoTenantAndBodyLimit(t *testing.T) {
 	if w := serve(h, chunked); w.Code != http.StatusRequestEntityTooLarge {
 		t.Errorf("chunked over the limit: %d %q", w.Code, w.Body)
 	}
-	if n := c.servers[0].Calls(); n != 0 {
+	if n := c.Servers[0].Calls(); n != 0 {
 		t.Fatalf("%d calls reached the server", n)
 	}
 	// At the limit the body goes through (and, not being snappy, is refused
@@ -184,8 +184,8 @@ func TestNoTenantAndBodyLimit(t *testing.T) {
 // the hop-by-hop headers of the tunnelled request.
 func TestTunnelledRequest(t *testing.T) {
 	c := startCluster(t, 1)
-	c.dists[0].KeepRecords(1)
-	c.dists[0].SetBehavior(func(w http.ResponseWriter, _ *http.Request) bool {
+	c.Distributors[0].KeepRecords(1)
+	c.Distributors[0].SetBehavior(func(w http.ResponseWriter, _ *http.Request) bool {
 		w.Header().Set("X-Answer", "42")
 		w.Header().Set("Keep-Alive", "timeout=1")
 		w.WriteHeader(http.StatusAccepted)
@@ -208,7 +208,7 @@ func TestTunnelledRequest(t *testing.T) {
 	if w.Code != http.StatusAccepted || w.Body.String() != "accepted" || w.Header().Get("X-Answer") != "42" || w.Header().Get("Keep-Alive") != "" {
 		t.Fatalf("answer %d %q %v", w.Code, w.Body, w.Header())
 	}
-	rec := c.dists[0].Records()[0]
+	rec := c.Distributors[0].Records()[0]
 	if rec.Method != http.MethodPut || rec.URL != "/distributor/ha_tracker?tenant=a%7Cb&x=1" || rec.Tenant != "team-a|team-b" {
 		t.Errorf("got %s %s tenant %q", rec.Method, rec.URL, rec.Tenant)
 	}

@@ -36,10 +36,10 @@ func TestTLS(t *testing.T) {
 	if w := serve(bad, pushRequest(standin.RemoteWriteBody(10, 1))); w.Code != http.StatusServiceUnavailable {
 		t.Fatalf("wrong CA: %d %s", w.Code, w.Body)
 	}
-	if c.dists[0].Requests() != 1 {
-		t.Fatalf("%d requests reached the distributor", c.dists[0].Requests())
+	if c.Distributors[0].Requests() != 1 {
+		t.Fatalf("%d requests reached the distributor", c.Distributors[0].Requests())
 	}
-	if _, err := New(Options{Target: c.target(), TLS: &TLSOptions{CAFile: filepath.Join(dir, "missing.pem")}}); err == nil || !strings.Contains(err.Error(), "tls ca") {
+	if _, err := New(Options{Target: c.Target(), TLS: &TLSOptions{CAFile: filepath.Join(dir, "missing.pem")}}); err == nil || !strings.Contains(err.Error(), "tls ca") {
 		t.Errorf("missing CA file: %v", err)
 	}
 }
@@ -51,8 +51,8 @@ func TestGzip(t *testing.T) {
 	if w := serve(h, pushRequest(standin.RemoteWriteBody(2000, 1))); w.Code != http.StatusOK {
 		t.Fatalf("%d %s", w.Code, w.Body)
 	}
-	if c.dists[0].Samples() != 2000 {
-		t.Fatalf("%d samples", c.dists[0].Samples())
+	if c.Distributors[0].Samples() != 2000 {
+		t.Fatalf("%d samples", c.Distributors[0].Samples())
 	}
 }
 

@@ -178,27 +178,16 @@ func run(ctx context.Context, cfg Config, out io.Writer) (res *Result, err error
 	// httpgrpc server on 127.0.0.2, .3, ... on one shared port, like the pods
 	// behind a headless Service, and over plain HTTP on ports of their own
 	// for the pinned phase.
-	dists := make([]*standin.Distributor, cfg.Distributors)
-	handlers := make([]http.Handler, cfg.Distributors)
-	for i := range dists {
-		dists[i] = standin.NewDistributor(fmt.Sprintf("distributor-%d", i+1))
-		handlers[i] = dists[i]
-	}
-	grpcServers, err := standin.StartGRPCGroup(handlers)
+	// The DNS server lists their addresses under one name.
+	cluster, err := standin.StartCluster(distributorsName, cfg.Distributors)
 	if err != nil {
 		return nil, err
 	}
-	stops = append(stops, func() error {
-		for _, s := range grpcServers {
-			s.Stop()
-		}
-		return nil
-	})
+	stops = append(stops, func() error { cluster.Stop(); return nil })
+	dists := cluster.Distributors
 	httpAddrs := make([]string, cfg.Distributors)
-	ips := make([]string, cfg.Distributors)
 	for i, d := range dists {
-		ips[i] = standin.GroupIP(i)
-		addr, stop, err := serveHTTP(net.JoinHostPort(ips[i], "0"), d)
+		addr, stop, err := serveHTTP(net.JoinHostPort(standin.GroupIP(i), "0"), d)
 		if err != nil {
 			return nil, err
 		}
@@ -211,14 +200,6 @@ func run(ctx context.Context, cfg Config, out io.Writer) (res *Result, err error
 	}
 	stops = append(stops, stop)
 
-	// The DNS server: the distributors' addresses under one name.
-	dns, err := standin.StartDNS()
-	if err != nil {
-		return nil, err
-	}
-	stops = append(stops, dns.Stop)
-	dns.SetA(distributorsName, ips...)
-
 	// The gateway: Caddy with metrics_gateway, loaded from the Caddyfile.
 	dir, err := os.MkdirTemp("", "mgdemo")
 	if err != nil {
@@ -229,8 +210,8 @@ func run(ctx context.Context, cfg Config, out io.Writer) (res *Result, err error
 	gatewayAddr, err := startCaddy(cfg.Listen, []env{
 		{"DEMO_DIR", dir},
 		{"DEMO_ADMIN_SOCKET", adminSocket},
-		{"DEMO_DNS_SERVER", dns.Addr()},
-		{"DEMO_GRPC_PORT", strconv.Itoa(grpcServers[0].Port())},
+		{"DEMO_DNS_SERVER", cluster.DNS.Addr()},
+		{"DEMO_GRPC_PORT", cluster.Port},
 		{"DEMO_OTHERS", othersAddr},
 	})
 	if err != nil {
@@ -242,7 +223,7 @@ func run(ctx context.Context, cfg Config, out io.Writer) (res *Result, err error
 		cfg.Clients, thousands(int64(cfg.Samples)), cfg.Distributors)
 	fmt.Fprintf(out, "  gateway       http://%s (Caddy with metrics_gateway, examples/demo/Caddyfile)\n", gatewayAddr)
 	fmt.Fprintf(out, "  distributors  %s gRPC, found as %s at the DNS server %s\n",
-		ipRange(ips, grpcServers[0].Port()), distributorsName, dns.Addr())
+		ipRange(cfg.Distributors, cluster.Port), distributorsName, cluster.DNS.Addr())
 	fmt.Fprintf(out, "  admin API     curl --unix-socket %s http://localhost/metrics_gateway/backends (or /metrics)\n", adminSocket)
 
 	body := standin.RemoteWriteBody(cfg.Samples, 1)
@@ -383,10 +364,10 @@ func freePort(host string) (string, error) {
 }
 
 // ipRange writes the addresses of a group compactly: 127.0.0.2-4:port.
-func ipRange(ips []string, port int) string {
-	if len(ips) == 1 {
-		return net.JoinHostPort(ips[0], strconv.Itoa(port))
+func ipRange(n int, port string) string {
+	first, last := standin.GroupIP(0), standin.GroupIP(n-1)
+	if n == 1 {
+		return net.JoinHostPort(first, port)
 	}
-	last := ips[len(ips)-1]
-	return fmt.Sprintf("%s-%s:%d", ips[0], last[strings.LastIndexByte(last, '.')+1:], port)
+	return fmt.Sprintf("%s-%s:%s", first, last[strings.LastIndexByte(last, '.')+1:], port)
 }
