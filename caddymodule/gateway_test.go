@@ -11,6 +11,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -444,4 +445,22 @@ func TestReloadSwitchesBackends(t *testing.T) {
 		t.Errorf("after reload: %q %v, want new", b, err)
 	}
 	testcaddy.WaitGoroutines(t, goroutinesBefore, 10)
+}
+
+// TestExampleCaddyfileRuns starts the gateway from examples/Caddyfile (its
+// listeners moved to the test's sockets) and asks it whether it is ready.
+func TestExampleCaddyfileRuns(t *testing.T) {
+	caddyfile, err := os.ReadFile("../examples/Caddyfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := testcaddy.StartCaddyfile(t, string(caddyfile))
+	resp, body, err := c.Get("/ready")
+	if err != nil || resp.StatusCode != 200 || string(body) != "ready" {
+		t.Fatalf("GET /ready: %v %v %q", resp, err, body)
+	}
+	code, body, err := c.AdminGet("/metrics_gateway/backends")
+	if err != nil || code != 200 || !strings.Contains(string(body), `"target":"dns:///localhost:9095"`) {
+		t.Errorf("GET /metrics_gateway/backends: %d %v %s", code, err, body)
+	}
 }
