@@ -32,6 +32,7 @@ package caddyfile
 
 import (
 	"encoding/json"
+	"fmt"
 	"strconv"
 	"strings"
 
@@ -44,6 +45,7 @@ import (
 	"github.com/dustin/go-humanize"
 
 	"github.com/metrics-gateway/metrics_gateway/caddymodule"
+	"github.com/metrics-gateway/metrics_gateway/grpcpush"
 )
 
 func init() {
@@ -203,13 +205,12 @@ func unmarshalGRPC(d *parser.Dispenser, c caddymodule.Component, cfg *caddymodul
 			if !d.AllArgs(&n) {
 				return d.ArgErr()
 			}
-			cfg.Retries, err = strconv.Atoi(n)
-			if err == nil && cfg.Retries < -1 {
-				err = d.Errf("must be -1 (no retries) or more")
+			var retries int
+			retries, err = strconv.Atoi(n)
+			if err == nil && (retries < 0 || retries > grpcpush.MaxRetries) {
+				err = fmt.Errorf("%d: must be 0 to %d (gRPC allows at most %d attempts)", retries, grpcpush.MaxRetries, grpcpush.MaxRetries+1)
 			}
-			if err == nil && cfg.Retries == 0 {
-				cfg.Retries = -1 // 0 in JSON means "default"
-			}
+			cfg.Retries = &retries
 		case "max_request_body":
 			var size string
 			if !d.AllArgs(&size) {

@@ -109,7 +109,7 @@ func TestDirectiveAdapts(t *testing.T) {
 			"distributor": map[string]any{
 				"url": "dns:///distributor-headless.mimir.svc.cluster.local:9095",
 				"grpc": map[string]any{
-					"refresh": float64(10e9), "timeout": float64(5e9), "retries": float64(-1),
+					"refresh": float64(10e9), "timeout": float64(5e9), "retries": float64(0),
 					"max_request_body": float64(10 << 20), "keepalive_time": float64(30e9),
 					"keepalive_timeout": float64(5e9), "compression": "gzip",
 					"tls": map[string]any{"ca": "/etc/ca.pem", "server_name": "distributor"},
@@ -171,6 +171,7 @@ func TestLoadTimeErrors(t *testing.T) {
 		{"bad grpc option", "default http://a:1\n distributor dns:///d:9095 {\n bogus 1\n }", `proxy.distributor: unrecognized option "bogus" for a dns: backend`},
 		{"bad refresh", "default http://a:1\n distributor dns:///d:9095 {\n refresh soon\n }", "proxy.distributor.grpc.refresh:"},
 		{"bad reverse_proxy option", "default http://a:1 {\n bogus 1\n }", `unrecognized subdirective bogus`},
+		{"too many retries", "default http://a:1\n distributor dns:///d:9095 {\n retries 7\n }", "proxy.distributor.grpc.retries: 7: must be 0 to 4"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -218,6 +219,10 @@ func TestJSONLoadTimeErrors(t *testing.T) {
 		{"grpc options on http", `{"proxy": {"default": {"url": "http://a:1", "grpc": {"retries": 1}}}}`, "proxy.default.grpc: only valid with a dns: URL"},
 		{"reverse_proxy on dns", `{"proxy": {"default": {"url": "http://a:1"}, "distributor": {"url": "dns:///d:9095", "reverse_proxy": {}}}}`, "proxy.distributor.reverse_proxy: only valid with HTTP URLs"},
 		{"bad reverse_proxy", `{"proxy": {"default": {"url": "http://a:1", "reverse_proxy": {"bogus": 1}}}}`, `proxy.default: reverse_proxy: json: unknown field "bogus"`},
+		{"upstreams besides url", `{"proxy": {"default": {"url": "http://a:1", "reverse_proxy": {"upstreams": [{"dial": "b:2"}]}}}}`, "proxy.default: reverse_proxy: upstreams come from url"},
+		{"tls on http url", `{"proxy": {"default": {"url": "http://a:1", "reverse_proxy": {"transport": {"protocol": "http", "tls": {}}}}}}`, "proxy.default: reverse_proxy.transport: tls is set but the URL is http://"},
+		{"invalid default tenant", `{"proxy": {"default": {"url": "http://a:1"}}, "default_tenant": "a|b"}`, `default_tenant: tenant ID "a|b" contains '|'`},
+		{"too many retries", `{"proxy": {"default": {"url": "http://a:1"}, "distributor": {"url": "dns:///d:9095", "grpc": {"retries": 9}}}}`, "proxy.distributor: grpc.retries: 9: must be 0 to 4"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -1,10 +1,10 @@
 package caddymodule
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -25,16 +25,42 @@ var grpcUpstreams = caddy.NewUsagePool()
 // registers these same collectors in it.
 var grpcMetrics = grpcpush.NewMetrics()
 
-// pooledHandler lets the usage pool close a Handler.
-type pooledHandler struct{ *grpcpush.Handler }
+// pooledHandler is a Handler in the usage pool. It counts the requests in
+// flight so that closing it can wait for them: Caddy cleans up the old
+// config of a reload while the old server may still be finishing requests.
+type pooledHandler struct {
+	*grpcpush.Handler
+	inflight atomic.Int64
+	// drain bounds the wait for in-flight requests: the request timeout.
+	drain time.Duration
+}
 
-func (p pooledHandler) Destruct() error { return p.Close() }
+// Destruct closes the Handler once its in-flight requests are done, or
+// after the request timeout, without holding up the reload.
+func (p *pooledHandler) Destruct() error {
+	go func() {
+		deadline := time.Now().Add(p.drain)
+		for p.inflight.Load() > 0 && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		_ = p.Close()
+	}()
+	return nil
+}
 
 // grpcBackend is a backend served by the gRPC round-robin upstream.
 type grpcBackend struct {
 	name    Component
 	target  string
-	handler *grpcpush.Handler
+	handler *pooledHandler
+}
+
+// drainTime is how long a retired Handler waits for its requests.
+func drainTime(timeout time.Duration) time.Duration {
+	if timeout <= 0 {
+		timeout = grpcpush.DefaultTimeout
+	}
+	return timeout + time.Second
 }
 
 func (g *Gateway) newGRPCBackend(ctx caddy.Context, c Component, b *Backend, _ *ParsedURL) (upstream, error) {
@@ -42,7 +68,7 @@ func (g *Gateway) newGRPCBackend(ctx caddy.Context, c Component, b *Backend, _ *
 	if err != nil {
 		return nil, err
 	}
-	key, err := poolKey(c, b)
+	key, err := poolKey(opts)
 	if err != nil {
 		return nil, err
 	}
@@ -54,13 +80,13 @@ func (g *Gateway) newGRPCBackend(ctx caddy.Context, c Component, b *Backend, _ *
 		if err != nil {
 			return nil, err
 		}
-		return pooledHandler{h}, nil
+		return &pooledHandler{Handler: h, drain: drainTime(opts.Timeout)}, nil
 	})
 	if err != nil {
 		return nil, err
 	}
 	g.pooled = append(g.pooled, key)
-	return &grpcBackend{name: c, target: b.URL, handler: val.(pooledHandler).Handler}, nil
+	return &grpcBackend{name: c, target: b.URL, handler: val.(*pooledHandler)}, nil
 }
 
 // grpcOptions turns a backend's JSON config into grpcpush options.
@@ -82,13 +108,11 @@ func grpcOptions(c Component, b *Backend, logger *zap.Logger) (grpcpush.Options,
 		BackendName:      string(c),
 		OnDone:           logEndpoint,
 	}
-	switch {
-	case cfg.Retries == -1:
-		opts.Retries = grpcpush.Ptr(0)
-	case cfg.Retries < -1:
-		return opts, fmt.Errorf("grpc.retries: %d: must be -1 (no retries) or more", cfg.Retries)
-	case cfg.Retries > 0:
-		opts.Retries = grpcpush.Ptr(cfg.Retries)
+	if r := cfg.Retries; r != nil {
+		if *r < 0 || *r > grpcpush.MaxRetries {
+			return opts, fmt.Errorf("grpc.retries: %d: must be 0 to %d (gRPC allows at most %d attempts)", *r, grpcpush.MaxRetries, grpcpush.MaxRetries+1)
+		}
+		opts.Retries = grpcpush.Ptr(*r)
 	}
 	if t := cfg.TLS; t != nil {
 		if (t.Cert == "") != (t.Key == "") {
@@ -102,14 +126,11 @@ func grpcOptions(c Component, b *Backend, logger *zap.Logger) (grpcpush.Options,
 	return opts, nil
 }
 
-// poolKey identifies a gRPC upstream by everything that shapes it.
-func poolKey(c Component, b *Backend) (string, error) {
-	key, err := json.Marshal(struct {
-		Component Component   `json:"c"`
-		URL       string      `json:"u"`
-		GRPC      *GRPCConfig `json:"g"`
-	}{c, b.URL, b.GRPC})
-	return "metrics_gateway.grpc:" + string(key), err
+// poolKey identifies a gRPC upstream by everything that shapes it, after
+// defaults are applied (so "grpc": null and "grpc": {} share one).
+func poolKey(opts grpcpush.Options) (string, error) {
+	key, err := opts.Key()
+	return "metrics_gateway.grpc:" + key, err
 }
 
 // logEndpoint adds the gRPC endpoint that served a request to its access
@@ -121,6 +142,8 @@ func logEndpoint(r *http.Request, endpoint string, _ int) {
 }
 
 func (g *grpcBackend) serve(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
+	g.handler.inflight.Add(1)
+	defer g.handler.inflight.Add(-1)
 	g.handler.ServeHTTP(w, r)
 	return nil
 }

@@ -51,10 +51,13 @@ func reverseProxyConfig(raw json.RawMessage, u *ParsedURL) (json.RawMessage, err
 			return nil, fmt.Errorf("reverse_proxy: %v", err)
 		}
 	}
-	if len(rp.Upstreams) == 0 && len(rp.DynamicUpstreamsRaw) == 0 {
-		for _, dial := range u.Dials {
-			rp.Upstreams = append(rp.Upstreams, &reverseproxy.Upstream{Dial: dial})
-		}
+	if len(rp.Upstreams) > 0 || len(rp.DynamicUpstreamsRaw) > 0 {
+		// One source of truth for where a component lives: the url, which
+		// the admin view reports and the errors name.
+		return nil, fmt.Errorf("reverse_proxy: upstreams come from url; remove `to`/`dynamic` (upstreams, dynamic_upstreams)")
+	}
+	for _, dial := range u.Dials {
+		rp.Upstreams = append(rp.Upstreams, &reverseproxy.Upstream{Dial: dial})
 	}
 	transport, err := transportFor(rp.TransportRaw, u.Scheme)
 	if err != nil {
@@ -68,14 +71,17 @@ func reverseProxyConfig(raw json.RawMessage, u *ParsedURL) (json.RawMessage, err
 // TLS for https, HTTP/2 over cleartext for h2c. A config that already says
 // either is left alone.
 func transportFor(raw json.RawMessage, scheme string) (json.RawMessage, error) {
-	if scheme == "http" {
-		return raw, nil
-	}
 	transport := map[string]any{"protocol": "http"}
 	if len(raw) > 0 {
 		if err := json.Unmarshal(raw, &transport); err != nil {
 			return nil, fmt.Errorf("reverse_proxy.transport: %v", err)
 		}
+	}
+	if scheme == "http" {
+		if _, tls := transport["tls"]; tls {
+			return nil, fmt.Errorf("reverse_proxy.transport: tls is set but the URL is http://; write https://")
+		}
+		return raw, nil
 	}
 	if transport["protocol"] != "http" {
 		return nil, fmt.Errorf("reverse_proxy.transport: %s:// URLs need the http transport, not %v", scheme, transport["protocol"])

@@ -59,21 +59,10 @@ type ProxyConfig struct {
 // byComponent returns the configured backends by component; unset ones are
 // absent.
 func (p *ProxyConfig) byComponent() map[Component]*Backend {
-	all := map[Component]*Backend{
-		ComponentDefault:       p.Default,
-		ComponentAdminAPI:      p.AdminAPI,
-		ComponentAlertmanager:  p.Alertmanager,
-		ComponentCompactor:     p.Compactor,
-		ComponentDistributor:   p.Distributor,
-		ComponentGraphite:      p.Graphite,
-		ComponentIngester:      p.Ingester,
-		ComponentQueryFrontend: p.QueryFrontend,
-		ComponentRuler:         p.Ruler,
-		ComponentStoreGateway:  p.StoreGateway,
-	}
-	for c, b := range all {
-		if b == nil {
-			delete(all, c)
+	all := map[Component]*Backend{}
+	for _, c := range Components {
+		if b := p.Get(c); b != nil {
+			all[c] = b
 		}
 	}
 	return all
@@ -143,8 +132,7 @@ type Backend struct {
 	// - One or more HTTP URLs separated by spaces: `http://host:port`,
 	//   `https://host:port` or `h2c://host:port` (cleartext HTTP/2). They are
 	//   served by Caddy's own `reverse_proxy` handler; all URLs of one backend
-	//   must share a scheme. Placeholders work as in `reverse_proxy`
-	//   upstreams.
+	//   must share a scheme.
 	// - One gRPC target: `dns:///host:port`, `dns:///ip:port`, or
 	//   `dns://dns-server:port/host:port` to ask a specific DNS server
 	//   (RFC 4501). Every A/AAAA record of host becomes an endpoint; each
@@ -182,9 +170,9 @@ type GRPCConfig struct {
 
 	// Retries is how many times a request that failed because its endpoint
 	// went away (gRPC UNAVAILABLE: connection refused or reset, GOAWAY) is
-	// tried again on another endpoint. Nothing else is retried. Set to -1 for
-	// no retries. Default: 2.
-	Retries int `json:"retries,omitempty"`
+	// tried again on another endpoint; 0 to 4 (gRPC allows 5 attempts).
+	// Nothing else is retried. Default: 2.
+	Retries *int `json:"retries,omitempty"`
 
 	// MaxRequestBody is the largest request body, in bytes, tunnelled; a
 	// larger one is answered 413 without contacting a backend. It also sets

@@ -131,6 +131,11 @@ func (g *Gateway) checkConfig() (map[Component]*ParsedURL, error) {
 	if g.Proxy.Default == nil {
 		return nil, fmt.Errorf("proxy.default: required: it serves every component without a backend of its own")
 	}
+	if g.DefaultTenant != "" {
+		if err := CheckTenantID(g.DefaultTenant); err != nil {
+			return nil, fmt.Errorf("default_tenant: %v", err)
+		}
+	}
 	parsed := make(map[Component]*ParsedURL, len(backends))
 	for c, b := range backends {
 		u, err := ParseBackendURL(b.URL)
@@ -179,14 +184,14 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 }
 
 func (g *Gateway) serveRoute(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, route *Route) error {
+	addLogFields(r, zap.String("metrics_gateway.route", route.Name), zap.String("metrics_gateway.backend", string(route.Component)))
 	if route.Component == ComponentGateway {
 		return serveLocal(w, route)
 	}
 	if !g.setTenant(r) {
-		http.Error(w, "no org id: the tenant placeholder evaluated empty (is the request authenticated?)", http.StatusUnauthorized)
+		http.Error(w, "no org id: the tenant placeholder is empty or not one valid tenant ID (is the request authenticated?)", http.StatusUnauthorized)
 		return nil
 	}
-	addLogFields(r, zap.String("metrics_gateway.route", route.Name), zap.String("metrics_gateway.backend", string(route.Component)))
 	return g.backends[route.Component].serve(w, r, next)
 }
 

@@ -224,7 +224,7 @@ func TestGRPCPushBalanced(t *testing.T) {
 // gets for each kind of distributor answer.
 func TestGRPCErrorContract(t *testing.T) {
 	cl := startCluster(t, 1)
-	c := testcaddy.Start(t, cl.handlerJSON(`"retries": -1`))
+	c := testcaddy.Start(t, cl.handlerJSON(`"retries": 0`))
 	body := standin.RemoteWriteBody(10, 1)
 
 	answer := func(code int, header map[string]string, text string) standin.Behavior {
@@ -600,7 +600,7 @@ func TestGRPCRemovedRecord(t *testing.T) {
 // up) and that a client going away cancels the call at the distributor.
 func TestGRPCHungEndpointAndDisconnect(t *testing.T) {
 	cl := startCluster(t, 1)
-	c := testcaddy.Start(t, cl.handlerJSON(`"timeout": "300ms", "retries": -1`))
+	c := testcaddy.Start(t, cl.handlerJSON(`"timeout": "300ms", "retries": 0`))
 	body := standin.RemoteWriteBody(10, 1)
 	if resp, b, err := push(c.Client, body); err != nil || resp.StatusCode != 200 {
 		t.Fatalf("push: %v %q", err, b)
@@ -669,4 +669,44 @@ func TestGRPCHungEndpointAndDisconnect(t *testing.T) {
 	cancel()
 	<-done
 	waitFor(t, "the distributor to see the cancellation", func() bool { return canceled.Load() == 1 })
+}
+
+// TestGRPCReloadDrainsChangedBackend reloads to a config that changes the
+// distributor's settings while a push is in flight: the old gRPC upstream
+// is retired, and the push still completes on it.
+func TestGRPCReloadDrainsChangedBackend(t *testing.T) {
+	cl := startCluster(t, 1)
+	c := testcaddy.Start(t, cl.handlerJSON(`"timeout": "10s"`))
+	body := standin.RemoteWriteBody(10, 1)
+	if resp, b, err := push(c.Client, body); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("push: %v %q", err, b)
+	}
+	release := make(chan struct{})
+	cl.Distributors[0].SetBehavior(func(w http.ResponseWriter, r *http.Request) bool {
+		<-release
+		return false // then answer normally
+	})
+	served := cl.Distributors[0].Requests()
+	result := make(chan string, 1)
+	client := oneConnClient(t, c)
+	go func() {
+		resp, b, err := push(client, body)
+		if err != nil {
+			result <- err.Error()
+			return
+		}
+		result <- fmt.Sprintf("%d %s", resp.StatusCode, b)
+	}()
+	waitFor(t, "the push to reach the distributor", func() bool { return cl.Distributors[0].Requests() > served })
+	if err := c.Reload(cl.handlerJSON(`"timeout": "11s"`)); err != nil {
+		t.Fatal(err)
+	}
+	cl.Distributors[0].SetBehavior(nil)
+	close(release)
+	if got := <-result; got != "200 " {
+		t.Errorf("push in flight across the reload: %s, want 200", got)
+	}
+	if resp, b, err := push(c.Client, body); err != nil || resp.StatusCode != 200 {
+		t.Errorf("push after the reload: %v %q", err, b)
+	}
 }

@@ -50,21 +50,24 @@ func registerCollectors(ctx caddy.Context, cs ...prometheus.Collector) error {
 }
 
 // instrument serves a request through serve and records it in the request
-// metrics under its route.
-func instrument(w http.ResponseWriter, r *http.Request, route *Route, serve func(http.ResponseWriter) error) error {
+// metrics under its route. The records are deferred: reverse_proxy aborts a
+// response that fails mid-stream with panic(http.ErrAbortHandler), and such
+// a request must still leave the in-flight gauge and be counted.
+func instrument(w http.ResponseWriter, r *http.Request, route *Route, serve func(http.ResponseWriter) error) (err error) {
 	method := methodLabel(r.Method)
 	inflight := inflightRequests.WithLabelValues(method, route.Name)
 	inflight.Inc()
 	start := time.Now()
 	rec := &statusRecorder{ResponseWriter: w}
-	err := serve(rec)
-	inflight.Dec()
-	status := statusOf(rec.status, err)
-	if rec.status == 0 && err == nil && r.Context().Err() != nil {
-		status = statusClientClosedRequest
-	}
-	requestDuration.WithLabelValues(method, route.Name, statusLabel(status), wsLabel(r)).Observe(time.Since(start).Seconds())
-	return err
+	defer func() {
+		inflight.Dec()
+		status := statusOf(rec.status, err)
+		if rec.status == 0 && err == nil && r.Context().Err() != nil {
+			status = statusClientClosedRequest
+		}
+		requestDuration.WithLabelValues(method, route.Name, statusLabel(status), wsLabel(r)).Observe(time.Since(start).Seconds())
+	}()
+	return serve(rec)
 }
 
 // statusClientClosedRequest is the status of a request whose client went
@@ -96,7 +99,9 @@ type statusRecorder struct {
 }
 
 func (s *statusRecorder) WriteHeader(code int) {
-	if s.status == 0 {
+	// Informational answers (103 Early Hints, 100 Continue) come before
+	// the final one; 101 Switching Protocols is final.
+	if s.status == 0 && (code >= 200 || code == http.StatusSwitchingProtocols) {
 		s.status = code
 	}
 	s.ResponseWriter.WriteHeader(code)

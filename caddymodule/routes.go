@@ -131,8 +131,9 @@ var defaultRoute = Route{Path: "", Match: Prefix, Component: ComponentDefault, N
 // Alertmanager HTTP prefixes filled in.
 func RouteTable(promPrefix, amPrefix string) []Route {
 	table := make([]Route, len(routeTable))
+	prefixes := strings.NewReplacer(prometheusPrefix, promPrefix, alertmanagerPrefix, amPrefix)
 	for i, r := range routeTable {
-		r.Path = strings.NewReplacer(prometheusPrefix, promPrefix, alertmanagerPrefix, amPrefix).Replace(r.Path)
+		r.Path = prefixes.Replace(r.Path)
 		if r.Name == "" {
 			r.Name = routeName(r)
 		}

@@ -1,7 +1,9 @@
 package caddymodule
 
 import (
+	"fmt"
 	"net/http"
+	"strings"
 
 	"github.com/caddyserver/caddy/v2"
 )
@@ -19,7 +21,9 @@ func (g *Gateway) setTenant(r *http.Request) bool {
 			return false
 		}
 		tenant := repl.ReplaceAll(g.Tenant, "")
-		if tenant == "" {
+		// The identity must be one valid tenant: a "|" would turn it into
+		// a federated query over several tenants.
+		if CheckTenantID(tenant) != nil {
 			return false
 		}
 		// Set, not Add: the authenticated identity replaces whatever the
@@ -31,4 +35,35 @@ func (g *Gateway) setTenant(r *http.Request) bool {
 		r.Header.Set(tenantHeader, g.DefaultTenant)
 	}
 	return true
+}
+
+// maxTenantIDLength is Mimir's limit on a tenant ID.
+const maxTenantIDLength = 150
+
+// CheckTenantID applies Mimir's rules for one tenant ID (dskit's
+// tenant.ValidTenantID): 1 to 150 characters from [a-zA-Z0-9!-_.*'()],
+// and not "." or "..".
+func CheckTenantID(id string) error {
+	switch {
+	case id == "":
+		return fmt.Errorf("tenant ID is empty")
+	case len(id) > maxTenantIDLength:
+		return fmt.Errorf("tenant ID is longer than %d characters", maxTenantIDLength)
+	case id == "." || id == "..":
+		return fmt.Errorf("tenant ID %q is not allowed", id)
+	}
+	for _, r := range id {
+		if !isTenantIDChar(r) {
+			return fmt.Errorf("tenant ID %q contains %q: only letters, digits and !-_.*'() are allowed", id, r)
+		}
+	}
+	return nil
+}
+
+func isTenantIDChar(r rune) bool {
+	switch {
+	case 'a' <= r && r <= 'z', 'A' <= r && r <= 'Z', '0' <= r && r <= '9':
+		return true
+	}
+	return strings.ContainsRune("!-_.*'()", r)
 }

@@ -87,7 +87,11 @@ func newCaddy(t testing.TB) *Caddy {
 		AccessLog: filepath.Join(dir, "access.log"),
 	}
 	c.Client = &http.Client{Transport: UnixTransport(c.HTTPSock), Timeout: 60 * time.Second}
-	c.admin = &http.Client{Transport: UnixTransport(c.AdminSock), Timeout: 60 * time.Second}
+	// Caddy replaces its admin server on every load, so admin requests use
+	// a fresh connection each.
+	adminTransport := UnixTransport(c.AdminSock)
+	adminTransport.DisableKeepAlives = true
+	c.admin = &http.Client{Transport: adminTransport, Timeout: 60 * time.Second}
 	return c
 }
 
@@ -179,6 +183,8 @@ func (c *Caddy) Load(cfg []byte) error {
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("POST /load: %s: %s", resp.Status, body)
 	}
+	// Idle connections belong to the old server, which is closing them.
+	c.Client.CloseIdleConnections()
 	return nil
 }
 
