@@ -1,0 +1,231 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/metrics-gateway/metrics_gateway/examples/standin"
+)
+
+// dnsName is the name every system under test resolves to find the
+// stand-ins, like a headless Service.
+const dnsName = "distributors.bench"
+
+// standinsInfo is the one JSON line the standins process prints on stdout
+// once everything listens.
+type standinsInfo struct {
+	IPs      []string `json:"ips"`
+	HTTPPort int      `json:"http_port"`
+	GRPCPort int      `json:"grpc_port"`
+	DNS      string   `json:"dns"`
+	Control  string   `json:"control"`
+}
+
+// standinStats is what the control endpoint reports for one stand-in.
+type standinStats struct {
+	Name      string `json:"name"`
+	IP        string `json:"ip"`
+	Requests  int64  `json:"requests"`
+	Samples   int64  `json:"samples"`
+	GRPCCalls int64  `json:"grpc_calls"`
+}
+
+// statsReply is the control endpoint's answer to GET /stats.
+type statsReply struct {
+	Work     string         `json:"work"`
+	Standins []standinStats `json:"standins"`
+}
+
+// Work modes of the stand-ins.
+const (
+	workDecode = "decode" // snappy + protobuf decode, like a distributor's first step
+	workCount  = "count"  // read the body and answer 200, so the proxy is the bottleneck
+)
+
+// runStandins is the `standins` subcommand: N distributor stand-ins, each
+// serving the SAME standin.Distributor over HTTP (127.0.0.{2..}:httpPort) and
+// over dskit's httpgrpc (127.0.0.{2..}:grpcPort), a DNS server answering
+// distributors.bench with their addresses, and a control endpoint on
+// 127.0.0.1 for counters and the work mode. It stops when stdin closes, on
+// SIGTERM/SIGINT, or after -max-lifetime.
+func runStandins(args []string) int {
+	fs := flag.NewFlagSet("standins", flag.ExitOnError)
+	n := fs.Int("n", 3, "number of stand-ins (127.0.0.2 ...)")
+	work := fs.String("work", workDecode, "initial work mode: decode or count")
+	maxLife := fs.Duration("max-lifetime", 40*time.Minute, "exit after this long whatever happens")
+	_ = fs.Parse(args)
+
+	if err := serveStandins(*n, *work, *maxLife); err != nil {
+		fmt.Fprintln(os.Stderr, "standins:", err)
+		return 1
+	}
+	return 0
+}
+
+func serveStandins(n int, work string, maxLife time.Duration) error {
+	dists := make([]*standin.Distributor, n)
+	handlers := make([]http.Handler, n)
+	for i := range dists {
+		dists[i] = standin.NewDistributor(string(rune('a' + i)))
+		handlers[i] = dists[i]
+	}
+	var workMu sync.Mutex
+	setWork := func(mode string) error {
+		workMu.Lock()
+		defer workMu.Unlock()
+		switch mode {
+		case workDecode:
+			for _, d := range dists {
+				d.SetBehavior(nil)
+			}
+		case workCount:
+			for _, d := range dists {
+				d.SetBehavior(countOnly)
+			}
+		default:
+			return fmt.Errorf("unknown work mode %q", mode)
+		}
+		work = mode
+		return nil
+	}
+	if err := setWork(work); err != nil {
+		return err
+	}
+
+	grpcs, err := standin.StartGRPCGroup(handlers)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		for _, g := range grpcs {
+			g.Stop()
+		}
+	}()
+
+	httpLis, err := listenHTTPGroup(n)
+	if err != nil {
+		return err
+	}
+	var httpSrvs []*http.Server
+	ips := make([]string, n)
+	for i, l := range httpLis {
+		ips[i] = standin.GroupIP(i)
+		srv := &http.Server{Handler: dists[i], ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 5 * time.Minute}
+		httpSrvs = append(httpSrvs, srv)
+		go func() { _ = srv.Serve(l) }()
+	}
+	defer func() {
+		for _, s := range httpSrvs {
+			_ = s.Close()
+		}
+	}()
+
+	dnsSrv, err := standin.StartDNS()
+	if err != nil {
+		return err
+	}
+	defer func() { _ = dnsSrv.Stop() }()
+	dnsSrv.SetA(dnsName, ips...)
+
+	ctlLis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /stats", func(w http.ResponseWriter, _ *http.Request) {
+		workMu.Lock()
+		rep := statsReply{Work: work}
+		workMu.Unlock()
+		for i, d := range dists {
+			rep.Standins = append(rep.Standins, standinStats{
+				Name: d.Name(), IP: ips[i], Requests: d.Requests(), Samples: d.Samples(), GRPCCalls: grpcs[i].Calls(),
+			})
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(rep)
+	})
+	// Work changes are made between runs, never during one.
+	mux.HandleFunc("POST /work", func(w http.ResponseWriter, r *http.Request) {
+		if err := setWork(r.URL.Query().Get("mode")); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})
+	ctl := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = ctl.Serve(ctlLis) }()
+	defer func() { _ = ctl.Close() }()
+
+	info := standinsInfo{
+		IPs:      ips,
+		HTTPPort: httpLis[0].Addr().(*net.TCPAddr).Port,
+		GRPCPort: grpcs[0].Port(),
+		DNS:      dnsSrv.Addr(),
+		Control:  ctlLis.Addr().String(),
+	}
+	line, _ := json.Marshal(info)
+	fmt.Println(string(line))
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	stdinClosed := make(chan struct{})
+	go func() { _, _ = io.Copy(io.Discard, os.Stdin); close(stdinClosed) }()
+	select {
+	case <-ctx.Done():
+	case <-stdinClosed:
+	case <-time.After(maxLife):
+		return errors.New("max lifetime reached")
+	}
+	return nil
+}
+
+// countOnly answers a push 200 once the Distributor has read (and counted)
+// the body, without decoding it.
+func countOnly(w http.ResponseWriter, r *http.Request) bool {
+	if r.URL.Path != standin.PushPath {
+		return false
+	}
+	w.WriteHeader(http.StatusOK)
+	return true
+}
+
+// listenHTTPGroup opens n listeners on 127.0.0.2, 127.0.0.3, ... sharing one
+// port (retried a few times if the port is taken on a later address).
+func listenHTTPGroup(n int) ([]net.Listener, error) {
+	var lastErr error
+	for attempt := 0; attempt < 20; attempt++ {
+		first, err := net.Listen("tcp", net.JoinHostPort(standin.GroupIP(0), "0"))
+		if err != nil {
+			return nil, err
+		}
+		lis := []net.Listener{first}
+		port := strconv.Itoa(first.Addr().(*net.TCPAddr).Port)
+		for i := 1; i < n && err == nil; i++ {
+			var l net.Listener
+			l, err = net.Listen("tcp", net.JoinHostPort(standin.GroupIP(i), port))
+			if err == nil {
+				lis = append(lis, l)
+			}
+		}
+		if err == nil {
+			return lis, nil
+		}
+		for _, l := range lis {
+			_ = l.Close()
+		}
+		lastErr = err
+	}
+	return nil, fmt.Errorf("listening on %d addresses with one port: %w", n, lastErr)
+}
