@@ -207,8 +207,13 @@ func serveLocal(w http.ResponseWriter, route *Route) error {
 	return err
 }
 
-// addLogFields adds fields to the request's access log entry.
+// addLogFields adds fields to the request's access log entry. A server
+// without access logs (no `log` in the site, no "logs" in JSON) gets none:
+// they would only cost allocations.
 func addLogFields(r *http.Request, fields ...zap.Field) {
+	if srv, _ := r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); srv == nil || srv.Logs == nil {
+		return
+	}
 	extra, ok := r.Context().Value(caddyhttp.ExtraLogFieldsCtxKey).(*caddyhttp.ExtraLogFields)
 	if !ok {
 		return

@@ -23,6 +23,9 @@ import (
 	"google.golang.org/grpc/metadata"
 )
 
+// writeBufferSize is the HTTP/2 write buffer of each connection.
+const writeBufferSize = 256 << 10
+
 // handleMethod is the one RPC every Mimir and Cortex component serves.
 const handleMethod = "/httpgrpc.HTTP/Handle"
 
@@ -107,6 +110,10 @@ func (h *Handler) dialOptions(b *dnsBuilder) []grpc.DialOption {
 		// and the next push would pay for DNS and handshakes.
 		grpc.WithIdleTimeout(0),
 		grpc.WithUserAgent("metrics_gateway"),
+		// A Remote-Write request is typically 20-100 KB: with grpc-go's
+		// default 32 KiB write buffer each one costs two write(2) calls.
+		// One buffer per connection, so this is cheap.
+		grpc.WithWriteBufferSize(writeBufferSize),
 	}
 }
 
