@@ -415,32 +415,19 @@ func TestReloadSwitchesBackends(t *testing.T) {
 	servedBefore := oldDef.served.Load() + newDef.served.Load()
 
 	// Load in the background for the whole reload sequence.
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var failures []error
 	succeeded := 0
-	for w := 0; w < 4; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for n := 0; n < 100000; n++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				_, err := get()
-				mu.Lock()
-				if err != nil {
-					failures = append(failures, err)
-				} else {
-					succeeded++
-				}
-				mu.Unlock()
-			}
-		}()
-	}
+	stop := runLoad(4, func(int) {
+		_, err := get()
+		mu.Lock()
+		defer mu.Unlock()
+		if err != nil {
+			failures = append(failures, err)
+		} else {
+			succeeded++
+		}
+	})
 
 	for i := 0; i < 20; i++ {
 		url := oldDef.URL()
@@ -451,8 +438,7 @@ func TestReloadSwitchesBackends(t *testing.T) {
 			t.Fatalf("reload %d: %v", i, err)
 		}
 	}
-	close(stop)
-	wg.Wait()
+	stop()
 	if len(failures) > 0 {
 		t.Errorf("%d requests failed during reloads, first: %v", len(failures), failures[0])
 	}
@@ -487,4 +473,26 @@ func TestExampleCaddyfileRuns(t *testing.T) {
 	if err != nil || code != 200 || !strings.Contains(string(body), `"target":"dns:///localhost:9095"`) {
 		t.Errorf("GET /metrics_gateway/backends: %d %v %s", code, err, body)
 	}
+}
+
+// runLoad calls do from n goroutines, over and over (at most 100000 times
+// each), until the returned stop is called; stop waits for them to finish.
+func runLoad(n int, do func(worker int)) (stop func()) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	for w := 0; w < n; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 100000; i++ {
+				select {
+				case <-done:
+					return
+				default:
+				}
+				do(w)
+			}
+		}()
+	}
+	return func() { close(done); wg.Wait() }
 }

@@ -112,6 +112,21 @@ func push(client *http.Client, body []byte) (*http.Response, []byte, error) {
 	return resp, b, err
 }
 
+// pushRetrying is push with a remote-write client's retries of network
+// errors, for requests around a reload: Go's HTTP/1 server closes, unread
+// and unanswered, a request that arrives on a connection in the instant the
+// old server stops (see TestReloadSwitchesBackends). retried counts them.
+func pushRetrying(client *http.Client, body []byte, retried *atomic.Int64) (*http.Response, []byte, error) {
+	resp, b, err := push(client, body)
+	for try := 0; err != nil && try < 5; try++ {
+		if retried != nil {
+			retried.Add(1)
+		}
+		resp, b, err = push(client, body)
+	}
+	return resp, b, err
+}
+
 // oneConnClient is a keep-alive client holding one connection to the
 // gateway, like a Prometheus remote-write queue shard.
 func oneConnClient(t *testing.T, c *testcaddy.Caddy) *http.Client {
@@ -355,34 +370,20 @@ func TestGRPCEndpointDiesUnderLoad(t *testing.T) {
 	}
 
 	var acked, failed atomic.Int64
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for i := 0; i < 4; i++ {
-		client := oneConnClient(t, c)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for n := 0; n < 100000; n++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				resp, _, err := push(client, body)
-				if err == nil && resp.StatusCode == 200 {
-					acked.Add(1)
-				} else {
-					failed.Add(1)
-				}
-			}
-		}()
-	}
+	clients := []*http.Client{oneConnClient(t, c), oneConnClient(t, c), oneConnClient(t, c), oneConnClient(t, c)}
+	stop := runLoad(len(clients), func(w int) {
+		resp, _, err := push(clients[w], body)
+		if err == nil && resp.StatusCode == 200 {
+			acked.Add(1)
+		} else {
+			failed.Add(1)
+		}
+	})
 	waitFor(t, "traffic before the kill", func() bool { return acked.Load() >= 300 })
 	cl.Servers[2].Stop()
 	afterKill := acked.Load()
 	waitFor(t, "traffic after the kill", func() bool { return acked.Load() >= afterKill+600 })
-	close(stop)
-	wg.Wait()
+	stop()
 
 	var received int64
 	for _, d := range cl.Distributors {
@@ -446,41 +447,20 @@ func TestGRPCReloadsKeepConnections(t *testing.T) {
 
 	var acked, retried, failures atomic.Int64
 	var firstErr atomic.Value
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for i := 0; i < 4; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for n := 0; n < 100000; n++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				resp, b, err := push(c.Client, body)
-				for try := 0; err != nil && try < 5; try++ {
-					// No response at all: Go's HTTP server drops, unread, a
-					// request that arrives in the instant the old server
-					// stops (see TestReloadSwitchesBackends). Remote-write
-					// clients retry network errors; so does this one. The
-					// distributors' count below proves such a request never
-					// reached the gateway.
-					retried.Add(1)
-					resp, b, err = push(c.Client, body)
-				}
-				if err == nil && resp.StatusCode != 200 {
-					err = fmt.Errorf("%s: %s", resp.Status, b)
-				}
-				if err != nil {
-					failures.Add(1)
-					firstErr.CompareAndSwap(nil, err)
-				} else {
-					acked.Add(1)
-				}
-			}
-		}()
-	}
+	stop := runLoad(4, func(int) {
+		// The distributors' count below proves that a retried request
+		// never reached the gateway.
+		resp, b, err := pushRetrying(c.Client, body, &retried)
+		if err == nil && resp.StatusCode != 200 {
+			err = fmt.Errorf("%s: %s", resp.Status, b)
+		}
+		if err != nil {
+			failures.Add(1)
+			firstErr.CompareAndSwap(nil, err)
+		} else {
+			acked.Add(1)
+		}
+	})
 	for i := 0; i < 20; i++ {
 		// Alternate between two configs that differ outside the
 		// distributor backend, so every reload provisions anew.
@@ -495,8 +475,7 @@ func TestGRPCReloadsKeepConnections(t *testing.T) {
 			t.Errorf("after reload %d: %d gRPC connections, want the same 3", i, got)
 		}
 	}
-	close(stop)
-	wg.Wait()
+	stop()
 	if n := failures.Load(); n > 0 {
 		t.Errorf("%d requests failed during reloads, first: %v", n, firstErr.Load())
 	}
@@ -706,7 +685,8 @@ func TestGRPCReloadDrainsChangedBackend(t *testing.T) {
 	if got := <-result; got != "200 " {
 		t.Errorf("push in flight across the reload: %s, want 200", got)
 	}
-	if resp, b, err := push(c.Client, body); err != nil || resp.StatusCode != 200 {
+	resp, b, err := pushRetrying(c.Client, body, nil)
+	if err != nil || resp.StatusCode != 200 {
 		t.Errorf("push after the reload: %v %q", err, b)
 	}
 }

@@ -71,7 +71,7 @@ func TestMetricsMimirStyle(t *testing.T) {
 	if err := c.Reload(strings.Replace(handler, "/second/*", "/third/*", 1)); err != nil {
 		t.Fatalf("reload: %v", err)
 	}
-	if resp, b, err := push(c.Client, body); err != nil || resp.StatusCode != 200 {
+	if resp, b, err := pushRetrying(c.Client, body, nil); err != nil || resp.StatusCode != 200 {
 		t.Fatalf("push after reload: %v %s", err, b)
 	}
 	checkMetrics(t, after, scrape(t, c), map[string]float64{
