@@ -132,48 +132,43 @@ type PushCounts struct {
 // errTruncated is returned for bodies that end in the middle of a field.
 var errTruncated = errors.New("truncated protobuf message")
 
-// DecodeRW1 counts the series, samples, histograms and exemplars of an
-// uncompressed Remote-Write 1.0 WriteRequest (timeseries = 1; in a TimeSeries
-// samples = 2, exemplars = 3, histograms = 4).
-func DecodeRW1(b []byte) (PushCounts, error) {
-	var c PushCounts
-	err := eachField(b, func(num protowire.Number, typ protowire.Type, v []byte) error {
-		if num != 1 || typ != protowire.BytesType {
-			return nil
-		}
-		c.Series++
-		return eachField(v, func(num protowire.Number, typ protowire.Type, _ []byte) error {
-			switch num {
-			case 2:
-				c.Samples++
-			case 3:
-				c.Exemplars++
-			case 4:
-				c.Histograms++
-			}
-			return nil
-		})
-	})
-	return c, err
+// rwFields are the field numbers a Remote-Write version counts by.
+type rwFields struct {
+	timeseries                     protowire.Number // in the request
+	samples, exemplars, histograms protowire.Number // in a TimeSeries
 }
 
-// DecodeRW2 counts the same for an uncompressed Remote-Write 2.0 Request
-// (timeseries = 5; in a TimeSeries samples = 2, histograms = 3, exemplars = 4).
-func DecodeRW2(b []byte) (PushCounts, error) {
+var (
+	// Remote-Write 1.0 WriteRequest: timeseries = 1; in a TimeSeries
+	// samples = 2, exemplars = 3, histograms = 4.
+	rw1Fields = rwFields{timeseries: 1, samples: 2, exemplars: 3, histograms: 4}
+	// Remote-Write 2.0 Request: timeseries = 5; in a TimeSeries
+	// samples = 2, histograms = 3, exemplars = 4.
+	rw2Fields = rwFields{timeseries: 5, samples: 2, exemplars: 4, histograms: 3}
+)
+
+// DecodeRW1 counts the series, samples, histograms and exemplars of an
+// uncompressed Remote-Write 1.0 WriteRequest.
+func DecodeRW1(b []byte) (PushCounts, error) { return decodeCounts(b, rw1Fields) }
+
+// DecodeRW2 counts the same for an uncompressed Remote-Write 2.0 Request.
+func DecodeRW2(b []byte) (PushCounts, error) { return decodeCounts(b, rw2Fields) }
+
+func decodeCounts(b []byte, f rwFields) (PushCounts, error) {
 	var c PushCounts
 	err := eachField(b, func(num protowire.Number, typ protowire.Type, v []byte) error {
-		if num != 5 || typ != protowire.BytesType {
+		if num != f.timeseries || typ != protowire.BytesType {
 			return nil
 		}
 		c.Series++
-		return eachField(v, func(num protowire.Number, typ protowire.Type, _ []byte) error {
+		return eachField(v, func(num protowire.Number, _ protowire.Type, _ []byte) error {
 			switch num {
-			case 2:
+			case f.samples:
 				c.Samples++
-			case 3:
-				c.Histograms++
-			case 4:
+			case f.exemplars:
 				c.Exemplars++
+			case f.histograms:
+				c.Histograms++
 			}
 			return nil
 		})
