@@ -86,7 +86,10 @@ func (g *Gateway) newGRPCBackend(ctx caddy.Context, c Component, b *Backend, _ *
 		return nil, err
 	}
 	g.pooled = append(g.pooled, key)
-	return &grpcBackend{name: c, target: b.URL, handler: val.(*pooledHandler)}, nil
+	h := val.(*pooledHandler)
+	// A Handler kept from an earlier config logs as this config says.
+	h.SetLogger(opts.Logger)
+	return &grpcBackend{name: c, target: b.URL, handler: h}, nil
 }
 
 // grpcOptions turns a backend's JSON config into grpcpush options.

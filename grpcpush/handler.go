@@ -45,6 +45,7 @@ type Handler struct {
 	tracker *tracker
 	metrics *backendMetrics
 	tenants tenantCache
+	logger  *logRef
 
 	closeOnce sync.Once
 	closeErr  error
@@ -60,9 +61,10 @@ func New(opts Options) (*Handler, error) {
 	if err != nil {
 		return nil, err
 	}
-	h := &Handler{s: s, metrics: s.metrics.forBackend(s.backend)}
+	h := &Handler{s: s, metrics: s.metrics.forBackend(s.backend), logger: new(logRef)}
+	h.logger.set(s.logger)
 	h.tracker = newTracker(h.metrics)
-	builder := newDNSBuilder(s.target, s.refresh, s.logger, h.tracker)
+	builder := newDNSBuilder(s.target, s.refresh, h.logger, h.tracker)
 	h.conn, err = grpc.NewClient(s.target.String(), h.dialOptions(builder)...)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", s.target, err)
@@ -137,6 +139,22 @@ func (h *Handler) Close() error {
 		h.closeErr = h.conn.Close()
 	})
 	return h.closeErr
+}
+
+// SetLogger replaces the logger, e.g. when a Handler shared across
+// configuration reloads should log the way the newest configuration says.
+func (h *Handler) SetLogger(l *zap.Logger) { h.logger.set(l) }
+
+// logRef is a logger that can be replaced while it is in use.
+type logRef struct{ p atomic.Pointer[zap.Logger] }
+
+func (l *logRef) get() *zap.Logger { return l.p.Load() }
+
+func (l *logRef) set(z *zap.Logger) {
+	if z == nil {
+		z = zap.NewNop()
+	}
+	l.p.Store(z)
 }
 
 // Endpoints returns the current endpoints, sorted by address.
@@ -303,7 +321,7 @@ func writeResponse(w http.ResponseWriter, resp *httpgrpc.HTTPResponse) int {
 
 // debug logs a failed request at debug level, without cost when disabled.
 func (h *Handler) debug(msg string, r *http.Request, ep *endpoint, err error, fields ...zap.Field) {
-	ce := h.s.logger.Check(zapcore.DebugLevel, msg)
+	ce := h.logger.get().Check(zapcore.DebugLevel, msg)
 	if ce == nil {
 		return
 	}

@@ -226,7 +226,8 @@ func orDefault[T comparable](v, def T) T {
 // Key returns a string that is equal for two Options exactly when they would
 // build interchangeable Handlers, for sharing one Handler (one ClientConn)
 // between configurations, e.g. across config reloads. Logger, Metrics and
-// OnDone are not part of it: a shared Handler keeps those of its creator.
+// OnDone are not part of it: a shared Handler keeps the Metrics and OnDone
+// of its creator; SetLogger replaces its Logger.
 func (o Options) Key() (string, error) {
 	s, err := o.settings()
 	if err != nil {

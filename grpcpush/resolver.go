@@ -30,14 +30,14 @@ const (
 type dnsBuilder struct {
 	target  Target
 	refresh time.Duration
-	logger  *zap.Logger
+	logger  *logRef
 	tracker *tracker
 	lookup  func(ctx context.Context, host string) ([]netip.Addr, error)
 }
 
 // newDNSBuilder prepares resolution of t: through the system resolver, or
 // through the DNS server named by the target's authority.
-func newDNSBuilder(t Target, refresh time.Duration, logger *zap.Logger, tr *tracker) *dnsBuilder {
+func newDNSBuilder(t Target, refresh time.Duration, logger *logRef, tr *tracker) *dnsBuilder {
 	r := &net.Resolver{PreferGo: true}
 	if t.Authority != "" {
 		var d net.Dialer
@@ -163,11 +163,11 @@ func (r *dnsResolver) resolve() {
 func (r *dnsResolver) fail(err error) {
 	err = fmt.Errorf("resolving %s: %w", r.b.target.Host, err)
 	if r.good {
-		r.b.logger.Warn("DNS resolution failed, keeping the last endpoints",
+		r.b.logger.get().Warn("DNS resolution failed, keeping the last endpoints",
 			zap.String("target", r.b.target.String()), zap.Strings("endpoints", r.current), zap.Error(err))
 		return
 	}
-	r.b.logger.Warn("DNS resolution failed, no endpoints yet",
+	r.b.logger.get().Warn("DNS resolution failed, no endpoints yet",
 		zap.String("target", r.b.target.String()), zap.Error(err))
 	r.cc.ReportError(err)
 }
@@ -184,7 +184,7 @@ func (r *dnsResolver) update(ips []netip.Addr) {
 		return
 	}
 	added, removed := diff(r.current, addrs)
-	r.b.logger.Info("endpoints changed",
+	r.b.logger.get().Info("endpoints changed",
 		zap.String("target", r.b.target.String()), zap.Strings("added", added),
 		zap.Strings("removed", removed), zap.Int("endpoints", len(addrs)))
 	state := resolver.State{Endpoints: make([]resolver.Endpoint, len(addrs))}
@@ -192,7 +192,7 @@ func (r *dnsResolver) update(ips []netip.Addr) {
 		state.Endpoints[i] = resolver.Endpoint{Addresses: []resolver.Address{{Addr: a}}}
 	}
 	if err := r.cc.UpdateState(withTracker(state, r.b.tracker)); err != nil {
-		r.b.logger.Debug("endpoint update not accepted", zap.Error(err))
+		r.b.logger.get().Debug("endpoint update not accepted", zap.Error(err))
 	}
 	r.current, r.good = addrs, true
 }
