@@ -496,3 +496,29 @@ func runLoad(n int, do func(worker int)) (stop func()) {
 	}
 	return func() { close(done); wg.Wait() }
 }
+
+// TestHTTPSAndH2CBackends checks that https:// and h2c:// URLs select the
+// reverse_proxy transport they need.
+func TestHTTPSAndH2CBackends(t *testing.T) {
+	proto := func(w http.ResponseWriter, r *http.Request) { fmt.Fprintf(w, "%s %v", r.Proto, r.TLS != nil) }
+
+	tlsSrv := httptest.NewTLSServer(http.HandlerFunc(proto))
+	t.Cleanup(tlsSrv.Close)
+
+	h2c := httptest.NewUnstartedServer(http.HandlerFunc(proto))
+	h2c.Config.Protocols = new(http.Protocols)
+	h2c.Config.Protocols.SetUnencryptedHTTP2(true)
+	h2c.Start()
+	t.Cleanup(h2c.Close)
+
+	c := testcaddy.Start(t, fmt.Sprintf(`[{"handler": "metrics_gateway", "proxy": {
+		"default": {"url": %q},
+		"ruler": {"url": %q, "reverse_proxy": {"transport": {"protocol": "http", "tls": {"insecure_skip_verify": true}}}}}}]`,
+		strings.Replace(h2c.URL, "http://", "h2c://", 1), strings.Replace(tlsSrv.URL, "http://", "https://", 1)))
+	for path, want := range map[string]string{"/ruler/ring": "HTTP/1.1 true", "/config": "HTTP/2.0 false"} {
+		resp, body, err := c.Get(path)
+		if err != nil || resp.StatusCode != 200 || string(body) != want {
+			t.Errorf("GET %s: %v %v %q, want %q", path, resp, err, body, want)
+		}
+	}
+}
