@@ -418,7 +418,7 @@ func TestReloadSwitchesBackends(t *testing.T) {
 	var mu sync.Mutex
 	var failures []error
 	succeeded := 0
-	stop := runLoad(4, func(int) {
+	stop := runLoad(t, 4, func(int) {
 		_, err := get()
 		mu.Lock()
 		defer mu.Unlock()
@@ -476,9 +476,11 @@ func TestExampleCaddyfileRuns(t *testing.T) {
 }
 
 // runLoad calls do from n goroutines, over and over (at most 100000 times
-// each), until the returned stop is called; stop waits for them to finish.
-func runLoad(n int, do func(worker int)) (stop func()) {
+// each), until the returned stop is called or the test ends; stop waits for
+// them to finish.
+func runLoad(t *testing.T, n int, do func(worker int)) (stop func()) {
 	done := make(chan struct{})
+	var once sync.Once
 	var wg sync.WaitGroup
 	for w := 0; w < n; w++ {
 		wg.Add(1)
@@ -494,7 +496,12 @@ func runLoad(n int, do func(worker int)) (stop func()) {
 			}
 		}()
 	}
-	return func() { close(done); wg.Wait() }
+	stop = func() {
+		once.Do(func() { close(done) })
+		wg.Wait()
+	}
+	t.Cleanup(stop)
+	return stop
 }
 
 // TestHTTPSAndH2CBackends checks that https:// and h2c:// URLs select the

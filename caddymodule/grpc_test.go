@@ -371,7 +371,7 @@ func TestGRPCEndpointDiesUnderLoad(t *testing.T) {
 
 	var acked, failed atomic.Int64
 	clients := []*http.Client{oneConnClient(t, c), oneConnClient(t, c), oneConnClient(t, c), oneConnClient(t, c)}
-	stop := runLoad(len(clients), func(w int) {
+	stop := runLoad(t, len(clients), func(w int) {
 		resp, _, err := push(clients[w], body)
 		if err == nil && resp.StatusCode == 200 {
 			acked.Add(1)
@@ -447,7 +447,7 @@ func TestGRPCReloadsKeepConnections(t *testing.T) {
 
 	var acked, retried, failures atomic.Int64
 	var firstErr atomic.Value
-	stop := runLoad(4, func(int) {
+	stop := runLoad(t, 4, func(int) {
 		// The distributors' count below proves that a retried request
 		// never reached the gateway.
 		resp, b, err := pushRetrying(c.Client, body, &retried)
