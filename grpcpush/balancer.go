@@ -64,7 +64,6 @@ type tracker struct {
 
 	mu     sync.Mutex
 	byAddr map[string]*endpoint
-	ready  int
 	// bySubConn maps picked SubConns to endpoints. It is copied on write
 	// (rare: connects, disconnects) so that Pick reads it without a lock.
 	bySubConn atomic.Pointer[map[balancer.SubConn]*endpoint]
@@ -87,6 +86,7 @@ func (t *tracker) add(sc balancer.SubConn, addr string) *endpoint {
 		ep = &endpoint{addr: addr}
 		ep.state.Store(int32(connectivity.Idle))
 		t.byAddr[addr] = ep
+		t.metrics.use(addr)
 	}
 	ep.subConns++
 	t.updateSubConnsLocked(func(m map[balancer.SubConn]*endpoint) { m[sc] = ep })
@@ -100,12 +100,9 @@ func (t *tracker) setState(sc balancer.SubConn, ep *endpoint, s connectivity.Sta
 	defer t.mu.Unlock()
 	old := connectivity.State(ep.state.Swap(int32(s)))
 	if old == connectivity.Ready && s != connectivity.Ready {
-		t.ready--
+		t.metrics.readyChanged(-1)
 	} else if old != connectivity.Ready && s == connectivity.Ready {
-		t.ready++
-	}
-	if t.metrics != nil {
-		t.metrics.ready.Set(float64(t.ready))
+		t.metrics.readyChanged(+1)
 	}
 	if s != connectivity.Shutdown {
 		return
@@ -116,6 +113,22 @@ func (t *tracker) setState(sc balancer.SubConn, ep *endpoint, s connectivity.Sta
 		delete(t.byAddr, ep.addr)
 		t.metrics.forget(ep.addr)
 	}
+}
+
+// closeAll drops every endpoint when the ClientConn closes: grpc-go does not
+// report SubConn states after Close, so the endpoints leave the ready gauge
+// and the request series here.
+func (t *tracker) closeAll() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for addr, ep := range t.byAddr {
+		if connectivity.State(ep.state.Swap(int32(connectivity.Shutdown))) == connectivity.Ready {
+			t.metrics.readyChanged(-1)
+		}
+		t.metrics.forget(addr)
+	}
+	clear(t.byAddr)
+	t.updateSubConnsLocked(func(m map[balancer.SubConn]*endpoint) { clear(m) })
 }
 
 // updateSubConnsLocked replaces bySubConn with an edited copy.

@@ -137,6 +137,7 @@ func (h *Handler) Close() error {
 	h.closeOnce.Do(func() {
 		h.closed.Store(true)
 		h.closeErr = h.conn.Close()
+		h.tracker.closeAll()
 	})
 	return h.closeErr
 }

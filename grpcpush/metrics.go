@@ -2,6 +2,7 @@ package grpcpush
 
 import (
 	"strconv"
+	"sync"
 	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -16,6 +17,13 @@ type Metrics struct {
 	duration *prometheus.HistogramVec // backend
 	inFlight *prometheus.GaugeVec     // backend
 	ready    *prometheus.GaugeVec     // backend
+
+	// users counts the Handlers that have an endpoint, by backend and
+	// address: Handlers of one backend name can overlap (a reload that
+	// changed its settings), and an endpoint's series go only when the last
+	// one drops it.
+	mu    sync.Mutex
+	users map[[2]string]int
 }
 
 // noEndpoint is the endpoint label of requests answered before any endpoint
@@ -26,6 +34,7 @@ const noEndpoint = "none"
 func NewMetrics() *Metrics {
 	const ns, sub = "metrics_gateway", "grpc"
 	return &Metrics{
+		users: map[[2]string]int{},
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: ns, Subsystem: sub, Name: "requests_total",
 			Help: "Requests tunnelled over gRPC, by backend, endpoint of the last attempt (\"none\" if no endpoint was picked) and HTTP status sent to the client.",
@@ -74,11 +83,42 @@ func (m *Metrics) forBackend(backend string) *backendMetrics {
 	}
 }
 
-// forget drops the request series of an endpoint that left the set, so that
-// endpoint churn (pods replaced) does not grow the series without bound.
+// use records that a Handler has endpoint addr.
+func (b *backendMetrics) use(addr string) {
+	if b == nil {
+		return
+	}
+	b.m.mu.Lock()
+	b.m.users[[2]string{b.backend, addr}]++
+	b.m.mu.Unlock()
+}
+
+// forget records that a Handler dropped endpoint addr. When no Handler of
+// the backend has it any more, its request series go, so that endpoint
+// churn (pods replaced) does not grow the series without bound.
 func (b *backendMetrics) forget(addr string) {
-	if b != nil {
+	if b == nil {
+		return
+	}
+	key := [2]string{b.backend, addr}
+	b.m.mu.Lock()
+	b.m.users[key]--
+	last := b.m.users[key] <= 0
+	if last {
+		delete(b.m.users, key)
+	}
+	b.m.mu.Unlock()
+	if last {
 		b.m.requests.DeletePartialMatch(prometheus.Labels{"backend": b.backend, "endpoint": addr})
+	}
+}
+
+// readyChanged adds delta (+1 or -1) to the backend's ready endpoints.
+// Deltas rather than a count, so that overlapping Handlers of one backend
+// add up instead of overwriting each other.
+func (b *backendMetrics) readyChanged(delta float64) {
+	if b != nil {
+		b.ready.Add(delta)
 	}
 }
 

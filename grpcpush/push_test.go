@@ -10,6 +10,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/metrics-gateway/metrics_gateway/examples/standin"
 	"github.com/prometheus/client_golang/prometheus"
@@ -219,5 +220,52 @@ func TestTunnelledRequest(t *testing.T) {
 		if _, ok := rec.Header[k]; ok {
 			t.Errorf("hop-by-hop header %s was tunnelled", k)
 		}
+	}
+}
+
+// TestOverlappingHandlersShareMetrics runs two Handlers of one backend, as
+// during a reload that changed its settings, then closes the first: the
+// ready gauge and the endpoints' request series are the second's.
+func TestOverlappingHandlersShareMetrics(t *testing.T) {
+	c := startCluster(t, 3)
+	m := NewMetrics()
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(m.Collectors()...)
+	first := newHandler(t, c, Options{Metrics: m})
+	second := newHandler(t, c, Options{Metrics: m, Timeout: 20 * time.Second})
+	waitReady(t, first, 3)
+	waitReady(t, second, 3)
+	for _, h := range []*Handler{first, second} {
+		if w := serve(h, pushRequest(standin.RemoteWriteBody(10, 1))); w.Code != 200 {
+			t.Fatalf("push: %d %s", w.Code, w.Body)
+		}
+	}
+	if err := first.Close(); err != nil {
+		t.Fatal(err)
+	}
+	ready := m.ready.WithLabelValues(DefaultBackendName)
+	if got := metricValue(t, ready); got != 3 {
+		t.Errorf("endpoints_ready = %v after the first Handler closed, want the second's 3", got)
+	}
+	if eps := first.Endpoints(); len(eps) != 0 {
+		t.Errorf("closed Handler still lists endpoints: %v", eps)
+	}
+	for i := 0; i < 3; i++ {
+		if w := serve(second, pushRequest(standin.RemoteWriteBody(10, 1))); w.Code != 200 {
+			t.Fatalf("push: %d %s", w.Code, w.Body)
+		}
+	}
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var series int
+	for _, f := range families {
+		if f.GetName() == "metrics_gateway_grpc_requests_total" {
+			series = len(f.GetMetric())
+		}
+	}
+	if series < 3 {
+		t.Errorf("%d request series after the first Handler closed, want one per endpoint of the second", series)
 	}
 }
