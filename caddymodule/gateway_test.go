@@ -450,7 +450,15 @@ func TestReloadSwitchesBackends(t *testing.T) {
 	if err := c.Reload(config(newDef.URL())); err != nil {
 		t.Fatal(err)
 	}
-	if b, err := get(); err != nil || b != "new" {
+	// The old server stops right after /load answers; a connection it
+	// accepted in that instant may still see the old config, so poll.
+	deadline := time.Now().Add(20 * time.Second)
+	b, err := get()
+	for (err != nil || b != "new") && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+		b, err = get()
+	}
+	if err != nil || b != "new" {
 		t.Errorf("after reload: %q %v, want new", b, err)
 	}
 	c.Client.CloseIdleConnections()
