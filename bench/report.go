@@ -258,26 +258,22 @@ func (r *report) markdown() string {
 			perStandin(s), bal, s.Non2xx+s.SocketErrors, s.LoadCorePct)
 	}
 
-	if c.phases["main"] {
-		fmt.Fprintf(&b, "## Push path, stand-ins decode every body (identical work behind every system), %d keep-alive connections\n\n", c.connections)
+	// section writes one phase's table: every system for every body.
+	section := func(phase, title string, bodies []int) {
+		if !c.phases[phase] {
+			return
+		}
+		fmt.Fprintf(&b, "## %s\n\n", title)
 		b.WriteString(cols)
-		for _, body := range c.bodies {
+		for _, body := range bodies {
 			for _, sys := range c.systems {
-				row("main", sys, body)
+				row(phase, sys, body)
 			}
 		}
 		b.WriteString("\n")
 	}
-	if c.phases["capacity"] {
-		fmt.Fprintf(&b, "## Lighter load side: stand-ins only read the body and answer 200, %d keep-alive connections (req/s is the proxy's capacity only where its CPU %% nears 100; otherwise compare req/s per proxy core)\n\n", c.connections)
-		b.WriteString(cols)
-		for _, body := range c.capacityBodies {
-			for _, sys := range c.systems {
-				row("capacity", sys, body)
-			}
-		}
-		b.WriteString("\n")
-	}
+	section("main", fmt.Sprintf("Push path, stand-ins decode every body (identical work behind every system), %d keep-alive connections", c.connections), c.bodies)
+	section("capacity", fmt.Sprintf("Lighter load side: stand-ins only read the body and answer 200, %d keep-alive connections (req/s is the proxy's capacity only where its CPU %% nears 100; otherwise compare req/s per proxy core)", c.connections), c.capacityBodies)
 	body := c.bodies[0]
 	if c.phases["balance"] {
 		fmt.Fprintf(&b, "## Balance: %d clients → %d stand-ins (body %d, decode)\n\n", c.balanceConns, c.standins, body)
