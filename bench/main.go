@@ -89,7 +89,7 @@ func parseFlags(args []string) (*config, error) {
 	fs.StringVar(&capBodies, "capacity-bodies", "2000", "bodies of the capacity run")
 	fs.StringVar(&systems, "systems", strings.Join(allSystems, ","), "systems under test, in the order they alternate")
 	fs.IntVar(&c.repeats, "repeats", 3, "rounds of A B C D alternation; medians are reported")
-	fs.StringVar(&c.out, "out", "bench/results", "output directory")
+	fs.StringVar(&c.out, "out", "bench/out", "output directory (bench/results holds the committed results)")
 	fs.StringVar(&c.caddy, "caddy", "", "caddy binary built from ./cmd/caddy (required for caddy-rp and gateway)")
 	fs.StringVar(&c.nginx, "nginx", "nginx", "nginx binary")
 	fs.StringVar(&c.wrk, "wrk", "wrk", "wrk binary")

@@ -2,6 +2,7 @@
 # Runs the whole benchmark with one command (see BENCHMARKS.md):
 #
 #   bash bench/run.sh [bench flags...]      e.g. -duration 10s -repeats 5
+#   bash bench/run.sh --help                this text and the bench flags
 #
 # 1. installs wrk, nginx and taskset from Debian packages if missing;
 # 2. builds ./cmd/caddy (Caddy + metrics_gateway) and ./bench;
@@ -13,12 +14,22 @@
 #    under test to CPU 1 itself).
 #
 # Everything listens on loopback only; every load run is bounded in time.
-# Results: bench/results/ (results.md, results.json, chart.png, pprof-*.txt,
-# gobench.txt).
+# Results (results.md, results.json, chart.png, pprof-*.txt, gobench.txt) go
+# to a new folder bench/out/run-<date>-<time>/ (not tracked by git). The
+# committed results in bench/results/ are only replaced when asked for:
+#
+#   BENCH_OUT=bench/results bash bench/run.sh
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
-OUT=${BENCH_OUT:-bench/results}
+case "${1:-}" in
+-h | -help | --help)
+	sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
+	echo "The bench flags and their defaults: go run ./bench -h"
+	exit 0
+	;;
+esac
+OUT=${BENCH_OUT:-bench/out/run-$(date -u +%Y%m%d-%H%M%S)}
 BIN=${BENCH_BIN:-$(mktemp -d /tmp/metrics-gateway-bench-bin.XXXXXX)}
 mkdir -p "$OUT" "$BIN"
 
@@ -80,7 +91,7 @@ done
 echo "uptime: $(uptime)" >&2
 
 rc=0
-BENCH_INVOCATION=$(echo "bash bench/run.sh $*" | sed "s/ *$//") taskset -c 0 "$BIN/bench" -caddy "$BIN/caddy" -nginx "$NGINX" \
+BENCH_INVOCATION=$(echo "${BENCH_OUT:+BENCH_OUT=$BENCH_OUT }bash bench/run.sh $*" | sed "s/ *$//") taskset -c 0 "$BIN/bench" -caddy "$BIN/caddy" -nginx "$NGINX" \
 	-wrk "$(command -v wrk)" -out "$OUT" "${gobench_flag[@]}" "$@" || rc=$?
 if [ -z "${BENCH_BIN:-}" ]; then rm -rf "$BIN"; fi
 exit $rc

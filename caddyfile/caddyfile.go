@@ -35,6 +35,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
@@ -98,9 +99,15 @@ func unmarshalGateway(h httpcaddyfile.Helper, g *caddymodule.Gateway) error {
 			if !d.AllArgs(&g.DefaultTenant) {
 				return d.ArgErr()
 			}
+			if err := caddymodule.CheckTenantID(g.DefaultTenant); err != nil {
+				return d.Errf("default_tenant: %v", err)
+			}
 		case "tenant":
 			if !d.AllArgs(&g.Tenant) {
 				return d.ArgErr()
+			}
+			if err := caddymodule.CheckTenantTemplate(g.Tenant); err != nil {
+				return d.Errf("tenant: %v", err)
 			}
 		default:
 			return d.Errf("unrecognized metrics_gateway option %q", opt)
@@ -225,6 +232,9 @@ func unmarshalGRPC(d *parser.Dispenser, c caddymodule.Component, cfg *caddymodul
 				return d.ArgErr()
 			}
 			cfg.KeepaliveTime, err = parseDuration(args[0])
+			if err == nil && time.Duration(cfg.KeepaliveTime) < grpcpush.MinKeepaliveTime {
+				err = fmt.Errorf("%s: must be at least %v (Mimir's server closes connections that ping more often)", args[0], grpcpush.MinKeepaliveTime)
+			}
 			if err == nil && len(args) == 2 {
 				cfg.KeepaliveTimeout, err = parseDuration(args[1])
 			}
@@ -281,6 +291,11 @@ func unmarshalTLS(d *parser.Dispenser, t *caddymodule.GRPCTLSConfig) error {
 		if !d.AllArgs(target) {
 			return d.ArgErr()
 		}
+	}
+	if t.CA != "" && t.InsecureSkipVerify {
+		// insecure_skip_verify turns verification off, so the CA would be
+		// silently unused: one of the two is a mistake.
+		return d.Err("ca and insecure_skip_verify contradict each other (a CA is only used to verify the server)")
 	}
 	return nil
 }

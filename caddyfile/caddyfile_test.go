@@ -172,6 +172,8 @@ func TestLoadTimeErrors(t *testing.T) {
 		{"bad refresh", "default http://a:1\n distributor dns:///d:9095 {\n refresh soon\n }", "proxy.distributor.grpc.refresh:"},
 		{"bad reverse_proxy option", "default http://a:1 {\n bogus 1\n }", `unrecognized subdirective bogus`},
 		{"too many retries", "default http://a:1\n distributor dns:///d:9095 {\n retries 7\n }", "proxy.distributor.grpc.retries: 7: must be 0 to 4"},
+		{"ca with insecure_skip_verify", "default http://a:1\n distributor dns:///d:9095 {\n tls {\n ca /ca.pem\n insecure_skip_verify\n }\n }", "proxy.distributor.grpc.tls: ca and insecure_skip_verify contradict each other"},
+		{"keepalive too often", "default http://a:1\n distributor dns:///d:9095 {\n keepalive 5s\n }", "proxy.distributor.grpc.keepalive: 5s: must be at least 10s"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -191,6 +193,24 @@ func TestLoadTimeErrors(t *testing.T) {
 	t.Run("no proxy block", func(t *testing.T) {
 		_, err := adapt(t, ":8000 {\n metrics_gateway {\n default_tenant x\n }\n}")
 		if err == nil || !strings.Contains(err.Error(), "a proxy block is required") {
+			t.Errorf("got %v", err)
+		}
+	})
+	for _, c := range []struct{ name, option, want string }{
+		{"federated literal tenant", "tenant a|b", `tenant: tenant ID "a|b" contains '|'`},
+		{"literal tenant with a bad character", "tenant team/1", `tenant: tenant ID "team/1" contains '/'`},
+		{"invalid default tenant", "default_tenant ..", `default_tenant: tenant ID ".." is not allowed`},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := adapt(t, ":8000 {\n metrics_gateway {\n proxy {\n default http://a:1\n }\n "+c.option+"\n }\n}")
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Errorf("got %v\nwant it to contain %q", err, c.want)
+			}
+		})
+	}
+	t.Run("tenant with placeholders", func(t *testing.T) {
+		// Only known per request, so adapting accepts it.
+		if _, err := adapt(t, ":8000 {\n metrics_gateway {\n proxy {\n default http://a:1\n }\n tenant team-{http.auth.user.id}\n }\n}"); err != nil {
 			t.Errorf("got %v", err)
 		}
 	})
@@ -222,6 +242,8 @@ func TestJSONLoadTimeErrors(t *testing.T) {
 		{"upstreams besides url", `{"proxy": {"default": {"url": "http://a:1", "reverse_proxy": {"upstreams": [{"dial": "b:2"}]}}}}`, "proxy.default: reverse_proxy: upstreams come from url"},
 		{"tls on http url", `{"proxy": {"default": {"url": "http://a:1", "reverse_proxy": {"transport": {"protocol": "http", "tls": {}}}}}}`, "proxy.default: reverse_proxy.transport: tls is set but the URL is http://"},
 		{"invalid default tenant", `{"proxy": {"default": {"url": "http://a:1"}}, "default_tenant": "a|b"}`, `default_tenant: tenant ID "a|b" contains '|'`},
+		{"invalid literal tenant", `{"proxy": {"default": {"url": "http://a:1"}}, "tenant": "a|b"}`, `tenant: tenant ID "a|b" contains '|'`},
+		{"keepalive too often", `{"proxy": {"default": {"url": "http://a:1"}, "distributor": {"url": "dns:///d:9095", "grpc": {"keepalive_time": "5s"}}}}`, "keepalive time 5s: must be at least 10s"},
 		{"too many retries", `{"proxy": {"default": {"url": "http://a:1"}, "distributor": {"url": "dns:///d:9095", "grpc": {"retries": 9}}}}`, "proxy.distributor: grpc.retries: 9: must be 0 to 4"},
 	}
 	for _, c := range cases {

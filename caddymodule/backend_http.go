@@ -9,6 +9,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+	"go.uber.org/zap"
 )
 
 // httpBackend is a backend served by Caddy's own reverse_proxy handler.
@@ -16,6 +17,7 @@ type httpBackend struct {
 	name   Component
 	target string
 	rp     *reverseproxy.Handler
+	logger *zap.Logger
 
 	// inflight and retired let a handler retired by a config reload close
 	// its idle upstream connections once its last request is done.
@@ -29,7 +31,7 @@ type httpBackend struct {
 // newHTTPBackend loads a reverse_proxy handler for b the way Caddy loads any
 // module, through ctx: Caddy provisions and validates it now and cleans it up
 // with this config, so nothing outlives a reload.
-func newHTTPBackend(ctx caddy.Context, name Component, b *Backend, u *ParsedURL) (*httpBackend, error) {
+func newHTTPBackend(ctx caddy.Context, name Component, b *Backend, u *ParsedURL, logger *zap.Logger) (*httpBackend, error) {
 	raw, err := reverseProxyConfig(b.ReverseProxy, u)
 	if err != nil {
 		return nil, err
@@ -38,7 +40,7 @@ func newHTTPBackend(ctx caddy.Context, name Component, b *Backend, u *ParsedURL)
 	if err != nil {
 		return nil, fmt.Errorf("reverse_proxy: %v", err)
 	}
-	return &httpBackend{name: name, target: b.URL, rp: mod.(*reverseproxy.Handler)}, nil
+	return &httpBackend{name: name, target: b.URL, rp: mod.(*reverseproxy.Handler), logger: logger}, nil
 }
 
 // reverseProxyConfig merges the backend's URL into its reverse_proxy config:
@@ -102,7 +104,28 @@ func transportFor(raw json.RawMessage, scheme string) (json.RawMessage, error) {
 func (h *httpBackend) serve(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	h.inflight.Add(1)
 	defer h.done()
-	return h.rp.ServeHTTP(w, r, next)
+	err := h.rp.ServeHTTP(w, r, next)
+	if err == nil || hasErrorRoutes(r) || responseStarted(w) {
+		return err
+	}
+	// No handle_errors: answer with one line naming the component and what
+	// failed (Caddy would send the status with an empty body), and log it
+	// as Caddy logs a handler error.
+	code, cause := handlerError(err)
+	if r.Context().Err() != nil {
+		return err // the client is gone; nothing to write
+	}
+	h.logger.Error("backend failed", zap.String("backend", string(h.name)), zap.String("target", h.target),
+		zap.Int("status", code), zap.Error(cause), zap.String("uri", r.RequestURI))
+	writeErrorLine(w, code, string(h.name)+" "+h.target+": "+cause.Error())
+	return nil
+}
+
+// responseStarted reports whether a status was already written through w
+// (the metrics recorder every request goes through).
+func responseStarted(w http.ResponseWriter) bool {
+	rec, ok := w.(*statusRecorder)
+	return !ok || rec.status != 0
 }
 
 func (h *httpBackend) done() {

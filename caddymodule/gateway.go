@@ -136,6 +136,11 @@ func (g *Gateway) checkConfig() (map[Component]*ParsedURL, error) {
 			return nil, fmt.Errorf("default_tenant: %v", err)
 		}
 	}
+	if g.Tenant != "" {
+		if err := CheckTenantTemplate(g.Tenant); err != nil {
+			return nil, fmt.Errorf("tenant: %v", err)
+		}
+	}
 	parsed := make(map[Component]*ParsedURL, len(backends))
 	for c, b := range backends {
 		u, err := ParseBackendURL(b.URL)
@@ -171,7 +176,7 @@ func (g *Gateway) newUpstream(ctx caddy.Context, c Component, b *Backend, u *Par
 	if u.Kind == KindGRPC {
 		return g.newGRPCBackend(ctx, c, b, u)
 	}
-	return newHTTPBackend(ctx, c, b, u)
+	return newHTTPBackend(ctx, c, b, u, g.logger)
 }
 
 // ServeHTTP routes the request: one table lookup, the tenant header, one

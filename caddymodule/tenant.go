@@ -67,3 +67,13 @@ func isTenantIDChar(r rune) bool {
 	}
 	return strings.ContainsRune("!-_.*'()", r)
 }
+
+// CheckTenantTemplate checks a `tenant` setting. One with placeholders is
+// only known per request (and checked then); a literal one is the same
+// tenant for every request, so a bad one can only be a mistake.
+func CheckTenantTemplate(tmpl string) error {
+	if strings.Contains(tmpl, "{") {
+		return nil
+	}
+	return CheckTenantID(tmpl)
+}

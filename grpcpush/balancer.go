@@ -67,6 +67,7 @@ type tracker struct {
 	// bySubConn maps picked SubConns to endpoints. It is copied on write
 	// (rare: connects, disconnects) so that Pick reads it without a lock.
 	bySubConn atomic.Pointer[map[balancer.SubConn]*endpoint]
+	connErr   atomic.Pointer[error] // the last failed connection attempt's
 }
 
 func newTracker(m *backendMetrics) *tracker {
@@ -213,6 +214,7 @@ func (c *observingCC) NewSubConn(addrs []resolver.Address, opts balancer.NewSubC
 	opts.StateListener = func(s balancer.SubConnState) {
 		<-ready // the listener only runs after Connect, i.e. after registration
 		t.setState(sc, ep, s.ConnectivityState)
+		t.noteConnError(s.ConnectionError)
 		if inner != nil {
 			inner(s)
 		}

@@ -46,6 +46,7 @@ type Handler struct {
 	metrics *backendMetrics
 	tenants tenantCache
 	logger  *logRef
+	watch   *readinessWatch
 
 	closeOnce sync.Once
 	closeErr  error
@@ -70,6 +71,7 @@ func New(opts Options) (*Handler, error) {
 		return nil, fmt.Errorf("%s: %w", s.target, err)
 	}
 	h.conn.Connect() // resolve and connect now, not on the first request
+	h.watch = h.watchReadiness()
 	return h, nil
 }
 
@@ -136,6 +138,7 @@ func serviceConfig(retries int) string {
 func (h *Handler) Close() error {
 	h.closeOnce.Do(func() {
 		h.closed.Store(true)
+		h.watch.stop()
 		h.closeErr = h.conn.Close()
 		h.tracker.closeAll()
 	})

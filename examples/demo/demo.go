@@ -36,7 +36,7 @@ var caddyfile []byte
 
 // distributorsName is the DNS name the demo's DNS server answers with the
 // distributors' addresses; the Caddyfile's distributor URL uses it.
-const distributorsName = "distributor-headless.demo.svc.cluster.local"
+const distributorsName = "mimir-distributor-headless.mimir.svc.cluster.local"
 
 // Config is what one demo run does.
 type Config struct {
