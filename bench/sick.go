@@ -18,11 +18,27 @@ var sickSystems = []string{sysGateway, sysGatewayLC, sysGatewayHealth, sysNginxH
 var sickScenarios = []struct {
 	phase, sickness string
 	systems         []string
+	// health is the passive health check of gateway-health and
+	// caddy-lc-health in this scenario; nginxHealth says nginx's.
+	health, nginxHealth string
 }{
-	{"sick-healthy", sickNone, []string{sysGateway, sysGatewayLC, sysGatewayHealth}},
-	{"sick-slow", sickSlow, sickSystems},
-	{"sick-503", sick503, sickSystems},
+	{"sick-healthy", sickNone, []string{sysGateway, sysGatewayLC, sysGatewayHealth}, statusHealth, ""},
+	{"sick-slow", sickSlow, sickSystems, latencyHealth, nginxHealthText},
+	{"sick-503", sick503, sickSystems, statusHealth, nginxHealthText},
 }
+
+// The passive health checks of the sick phase.
+const (
+	statusHealth = `
+				fail_duration     5s
+				max_fails         3
+				unhealthy_status  5xx`
+	latencyHealth = `
+				fail_duration     5s
+				max_fails         3
+				unhealthy_latency 15ms`
+	nginxHealthText = "`max_fails=3 fail_timeout=5s`, `proxy_next_upstream error timeout http_503 non_idempotent` (nginx has no latency rule)"
+)
 
 // runSick runs the sick phase: count-only stand-ins, -connections
 // keep-alive connections, -sick-duration per run, systems alternating.
@@ -39,6 +55,7 @@ func (e *env) runSick(ctx context.Context, rep *report, body int) error {
 		if err := e.setSick(ctx, sc.sickness); err != nil {
 			return err
 		}
+		e.passiveHealth = sc.health
 		for r := 1; r <= e.cfg.repeats; r++ {
 			for _, sys := range sc.systems {
 				rep.add(e.measure(ctx, runSpec{phase: sc.phase, system: sys, body: body, rep: r, work: workCount, conns: e.cfg.connections}))
@@ -63,10 +80,13 @@ func (r *report) sickMarkdown(body int) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "## Sick stand-ins: %d keep-alive connections, body %d, stand-ins count, %s per run, medians of %d runs\n\n",
 		r.cfg.connections, body, r.cfg.sickDuration, r.cfg.repeats)
-	b.WriteString("Passive health where configured: `fail_duration 5s, max_fails 3, unhealthy_status 5xx, unhealthy_latency 15ms` " +
-		"(nginx: `max_fails=3 fail_timeout=5s`, `proxy_next_upstream error timeout http_503 non_idempotent`).\n\n")
 	for _, sc := range sickScenarios {
 		fmt.Fprintf(&b, "### %s\n\n", sickTitles[sc.phase])
+		fmt.Fprintf(&b, "Passive health of gateway-health and caddy-lc-health: `%s`", strings.Join(strings.Fields(strings.ReplaceAll(sc.health, "\n", ";")), " "))
+		if sc.nginxHealth != "" {
+			fmt.Fprintf(&b, "; nginx-health: %s", sc.nginxHealth)
+		}
+		b.WriteString(".\n\n")
 		b.WriteString("| system | req/s | p50 ms | p99 ms | failed requests (non-2xx + socket errors) | failed % | per-stand-in requests | sick share ÷ others' mean | max/mean | proxy CPU-s / 1k req |\n" +
 			"|---|---:|---:|---:|---:|---:|---|---:|---:|---:|\n")
 		for _, sys := range sc.systems {

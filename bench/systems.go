@@ -33,22 +33,15 @@ const (
 	sysCaddyHealth   = "caddy-lc-health" // least_conn + Caddy's passive health checks
 )
 
-// passiveHealth is the passive health check of the sick phase, the same
-// words for metrics_gateway and Caddy's reverse_proxy.
-const passiveHealth = `
-				fail_duration     5s
-				max_fails         3
-				unhealthy_status  5xx
-				unhealthy_latency 15ms`
-
-// blockLines are the extra lines of each Caddy-based system's backend block.
+// blockLines are the extra lines of each Caddy-based system's backend
+// block; the passive health systems add the scenario's env.passiveHealth.
 var blockLines = map[string]string{
 	sysGateway:       "",
 	sysGatewayLC:     "lb_policy least_conn",
-	sysGatewayHealth: "lb_policy least_conn" + passiveHealth,
+	sysGatewayHealth: "lb_policy least_conn",
 	sysCaddy:         "lb_policy round_robin",
 	sysCaddyLC:       "lb_policy least_conn",
-	sysCaddyHealth:   "lb_policy least_conn" + passiveHealth,
+	sysCaddyHealth:   "lb_policy least_conn",
 }
 
 var allSystems = []string{sysDirect, sysNginx, sysNginxHelm, sysCaddy, sysGateway}
@@ -64,6 +57,9 @@ type env struct {
 	work      string // the stand-ins' current work mode
 	// standinsPID is the stand-ins process (taskset execs it: same pid).
 	standinsPID int
+	// passiveHealth are the passive health lines of the sick scenario
+	// running, the same words for metrics_gateway and reverse_proxy.
+	passiveHealth string
 }
 
 // running is a started system under test.
@@ -124,6 +120,9 @@ func (e *env) startSystem(ctx context.Context, name string, body []byte) (*runni
 		args = []string{e.cfg.nginx, "-p", dir, "-c", conf, "-e", filepath.Join(dir, "error.log")}
 	case sysCaddy, sysGateway, sysGatewayLC, sysGatewayHealth, sysCaddyLC, sysCaddyHealth:
 		data.Block = blockLines[name]
+		if name == sysGatewayHealth || name == sysCaddyHealth {
+			data.Block += e.passiveHealth
+		}
 		admin, err := freePort()
 		if err != nil {
 			return nil, err
