@@ -52,6 +52,7 @@ type config struct {
 	latencyWork         string
 	renderOnly          bool
 	sickDuration        time.Duration
+	sickScenarios       map[string]bool
 }
 
 var phaseNames = []string{"main", "capacity", "balance", "latency", "rss", "profile", "sick"}
@@ -98,6 +99,8 @@ func parseFlags(args []string) (*config, error) {
 	fs.IntVar(&c.loadCPU, "load-cpu", 0, "CPU wrk and the stand-ins are pinned to")
 	fs.StringVar(&phases, "phases", strings.Join(phaseNames, ","), "phases to run: "+strings.Join(phaseNames, ","))
 	fs.DurationVar(&c.sickDuration, "sick-duration", 10*time.Second, "measured duration of each run of the sick phase (longer than the passive health checks' 5s fail_duration)")
+	var sick string
+	fs.StringVar(&sick, "sick-scenarios", "healthy,slow,503", "scenarios of the sick phase")
 	fs.IntVar(&c.balanceConns, "balance-connections", 4, "clients of the balance run")
 	fs.IntVar(&c.rssConns, "rss-connections", 256, "keep-alive connections of the memory run")
 	fs.IntVar(&c.latencyConns, "latency-connections", 8, "connections of the fixed-rate latency run")
@@ -131,6 +134,10 @@ func parseFlags(args []string) (*config, error) {
 			return nil, fmt.Errorf("-systems: unknown %q (known: %s)", s, strings.Join(allSystems, ","))
 		}
 		c.systems = append(c.systems, s)
+	}
+	c.sickScenarios = map[string]bool{}
+	for _, sc := range strings.Split(sick, ",") {
+		c.sickScenarios["sick-"+strings.TrimSpace(sc)] = true
 	}
 	c.phases = map[string]bool{}
 	for _, p := range strings.Split(phases, ",") {

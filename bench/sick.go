@@ -52,6 +52,9 @@ func (e *env) runSick(ctx context.Context, rep *report, body int) error {
 		_ = e.setSick(ctx, sickNone)
 	}()
 	for _, sc := range sickScenarios {
+		if !e.cfg.sickScenarios[sc.phase] {
+			continue
+		}
 		if err := e.setSick(ctx, sc.sickness); err != nil {
 			return err
 		}
@@ -81,8 +84,11 @@ func (r *report) sickMarkdown(body int) string {
 	fmt.Fprintf(&b, "## Sick stand-ins: %d keep-alive connections, body %d, stand-ins count, %s per run, medians of %d runs\n\n",
 		r.cfg.connections, body, r.cfg.sickDuration, r.cfg.repeats)
 	for _, sc := range sickScenarios {
+		if !r.cfg.sickScenarios[sc.phase] {
+			continue
+		}
 		fmt.Fprintf(&b, "### %s\n\n", sickTitles[sc.phase])
-		fmt.Fprintf(&b, "Passive health of gateway-health and caddy-lc-health: `%s`", strings.Join(strings.Fields(strings.ReplaceAll(sc.health, "\n", ";")), " "))
+		fmt.Fprintf(&b, "Passive health of gateway-health and caddy-lc-health: `%s`", healthWords(sc.health))
 		if sc.nginxHealth != "" {
 			fmt.Fprintf(&b, "; nginx-health: %s", sc.nginxHealth)
 		}
@@ -129,4 +135,15 @@ func sickShare(per []int64) float64 {
 		return 0
 	}
 	return float64(per[1]) / (float64(others) / float64(len(per)-1))
+}
+
+// healthWords is a passive health block on one line: "a 1; b 2".
+func healthWords(block string) string {
+	var lines []string
+	for _, l := range strings.Split(block, "\n") {
+		if f := strings.Fields(l); len(f) > 0 {
+			lines = append(lines, strings.Join(f, " "))
+		}
+	}
+	return strings.Join(lines, "; ")
 }
