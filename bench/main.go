@@ -51,9 +51,11 @@ type config struct {
 	latencyLoadFraction float64
 	latencyWork         string
 	renderOnly          bool
+	sickDuration        time.Duration
+	sickScenarios       map[string]bool
 }
 
-var phaseNames = []string{"main", "capacity", "balance", "latency", "rss", "profile"}
+var phaseNames = []string{"main", "capacity", "balance", "latency", "rss", "profile", "sick"}
 
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == "standins" {
@@ -96,6 +98,9 @@ func parseFlags(args []string) (*config, error) {
 	fs.IntVar(&c.proxyCPU, "proxy-cpu", 1, "CPU the system under test is pinned to")
 	fs.IntVar(&c.loadCPU, "load-cpu", 0, "CPU wrk and the stand-ins are pinned to")
 	fs.StringVar(&phases, "phases", strings.Join(phaseNames, ","), "phases to run: "+strings.Join(phaseNames, ","))
+	fs.DurationVar(&c.sickDuration, "sick-duration", 10*time.Second, "measured duration of each run of the sick phase (longer than the passive health checks' 5s fail_duration)")
+	var sick string
+	fs.StringVar(&sick, "sick-scenarios", "healthy,slow,503", "scenarios of the sick phase")
 	fs.IntVar(&c.balanceConns, "balance-connections", 4, "clients of the balance run")
 	fs.IntVar(&c.rssConns, "rss-connections", 256, "keep-alive connections of the memory run")
 	fs.IntVar(&c.latencyConns, "latency-connections", 8, "connections of the fixed-rate latency run")
@@ -129,6 +134,10 @@ func parseFlags(args []string) (*config, error) {
 			return nil, fmt.Errorf("-systems: unknown %q (known: %s)", s, strings.Join(allSystems, ","))
 		}
 		c.systems = append(c.systems, s)
+	}
+	c.sickScenarios = map[string]bool{}
+	for _, sc := range strings.Split(sick, ",") {
+		c.sickScenarios["sick-"+strings.TrimSpace(sc)] = true
 	}
 	c.phases = map[string]bool{}
 	for _, p := range strings.Split(phases, ",") {
@@ -269,6 +278,11 @@ func run(ctx context.Context, cfg *config) error {
 			rep.add(e.measure(ctx, runSpec{phase: "rss", system: sys, body: body, rep: 1, work: workDecode, conns: cfg.rssConns, threads: 1}))
 		}
 	}
+	if cfg.phases["sick"] {
+		if err := e.runSick(ctx, rep, body); err != nil {
+			return err
+		}
+	}
 	if cfg.phases["profile"] && contains(cfg.systems, sysGateway) {
 		if err := e.profile(ctx, rep, body); err != nil {
 			logf("profile: %v", err)
@@ -403,5 +417,19 @@ func (e *env) setWork(ctx context.Context, mode string) error {
 		return fmt.Errorf("setting work %s: status %d", mode, resp.StatusCode)
 	}
 	e.work = mode
+	return nil
+}
+
+// setSick makes the second stand-in slow, failing or healthy again.
+func (e *env) setSick(ctx context.Context, mode string) error {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+e.info.Control+"/sick?mode="+mode, nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNoContent {
+		return fmt.Errorf("setting sickness %s: status %d", mode, resp.StatusCode)
+	}
 	return nil
 }

@@ -326,6 +326,7 @@ func (r *report) markdown() string {
 		}
 		b.WriteString("\n")
 	}
+	b.WriteString(r.sickMarkdown(body))
 	b.WriteString(r.targets())
 	if r.PprofCPU != "" {
 		fmt.Fprintf(&b, "## Gateway CPU profile under load (%.0f req/s, count-only stand-ins, %d s)\n\n```\n%s```\n\n", r.ProfileRPS, c.profileSeconds, headLines(r.PprofCPU, 40))

@@ -82,22 +82,39 @@ func serveStandins(n int, work string, maxLife time.Duration) error {
 		handlers[i] = dists[i]
 	}
 	var workMu sync.Mutex
+	sick, sickIndex := sickNone, 1
+	// apply gives every stand-in the behaviour of the work mode, and the
+	// sick one (sickIndex) its sickness on top.
+	apply := func() {
+		for i, d := range dists {
+			var b standin.Behavior
+			if work == workCount {
+				b = countOnly
+			}
+			if i == sickIndex {
+				b = sickBehavior(sick, b)
+			}
+			d.SetBehavior(b)
+		}
+	}
 	setWork := func(mode string) error {
 		workMu.Lock()
 		defer workMu.Unlock()
-		switch mode {
-		case workDecode:
-			for _, d := range dists {
-				d.SetBehavior(nil)
-			}
-		case workCount:
-			for _, d := range dists {
-				d.SetBehavior(countOnly)
-			}
-		default:
+		if mode != workDecode && mode != workCount {
 			return fmt.Errorf("unknown work mode %q", mode)
 		}
 		work = mode
+		apply()
+		return nil
+	}
+	setSick := func(mode string) error {
+		workMu.Lock()
+		defer workMu.Unlock()
+		if mode != sickNone && mode != sickSlow && mode != sick503 {
+			return fmt.Errorf("unknown sickness %q", mode)
+		}
+		sick = mode
+		apply()
 		return nil
 	}
 	if err := setWork(work); err != nil {
@@ -164,6 +181,14 @@ func serveStandins(n int, work string, maxLife time.Duration) error {
 		}
 		w.WriteHeader(http.StatusNoContent)
 	})
+	// One stand-in (the second) made slow or failing, between runs.
+	mux.HandleFunc("POST /sick", func(w http.ResponseWriter, r *http.Request) {
+		if err := setSick(r.URL.Query().Get("mode")); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})
 	ctl := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = ctl.Serve(ctlLis) }()
 	defer func() { _ = ctl.Close() }()
@@ -189,6 +214,33 @@ func serveStandins(n int, work string, maxLife time.Duration) error {
 		return errors.New("max lifetime reached")
 	}
 	return nil
+}
+
+// Sicknesses of the sick stand-in.
+const (
+	sickNone = "none"
+	sickSlow = "slow" // answers sickDelay late
+	sick503  = "503"  // answers every request 503, as a distributor whose ingesters are down
+)
+
+// sickDelay is how late the slow stand-in answers.
+const sickDelay = 20 * time.Millisecond
+
+// sickBehavior wraps a stand-in's behaviour with a sickness.
+func sickBehavior(mode string, next standin.Behavior) standin.Behavior {
+	switch mode {
+	case sickSlow:
+		return func(w http.ResponseWriter, r *http.Request) bool {
+			time.Sleep(sickDelay)
+			return next != nil && next(w, r)
+		}
+	case sick503:
+		return func(w http.ResponseWriter, _ *http.Request) bool {
+			http.Error(w, "ingesters down", http.StatusServiceUnavailable)
+			return true
+		}
+	}
+	return next
 }
 
 // countOnly answers a push 200 once the Distributor has read (and counted)

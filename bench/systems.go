@@ -25,7 +25,24 @@ const (
 	sysNginxHelm = "nginx-helm"    // helm chart as shipped: resolver + variable proxy_pass
 	sysCaddy     = "caddy-rp"      // Caddy reverse_proxy, dynamic a + round_robin
 	sysGateway   = "gateway"       // metrics_gateway, dns:// -> httpgrpc
+	// The sick phase's systems (bench/sick.go).
+	sysGatewayLC     = "gateway-lc"      // metrics_gateway, lb_policy least_conn
+	sysGatewayHealth = "gateway-health"  // least_conn + passive health checks
+	sysNginxHealth   = "nginx-health"    // nginx least_conn + max_fails + proxy_next_upstream
+	sysCaddyLC       = "caddy-lc"        // Caddy reverse_proxy, lb_policy least_conn
+	sysCaddyHealth   = "caddy-lc-health" // least_conn + Caddy's passive health checks
 )
+
+// blockLines are the extra lines of each Caddy-based system's backend
+// block; the passive health systems add the scenario's env.passiveHealth.
+var blockLines = map[string]string{
+	sysGateway:       "",
+	sysGatewayLC:     "lb_policy least_conn",
+	sysGatewayHealth: "lb_policy least_conn",
+	sysCaddy:         "lb_policy round_robin",
+	sysCaddyLC:       "lb_policy least_conn",
+	sysCaddyHealth:   "lb_policy least_conn",
+}
 
 var allSystems = []string{sysDirect, sysNginx, sysNginxHelm, sysCaddy, sysGateway}
 
@@ -40,6 +57,9 @@ type env struct {
 	work      string // the stand-ins' current work mode
 	// standinsPID is the stand-ins process (taskset execs it: same pid).
 	standinsPID int
+	// passiveHealth are the passive health lines of the sick scenario
+	// running, the same words for metrics_gateway and reverse_proxy.
+	passiveHealth string
 }
 
 // running is a started system under test.
@@ -86,17 +106,23 @@ func (e *env) startSystem(ctx context.Context, name string, body []byte) (*runni
 	var args []string
 	cmdEnv := os.Environ()
 	switch name {
-	case sysNginx, sysNginxHelm:
+	case sysNginx, sysNginxHelm, sysNginxHealth:
 		tmpl := nginxKeepaliveConf
 		if name == sysNginxHelm {
 			tmpl = nginxHelmConf
+		} else if name == sysNginxHealth {
+			tmpl = nginxHealthConf
 		}
 		conf := filepath.Join(dir, "nginx.conf")
 		if err := writeTemplate(conf, tmpl, data); err != nil {
 			return nil, err
 		}
 		args = []string{e.cfg.nginx, "-p", dir, "-c", conf, "-e", filepath.Join(dir, "error.log")}
-	case sysCaddy, sysGateway:
+	case sysCaddy, sysGateway, sysGatewayLC, sysGatewayHealth, sysCaddyLC, sysCaddyHealth:
+		data.Block = blockLines[name]
+		if name == sysGatewayHealth || name == sysCaddyHealth {
+			data.Block += e.passiveHealth
+		}
 		admin, err := freePort()
 		if err != nil {
 			return nil, err
@@ -104,7 +130,7 @@ func (e *env) startSystem(ctx context.Context, name string, body []byte) (*runni
 		data.Admin = admin
 		r.adminAddr = fmt.Sprintf("127.0.0.1:%d", admin)
 		tmpl := caddyReverseProxyConf
-		if name == sysGateway {
+		if strings.HasPrefix(name, sysGateway) {
 			tmpl = gatewayConf
 		}
 		conf := filepath.Join(dir, "Caddyfile")
@@ -206,6 +232,7 @@ type tmplData struct {
 	DNS, Name          string
 	IPs                []string
 	HTTPPort, GRPCPort int
+	Block              string // extra lines of the backend block
 }
 
 func writeTemplate(path, tmpl string, data tmplData) error {
@@ -274,6 +301,31 @@ const nginxKeepaliveConf = nginxCommon + `  client_body_buffer_size 1m;
 }
 `
 
+// nginxHealthConf: nginx at its best with a sick upstream — least_conn,
+// passive health (max_fails/fail_timeout, which count what
+// proxy_next_upstream names) and the failed request retried on the next
+// server, POST included.
+const nginxHealthConf = nginxCommon + `  client_body_buffer_size 1m;
+  upstream distributors {
+    least_conn;
+{{- range .IPs}}
+    server {{.}}:{{$.HTTPPort}} max_fails=3 fail_timeout=5s;
+{{- end}}
+    keepalive 256;
+  }
+  server {
+    listen 127.0.0.1:{{.Port}};
+    location = / { return 200 'OK'; }
+    location = /api/v1/push {
+      proxy_set_header X-Scope-OrgID $ensured_x_scope_orgid;
+      proxy_set_header Connection "";
+      proxy_next_upstream error timeout http_503 non_idempotent;
+      proxy_pass http://distributors;
+    }
+  }
+}
+`
+
 // nginxHelmConf: the chart's push routing as shipped — resolver plus a
 // variable in proxy_pass, so every request opens a new upstream connection.
 const nginxHelmConf = nginxCommon + `  resolver {{.DNS}} valid=5s ipv6=off;
@@ -301,7 +353,7 @@ const caddyReverseProxyConf = `{
 			resolvers {{.DNS}}
 			refresh 5s
 		}
-		lb_policy round_robin
+		{{.Block}}
 		transport http {
 			keepalive_idle_conns_per_host 256
 		}
@@ -321,6 +373,7 @@ const gatewayConf = `{
 			default     http://127.0.0.1:1
 			distributor dns://{{.DNS}}/{{.Name}}:{{.GRPCPort}} {
 				refresh 5s
+				{{.Block}}
 			}
 		}
 		default_tenant bench

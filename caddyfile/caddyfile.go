@@ -14,6 +14,11 @@
 //	            max_request_body <size>
 //	            keepalive        <time> [<timeout>]
 //	            compression      gzip|none
+//	            lb_policy        round_robin|least_conn
+//	            fail_duration    <duration>
+//	            max_fails        <n>
+//	            unhealthy_status <code|class>...
+//	            unhealthy_latency <duration>
 //	            tls {
 //	                ca                   <file>
 //	                cert                 <file>
@@ -254,8 +259,41 @@ func unmarshalGRPC(d *parser.Dispenser, c caddymodule.Component, cfg *caddymodul
 		case "tls":
 			cfg.TLS = new(caddymodule.GRPCTLSConfig)
 			err = unmarshalTLS(d, cfg.TLS)
+		case "lb_policy":
+			var policy string
+			if !d.AllArgs(&policy) {
+				return d.ArgErr()
+			}
+			if policy != grpcpush.LBRoundRobin && policy != grpcpush.LBLeastConn {
+				return d.Errf("%s: unsupported %q (%s or %s)", field, policy, grpcpush.LBRoundRobin, grpcpush.LBLeastConn)
+			}
+			cfg.LBPolicy = policy
+		case "fail_duration":
+			var s string
+			if !d.AllArgs(&s) {
+				return d.ArgErr()
+			}
+			var dur time.Duration
+			dur, err = caddy.ParseDuration(s)
+			if err == nil && dur < 0 {
+				err = fmt.Errorf("%s must not be negative (0 turns passive health checks off)", s)
+			}
+			cfg.FailDuration = caddy.Duration(dur)
+		case "max_fails":
+			var n string
+			if !d.AllArgs(&n) {
+				return d.ArgErr()
+			}
+			cfg.MaxFails, err = strconv.Atoi(n)
+			if err == nil && cfg.MaxFails < 1 {
+				err = fmt.Errorf("%d: must be at least 1", cfg.MaxFails)
+			}
+		case "unhealthy_status":
+			cfg.UnhealthyStatus, err = statusArgs(d)
+		case "unhealthy_latency":
+			cfg.UnhealthyLatency, err = durationArg(d)
 		default:
-			return d.Errf("proxy.%s: unrecognized option %q for a dns: backend (refresh, timeout, retries, max_request_body, keepalive, compression, tls)", c, opt)
+			return d.Errf("proxy.%s: unrecognized option %q for a dns: backend (refresh, timeout, retries, max_request_body, keepalive, compression, tls, lb_policy, fail_duration, max_fails, unhealthy_status, unhealthy_latency)", c, opt)
 		}
 		if err != nil {
 			return d.Errf("%s: %v", field, err)
@@ -298,6 +336,28 @@ func unmarshalTLS(d *parser.Dispenser, t *caddymodule.GRPCTLSConfig) error {
 		return d.Err("ca and insecure_skip_verify contradict each other (a CA is only used to verify the server)")
 	}
 	return nil
+}
+
+// statusArgs parses reverse_proxy's status list: codes (503) and classes
+// (5xx, stored as 5).
+func statusArgs(d *parser.Dispenser) ([]int, error) {
+	args := d.RemainingArgs()
+	if len(args) == 0 {
+		return nil, d.ArgErr()
+	}
+	codes := make([]int, 0, len(args))
+	for _, a := range args {
+		if len(a) == 3 && strings.HasSuffix(a, "xx") && a[0] >= '1' && a[0] <= '5' {
+			codes = append(codes, int(a[0]-'0'))
+			continue
+		}
+		code, err := strconv.Atoi(a)
+		if err != nil || code < 100 || code > 599 {
+			return nil, fmt.Errorf("%q: want a status 100-599 or a class like 5xx", a)
+		}
+		codes = append(codes, code)
+	}
+	return codes, nil
 }
 
 func durationArg(d *parser.Dispenser) (caddy.Duration, error) {

@@ -174,6 +174,11 @@ func TestLoadTimeErrors(t *testing.T) {
 		{"too many retries", "default http://a:1\n distributor dns:///d:9095 {\n retries 7\n }", "proxy.distributor.grpc.retries: 7: must be 0 to 4"},
 		{"ca with insecure_skip_verify", "default http://a:1\n distributor dns:///d:9095 {\n tls {\n ca /ca.pem\n insecure_skip_verify\n }\n }", "proxy.distributor.grpc.tls: ca and insecure_skip_verify contradict each other"},
 		{"keepalive too often", "default http://a:1\n distributor dns:///d:9095 {\n keepalive 5s\n }", "proxy.distributor.grpc.keepalive: 5s: must be at least 10s"},
+		{"unknown lb_policy", "default http://a:1\n distributor dns:///d:9095 {\n lb_policy random\n }", `proxy.distributor.grpc.lb_policy: unsupported "random" (round_robin or least_conn)`},
+		{"negative max_fails", "default http://a:1\n distributor dns:///d:9095 {\n fail_duration 5s\n max_fails -1\n }", "proxy.distributor.grpc.max_fails: -1: must be at least 1"},
+		{"fail_duration without unit", "default http://a:1\n distributor dns:///d:9095 {\n fail_duration 5\n }", `proxy.distributor.grpc.fail_duration: time: missing unit in duration "5"`},
+		{"bad unhealthy_status", "default http://a:1\n distributor dns:///d:9095 {\n fail_duration 5s\n unhealthy_status 5xy\n }", `proxy.distributor.grpc.unhealthy_status: "5xy": want a status 100-599 or a class like 5xx`},
+		{"bad unhealthy_latency", "default http://a:1\n distributor dns:///d:9095 {\n fail_duration 5s\n unhealthy_latency 0s\n }", "proxy.distributor.grpc.unhealthy_latency: duration 0s must be positive"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -245,6 +250,11 @@ func TestJSONLoadTimeErrors(t *testing.T) {
 		{"invalid literal tenant", `{"proxy": {"default": {"url": "http://a:1"}}, "tenant": "a|b"}`, `tenant: tenant ID "a|b" contains '|'`},
 		{"keepalive too often", `{"proxy": {"default": {"url": "http://a:1"}, "distributor": {"url": "dns:///d:9095", "grpc": {"keepalive_time": "5s"}}}}`, "keepalive time 5s: must be at least 10s"},
 		{"too many retries", `{"proxy": {"default": {"url": "http://a:1"}, "distributor": {"url": "dns:///d:9095", "grpc": {"retries": 9}}}}`, "proxy.distributor: grpc.retries: 9: must be 0 to 4"},
+		{"unknown lb_policy", `{"proxy": {"default": {"url": "http://a:1"}, "distributor": {"url": "dns:///d:9095", "grpc": {"lb_policy": "random"}}}}`, `proxy.distributor: grpc.lb_policy: "random": must be round_robin or least_conn`},
+		{"negative max_fails", `{"proxy": {"default": {"url": "http://a:1"}, "distributor": {"url": "dns:///d:9095", "grpc": {"fail_duration": "5s", "max_fails": -1}}}}`, "proxy.distributor: grpc.max_fails: -1: must be at least 1"},
+		{"fail_duration without unit", `{"proxy": {"default": {"url": "http://a:1"}, "distributor": {"url": "dns:///d:9095", "grpc": {"fail_duration": "5"}}}}`, `missing unit in duration "5"`},
+		{"bad unhealthy_status", `{"proxy": {"default": {"url": "http://a:1"}, "distributor": {"url": "dns:///d:9095", "grpc": {"fail_duration": "5s", "unhealthy_status": [7]}}}}`, "proxy.distributor: unhealthy_status 7: must be a status 100-599 or a class 1-5"},
+		{"health without fail_duration", `{"proxy": {"default": {"url": "http://a:1"}, "distributor": {"url": "dns:///d:9095", "grpc": {"max_fails": 3}}}}`, "proxy.distributor: max_fails, unhealthy_status, unhealthy_latency: need fail_duration"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

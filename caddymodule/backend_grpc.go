@@ -106,10 +106,24 @@ func grpcOptions(c Component, b *Backend, logger *zap.Logger) (grpcpush.Options,
 		KeepaliveTime:    time.Duration(cfg.KeepaliveTime),
 		KeepaliveTimeout: time.Duration(cfg.KeepaliveTimeout),
 		Compression:      cfg.Compression,
+		LBPolicy:         cfg.LBPolicy,
+		FailDuration:     time.Duration(cfg.FailDuration),
+		MaxFails:         cfg.MaxFails,
+		UnhealthyStatus:  cfg.UnhealthyStatus,
+		UnhealthyLatency: time.Duration(cfg.UnhealthyLatency),
 		Logger:           logger.With(zap.String("backend", string(c))),
 		Metrics:          grpcMetrics,
 		BackendName:      string(c),
 		OnDone:           logEndpoint,
+	}
+	if p := cfg.LBPolicy; p != "" && p != grpcpush.LBRoundRobin && p != grpcpush.LBLeastConn {
+		return opts, fmt.Errorf("grpc.lb_policy: %q: must be %s or %s", p, grpcpush.LBRoundRobin, grpcpush.LBLeastConn)
+	}
+	if cfg.FailDuration < 0 {
+		return opts, fmt.Errorf("grpc.fail_duration: %v: must not be negative (0 turns passive health checks off)", time.Duration(cfg.FailDuration))
+	}
+	if cfg.MaxFails < 0 {
+		return opts, fmt.Errorf("grpc.max_fails: %d: must be at least 1", cfg.MaxFails)
 	}
 	if r := cfg.Retries; r != nil {
 		if *r < 0 || *r > grpcpush.MaxRetries {
@@ -155,7 +169,8 @@ func (g *grpcBackend) status() BackendStatus {
 	eps := g.handler.Endpoints()
 	st := BackendStatus{Component: g.name, Kind: KindGRPC, Target: g.target, Endpoints: make([]EndpointStatus, len(eps))}
 	for i, e := range eps {
-		st.Endpoints[i] = EndpointStatus{Address: e.Address, State: e.State, Requests: e.Requests}
+		st.Endpoints[i] = EndpointStatus{Address: e.Address, State: e.State, Requests: e.Requests,
+			Healthy: e.Healthy, UnhealthyUntil: e.UnhealthyUntil, LastFailure: e.LastFailure}
 	}
 	return st
 }

@@ -197,6 +197,33 @@ type GRPCConfig struct {
 	// accepts gzip; Remote-Write bodies are already snappy-compressed, so
 	// this mostly costs CPU. Default: none.
 	Compression string `json:"compression,omitempty"`
+
+	// LBPolicy chooses the endpoint of each call: "round_robin" (the next
+	// one) or "least_conn" (of two endpoints picked at random, the one with
+	// fewer calls in flight: grpc-go's least_request balancer). Default:
+	// round_robin.
+	LBPolicy string `json:"lb_policy,omitempty"`
+
+	// FailDuration turns on passive health checks: how long a failed call
+	// is remembered. An endpoint with MaxFails failures within FailDuration
+	// is out (gets no calls) until enough of them are older than
+	// FailDuration. If every endpoint is out, calls go to all of them.
+	// Default: 0 (off).
+	FailDuration caddy.Duration `json:"fail_duration,omitempty"`
+
+	// MaxFails is how many failures within FailDuration take an endpoint
+	// out. Default: 1.
+	MaxFails int `json:"max_fails,omitempty"`
+
+	// UnhealthyStatus are the HTTP statuses that count as failures, e.g.
+	// [503] or [5] (a single digit is a class: 5 is 5xx), as in
+	// reverse_proxy. Transport failures (gRPC UNAVAILABLE, deadline
+	// exceeded) always count. Default: none.
+	UnhealthyStatus []int `json:"unhealthy_status,omitempty"`
+
+	// UnhealthyLatency makes a call that takes longer count as a failure.
+	// Default: 0 (latency does not count).
+	UnhealthyLatency caddy.Duration `json:"unhealthy_latency,omitempty"`
 }
 
 // GRPCTLSConfig configures TLS to gRPC endpoints.

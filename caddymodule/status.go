@@ -1,5 +1,7 @@
 package caddymodule
 
+import "time"
+
 // BackendStatus describes one configured backend for the admin API.
 type BackendStatus struct {
 	Component Component   `json:"component"`
@@ -11,7 +13,14 @@ type BackendStatus struct {
 
 // EndpointStatus is one endpoint of a gRPC backend.
 type EndpointStatus struct {
-	Address  string `json:"address"`
+	Address string `json:"address"`
+	// State is the gRPC connectivity state.
 	State    string `json:"state"`
 	Requests uint64 `json:"requests"`
+	// Healthy is false while the passive health check keeps the endpoint
+	// out; UnhealthyUntil is then when it comes back (unless it fails
+	// again), and LastFailure the last failure counted.
+	Healthy        bool       `json:"healthy"`
+	UnhealthyUntil *time.Time `json:"unhealthy_until,omitempty"`
+	LastFailure    string     `json:"last_failure,omitempty"`
 }

@@ -4,23 +4,14 @@ import (
 	"sort"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"google.golang.org/grpc/attributes"
 	"google.golang.org/grpc/balancer"
-	"google.golang.org/grpc/balancer/roundrobin"
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/resolver"
+	"google.golang.org/grpc/serviceconfig"
 )
-
-// balancerName is the load-balancing policy every Handler's ClientConn uses:
-// grpc-go's round_robin, unchanged, behind a thin observer that records each
-// endpoint's connectivity state and how many calls were sent to it. The
-// balancing itself (which endpoint gets the next call) is round_robin's.
-const balancerName = "metrics_gateway_round_robin"
-
-func init() {
-	balancer.Register(observerBuilder{})
-}
 
 // trackerKey is the resolver.State attribute through which a Handler's
 // resolver hands its tracker to the balancer of the same ClientConn (the
@@ -46,6 +37,14 @@ type EndpointStatus struct {
 	State string `json:"state"`
 	// Requests counts the calls (attempts) sent to the endpoint.
 	Requests uint64 `json:"requests"`
+	// Healthy is false while the passive health check keeps the endpoint
+	// out (always true without passive health checks).
+	Healthy bool `json:"healthy"`
+	// UnhealthyUntil is when an endpoint that is out comes back, unless it
+	// fails again before.
+	UnhealthyUntil *time.Time `json:"unhealthy_until,omitempty"`
+	// LastFailure is the last failure the passive health check counted.
+	LastFailure string `json:"last_failure,omitempty"`
 }
 
 // endpoint is the live record of one address.
@@ -55,12 +54,18 @@ type endpoint struct {
 	requests atomic.Uint64
 	subConns int // guarded by tracker.mu
 	counters codeCounters
+	// wrappers are the endpoint's SubConns as its child balancer sees them,
+	// with passive health checks (guarded by tracker.mu).
+	wrappers []*healthSubConn
+	health   endpointHealth
 }
 
 // tracker holds the endpoints of one ClientConn.
 type tracker struct {
 	metrics *backendMetrics
 	none    endpoint // for requests that never reached an endpoint
+	// health is the passive health check; nil when it is off.
+	health *healthMonitor
 
 	mu     sync.Mutex
 	byAddr map[string]*endpoint
@@ -90,6 +95,10 @@ func (t *tracker) add(sc balancer.SubConn, addr string) *endpoint {
 		t.metrics.use(addr)
 	}
 	ep.subConns++
+	if w, ok := sc.(*healthSubConn); ok {
+		w.ep = ep
+		ep.wrappers = append(ep.wrappers, w)
+	}
 	t.updateSubConnsLocked(func(m map[balancer.SubConn]*endpoint) { m[sc] = ep })
 	return ep
 }
@@ -105,13 +114,18 @@ func (t *tracker) setState(sc balancer.SubConn, ep *endpoint, s connectivity.Sta
 	} else if old != connectivity.Ready && s == connectivity.Ready {
 		t.metrics.readyChanged(+1)
 	}
+	t.health.kick() // whether every endpoint is out may have changed
 	if s != connectivity.Shutdown {
 		return
 	}
 	t.updateSubConnsLocked(func(m map[balancer.SubConn]*endpoint) { delete(m, sc) })
 	ep.subConns--
+	if w, ok := sc.(*healthSubConn); ok {
+		ep.wrappers = removeWrapper(ep.wrappers, w)
+	}
 	if ep.subConns == 0 && t.byAddr[ep.addr] == ep {
 		delete(t.byAddr, ep.addr)
+		ep.health.stop()
 		t.metrics.forget(ep.addr)
 	}
 }
@@ -120,15 +134,18 @@ func (t *tracker) setState(sc balancer.SubConn, ep *endpoint, s connectivity.Sta
 // report SubConn states after Close, so the endpoints leave the ready gauge
 // and the request series here.
 func (t *tracker) closeAll() {
+	t.health.close() // first: its goroutine takes t.mu
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	for addr, ep := range t.byAddr {
 		if connectivity.State(ep.state.Swap(int32(connectivity.Shutdown))) == connectivity.Ready {
 			t.metrics.readyChanged(-1)
 		}
+		ep.health.stop()
 		t.metrics.forget(addr)
 	}
 	clear(t.byAddr)
+	t.health.close()
 	t.updateSubConnsLocked(func(m map[balancer.SubConn]*endpoint) { clear(m) })
 }
 
@@ -157,46 +174,65 @@ func (t *tracker) statuses() []EndpointStatus {
 	t.mu.Lock()
 	out := make([]EndpointStatus, 0, len(t.byAddr))
 	for _, ep := range t.byAddr {
-		out = append(out, EndpointStatus{
+		st := EndpointStatus{
 			Address:  ep.addr,
 			State:    connectivity.State(ep.state.Load()).String(),
 			Requests: ep.requests.Load(),
-		})
+			Healthy:  true,
+		}
+		ep.health.describe(&st)
+		out = append(out, st)
 	}
 	t.mu.Unlock()
 	sort.Slice(out, func(i, j int) bool { return out[i].Address < out[j].Address })
 	return out
 }
 
-// observerBuilder builds round_robin behind an observing ClientConn.
-type observerBuilder struct{}
+// observerBuilder builds a grpc-go balancer (child) behind an observing
+// ClientConn; it is registered under name (see leastconn.go).
+type observerBuilder struct {
+	name, child string
+	// childConfig is the child's JSON config; "" when it takes none.
+	childConfig string
+}
 
-func (observerBuilder) Name() string { return balancerName }
+func (b observerBuilder) Name() string { return b.name }
 
-func (observerBuilder) Build(cc balancer.ClientConn, opts balancer.BuildOptions) balancer.Balancer {
+func (b observerBuilder) Build(cc balancer.ClientConn, opts balancer.BuildOptions) balancer.Balancer {
 	occ := &observingCC{ClientConn: cc}
+	cfg, err := b.parseChildConfig()
 	return &observer{
-		Balancer: balancer.Get(roundrobin.Name).Build(occ, opts),
-		cc:       occ,
+		Balancer:    balancer.Get(b.child).Build(occ, opts),
+		cc:          occ,
+		childConfig: cfg,
+		configErr:   err,
 	}
 }
 
-// observer is round_robin; it only picks up the tracker from the resolver
-// state before round_robin sees that state.
+// observer is the child balancer; it only picks up the tracker from the
+// resolver state and hands the child its own config.
 type observer struct {
 	balancer.Balancer
-	cc *observingCC
+	cc          *observingCC
+	childConfig serviceconfig.LoadBalancingConfig
+	configErr   error
 }
 
 func (b *observer) UpdateClientConnState(s balancer.ClientConnState) error {
+	if b.configErr != nil {
+		return b.configErr
+	}
 	if t := trackerFrom(s.ResolverState.Attributes); t != nil {
 		b.cc.tracker.Store(t)
 	}
+	s.BalancerConfig = b.childConfig
 	return b.Balancer.UpdateClientConnState(s)
 }
 
-// observingCC sits between round_robin and gRPC: it wraps every SubConn's
-// state listener and every picker, and passes everything else through.
+// observingCC sits between the child balancer and gRPC: it wraps every
+// SubConn's state listener and every picker, and passes everything else
+// through. With passive health checks it also wraps the SubConns
+// themselves, to report an endpoint that is out as unhealthy.
 type observingCC struct {
 	balancer.ClientConn
 	tracker atomic.Pointer[tracker]
@@ -223,6 +259,9 @@ func (c *observingCC) NewSubConn(addrs []resolver.Address, opts balancer.NewSubC
 	if err != nil {
 		return nil, err
 	}
+	if t.health != nil {
+		sc = &healthSubConn{SubConn: sc, mon: t.health}
+	}
 	ep = t.add(sc, addrs[0].Addr)
 	close(ready)
 	return sc, nil
@@ -235,23 +274,32 @@ func (c *observingCC) UpdateState(s balancer.State) {
 	c.ClientConn.UpdateState(s)
 }
 
-// countingPicker is round_robin's picker; it notes where each call went.
+// countingPicker is the child's picker; it notes where each call went and,
+// with passive health checks, watches how each call ends.
 type countingPicker struct {
 	balancer.Picker
 	t *tracker
 }
 
 func (p *countingPicker) Pick(info balancer.PickInfo) (balancer.PickResult, error) {
+	if p.t.health != nil {
+		return p.t.health.pick(p.Picker, p.t, info)
+	}
 	res, err := p.Picker.Pick(info)
 	if err != nil || res.SubConn == nil {
 		return res, err
 	}
 	if ep := p.t.picked(res.SubConn); ep != nil {
-		if c, ok := info.Ctx.Value(callKey{}).(*call); ok {
-			c.endpoint.Store(ep)
-		}
+		noteEndpoint(info, ep)
 	}
 	return res, err
+}
+
+// noteEndpoint tells the request which endpoint its call went to.
+func noteEndpoint(info balancer.PickInfo, ep *endpoint) {
+	if c, ok := info.Ctx.Value(callKey{}).(*call); ok {
+		c.endpoint.Store(ep)
+	}
 }
 
 // callKey is the context key under which ServeHTTP passes its call to Pick.

@@ -49,10 +49,24 @@
 // info. A removed endpoint gets no new calls once the new set is reported;
 // its in-flight calls finish.
 //
-// Balancing is grpc-go's round_robin, wrapped by a thin observer balancer
-// (registered as "metrics_gateway_round_robin") that only records each
-// endpoint's connectivity state and calls, for Endpoints, the metrics and
-// OnDone. The channel never goes idle, connects at New, and uses dskit's
+// Balancing is grpc-go's round_robin (Options.LBPolicy "round_robin", the
+// default) or least_request ("least_conn": of two READY endpoints picked at
+// random, the one with fewer calls in flight), each wrapped by a thin
+// observer balancer (registered as "metrics_gateway_round_robin" and
+// "metrics_gateway_least_conn") that records each endpoint's connectivity
+// state and calls, for Endpoints, the metrics and OnDone.
+//
+// Passive health checks (Options.FailDuration > 0, health.go) watch every
+// call: UNAVAILABLE, DEADLINE_EXCEEDED, a status in UnhealthyStatus or a
+// call slower than UnhealthyLatency is a failure; MaxFails failures within
+// FailDuration take the endpoint out until they age out. An endpoint that
+// is out reports TRANSIENT_FAILURE through gRPC's health listener to its
+// pick_first child, so the policy leaves it out of its picker (as grpc-go's
+// outlier detection does) while its connection stays up; if every READY
+// endpoint is out, none is left out. Changes are logged at info and shown
+// by Endpoints and metrics_gateway_grpc_endpoint_healthy.
+//
+// The channel never goes idle, connects at New, and uses dskit's
 // client settings: keepalive 20s/10s with pings allowed without calls,
 // reconnect backoff 1s-5s.
 //
@@ -104,8 +118,9 @@
 // NewMetrics creates the collectors (the caller registers Collectors()):
 // metrics_gateway_grpc_requests_total{backend,endpoint,code},
 // metrics_gateway_grpc_request_duration_seconds{backend},
-// metrics_gateway_grpc_requests_in_flight{backend} and
-// metrics_gateway_grpc_endpoints_ready{backend}. Label children are looked
+// metrics_gateway_grpc_requests_in_flight{backend},
+// metrics_gateway_grpc_endpoints_ready{backend} and
+// metrics_gateway_grpc_endpoint_healthy{backend,endpoint}. Label children are looked
 // up once, so a request does no label lookups; the series of an endpoint
 // that leaves the set are deleted. Endpoints reports each endpoint's state
 // and call count for an admin view; Options.OnDone tells the caller which

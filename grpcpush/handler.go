@@ -65,6 +65,9 @@ func New(opts Options) (*Handler, error) {
 	h := &Handler{s: s, metrics: s.metrics.forBackend(s.backend), logger: new(logRef)}
 	h.logger.set(s.logger)
 	h.tracker = newTracker(h.metrics)
+	if s.health != nil {
+		h.tracker.health = newHealthMonitor(s.health, h.tracker, h.logger, s.backend)
+	}
 	builder := newDNSBuilder(s.target, s.refresh, h.logger, h.tracker)
 	h.conn, err = grpc.NewClient(s.target.String(), h.dialOptions(builder)...)
 	if err != nil {
@@ -97,7 +100,7 @@ func (h *Handler) dialOptions(b *dnsBuilder) []grpc.DialOption {
 	}
 	return []grpc.DialOption{
 		grpc.WithResolvers(b),
-		grpc.WithDefaultServiceConfig(serviceConfig(s.retries)),
+		grpc.WithDefaultServiceConfig(serviceConfig(s.retries, s.lbPolicy)),
 		grpc.WithTransportCredentials(creds),
 		grpc.WithDefaultCallOptions(callOpts...),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{
@@ -124,8 +127,8 @@ func (h *Handler) dialOptions(b *dnsBuilder) []grpc.DialOption {
 // serviceConfig selects the balancer and, with retries, grpc-go's retry
 // policy: only UNAVAILABLE (the endpoint died or refused the connection) is
 // retried, on whichever endpoint round_robin picks next.
-func serviceConfig(retries int) string {
-	lb := fmt.Sprintf(`"loadBalancingConfig":[{%q:{}}]`, balancerName)
+func serviceConfig(retries int, policy string) string {
+	lb := fmt.Sprintf(`"loadBalancingConfig":[{%q:{}}]`, balancerFor(policy))
 	if retries == 0 {
 		return "{" + lb + "}"
 	}
@@ -219,6 +222,9 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, c *call) int {
 	ctx = metadata.NewOutgoingContext(ctx, h.tenants.get(tenant))
 	if err := h.conn.Invoke(ctx, handleMethod, &c.req, &c.resp); err != nil {
 		return h.callError(w, r, c, err)
+	}
+	if hm := h.tracker.health; hm != nil {
+		hm.answered(c.endpoint.Load(), int(c.resp.Code))
 	}
 	if !validStatus(int(c.resp.Code)) {
 		return h.failed(w, r, http.StatusBadGateway, fmt.Sprintf("invalid status %d", c.resp.Code), c.endpoint.Load())

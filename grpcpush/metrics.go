@@ -17,6 +17,7 @@ type Metrics struct {
 	duration *prometheus.HistogramVec // backend
 	inFlight *prometheus.GaugeVec     // backend
 	ready    *prometheus.GaugeVec     // backend
+	healthy  *prometheus.GaugeVec     // backend, endpoint
 
 	// users counts the Handlers that have an endpoint, by backend and
 	// address: Handlers of one backend name can overlap (a reload that
@@ -52,12 +53,16 @@ func NewMetrics() *Metrics {
 			Namespace: ns, Subsystem: sub, Name: "endpoints_ready",
 			Help: "Endpoints with a READY connection, by backend.",
 		}, []string{"backend"}),
+		healthy: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: ns, Subsystem: sub, Name: "endpoint_healthy",
+			Help: "1 while the passive health check keeps an endpoint in (always without passive health checks), 0 while it is out.",
+		}, []string{"backend", "endpoint"}),
 	}
 }
 
 // Collectors returns the collectors to register.
 func (m *Metrics) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.requests, m.duration, m.inFlight, m.ready}
+	return []prometheus.Collector{m.requests, m.duration, m.inFlight, m.ready, m.healthy}
 }
 
 // backendMetrics are the children of one backend, looked up once so that the
@@ -91,6 +96,19 @@ func (b *backendMetrics) use(addr string) {
 	b.m.mu.Lock()
 	b.m.users[[2]string{b.backend, addr}]++
 	b.m.mu.Unlock()
+	b.m.healthy.WithLabelValues(b.backend, addr).Set(1)
+}
+
+// setHealthy records whether the passive health check has addr in.
+func (b *backendMetrics) setHealthy(addr string, in bool) {
+	if b == nil {
+		return
+	}
+	v := 0.0
+	if in {
+		v = 1
+	}
+	b.m.healthy.WithLabelValues(b.backend, addr).Set(v)
 }
 
 // forget records that a Handler dropped endpoint addr. When no Handler of
@@ -110,6 +128,7 @@ func (b *backendMetrics) forget(addr string) {
 	b.m.mu.Unlock()
 	if last {
 		b.m.requests.DeletePartialMatch(prometheus.Labels{"backend": b.backend, "endpoint": addr})
+		b.m.healthy.DeleteLabelValues(b.backend, addr)
 	}
 }
 

@@ -29,6 +29,20 @@ const (
 	DefaultKeepaliveTimeout = 10 * time.Second
 	// DefaultBackendName labels the metrics when Options.BackendName is empty.
 	DefaultBackendName = "distributor"
+	// DefaultMaxFails is how many failures within FailDuration take an
+	// endpoint out, as in Caddy's reverse_proxy.
+	DefaultMaxFails = 1
+)
+
+// Load-balancing policies (Options.LBPolicy), named as in Caddy's
+// reverse_proxy.
+const (
+	// LBRoundRobin sends each call to the next endpoint (grpc-go's
+	// round_robin). The default.
+	LBRoundRobin = "round_robin"
+	// LBLeastConn sends each call to the endpoint with fewer calls in flight
+	// of two picked at random (grpc-go's least_request, power of two choices).
+	LBLeastConn = "least_conn"
 )
 
 // Limits of the options.
@@ -68,6 +82,22 @@ type Options struct {
 	KeepaliveTime, KeepaliveTimeout time.Duration
 	// Compression is "" (none) or "gzip".
 	Compression string
+	// LBPolicy is LBRoundRobin ("", the default) or LBLeastConn.
+	LBPolicy string
+	// FailDuration is how long a failed call is remembered by the passive
+	// health check; 0 (the default) turns passive health checks off.
+	FailDuration time.Duration
+	// MaxFails is how many failures within FailDuration take an endpoint out
+	// (default 1). Only with FailDuration.
+	MaxFails int
+	// UnhealthyStatus are the HTTP statuses that count as failures: 100-599,
+	// or 1-5 for a whole class (5 is 5xx), as in Caddy's JSON. Transport
+	// failures (UNAVAILABLE, deadline exceeded) always count. Only with
+	// FailDuration.
+	UnhealthyStatus []int
+	// UnhealthyLatency makes a call that took longer count as a failure (0:
+	// latency does not count). Only with FailDuration.
+	UnhealthyLatency time.Duration
 	// Logger receives endpoint-set changes (info) and failed requests (debug).
 	// nil means no logging.
 	Logger *zap.Logger
@@ -111,6 +141,8 @@ type settings struct {
 	keepaliveTime    time.Duration
 	keepaliveTimeout time.Duration
 	compression      string
+	lbPolicy         string
+	health           *healthConfig // nil: passive health checks off
 	logger           *zap.Logger
 	metrics          *Metrics
 	backend          string
@@ -132,6 +164,8 @@ func (o Options) settings() (settings, error) {
 		keepaliveTime:    orDefault(o.KeepaliveTime, DefaultKeepaliveTime),
 		keepaliveTimeout: orDefault(o.KeepaliveTimeout, DefaultKeepaliveTimeout),
 		compression:      o.Compression,
+		lbPolicy:         orDefault(o.LBPolicy, LBRoundRobin),
+		health:           o.healthConfig(),
 		logger:           o.Logger,
 		metrics:          o.Metrics,
 		backend:          o.BackendName,
@@ -181,6 +215,10 @@ func (s *settings) check(o Options) error {
 	if s.compression != "" && s.compression != "gzip" {
 		errs = append(errs, fmt.Errorf("compression %q: must be \"\" or \"gzip\"", s.compression))
 	}
+	if s.lbPolicy != LBRoundRobin && s.lbPolicy != LBLeastConn {
+		errs = append(errs, fmt.Errorf("lb_policy %q: must be %s or %s", s.lbPolicy, LBRoundRobin, LBLeastConn))
+	}
+	errs = append(errs, o.checkHealth()...)
 	return errors.Join(errs...)
 }
 
@@ -237,7 +275,8 @@ func (o Options) Key() (string, error) {
 	if o.TLS != nil {
 		t = *o.TLS
 	}
-	return fmt.Sprintf("%s|refresh=%v|timeout=%v|retries=%d|max_body=%d|keepalive=%v/%v|compression=%s|backend=%s|tls=%t,%q,%q,%q,%q,%t",
+	return fmt.Sprintf("%s|refresh=%v|timeout=%v|retries=%d|max_body=%d|keepalive=%v/%v|compression=%s|backend=%s|tls=%t,%q,%q,%q,%q,%t|lb=%s|health=%s",
 		s.target, s.refresh, s.timeout, s.retries, s.maxBody, s.keepaliveTime, s.keepaliveTimeout,
-		s.compression, s.backend, o.TLS != nil, t.CAFile, t.CertFile, t.KeyFile, t.ServerName, t.InsecureSkipVerify), nil
+		s.compression, s.backend, o.TLS != nil, t.CAFile, t.CertFile, t.KeyFile, t.ServerName, t.InsecureSkipVerify,
+		s.lbPolicy, s.health.key()), nil
 }

@@ -110,8 +110,8 @@ func TestRoundRobinPush(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(families) != 4 {
-		t.Errorf("gathered %d metric families, want 4", len(families))
+	if len(families) != 5 {
+		t.Errorf("gathered %d metric families, want 5", len(families))
 	}
 	if got := metricValue(t, m.inFlight.WithLabelValues(DefaultBackendName)); got != 0 {
 		t.Errorf("in flight = %v after the load", got)
