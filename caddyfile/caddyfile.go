@@ -12,6 +12,7 @@
 //	            timeout          <duration>
 //	            retries          <n>
 //	            max_request_body <size>
+//	            max_response_body <size>
 //	            keepalive        <time> [<timeout>]
 //	            compression      gzip|none
 //	            tls {
@@ -212,13 +213,9 @@ func unmarshalGRPC(d *parser.Dispenser, c caddymodule.Component, cfg *caddymodul
 			}
 			cfg.Retries = &retries
 		case "max_request_body":
-			var size string
-			if !d.AllArgs(&size) {
-				return d.ArgErr()
-			}
-			var n uint64
-			n, err = humanize.ParseBytes(size)
-			cfg.MaxRequestBody = int64(n)
+			cfg.MaxRequestBody, err = sizeArg(d)
+		case "max_response_body":
+			cfg.MaxResponseBody, err = sizeArg(d)
 		case "keepalive":
 			args := d.RemainingArgs()
 			if len(args) < 1 || len(args) > 2 {
@@ -245,13 +242,23 @@ func unmarshalGRPC(d *parser.Dispenser, c caddymodule.Component, cfg *caddymodul
 			cfg.TLS = new(caddymodule.GRPCTLSConfig)
 			err = unmarshalTLS(d, cfg.TLS)
 		default:
-			return d.Errf("proxy.%s: unrecognized option %q for a dns: backend (refresh, timeout, retries, max_request_body, keepalive, compression, tls)", c, opt)
+			return d.Errf("proxy.%s: unrecognized option %q for a dns: backend (refresh, timeout, retries, max_request_body, max_response_body, keepalive, compression, tls)", c, opt)
 		}
 		if err != nil {
 			return d.Errf("%s: %v", field, err)
 		}
 	}
 	return nil
+}
+
+// sizeArg reads one size argument ("100MiB", "1000").
+func sizeArg(d *parser.Dispenser) (int64, error) {
+	var size string
+	if !d.AllArgs(&size) {
+		return 0, d.ArgErr()
+	}
+	n, err := humanize.ParseBytes(size)
+	return int64(n), err
 }
 
 func unmarshalTLS(d *parser.Dispenser, t *caddymodule.GRPCTLSConfig) error {

@@ -103,6 +103,7 @@ func grpcOptions(c Component, b *Backend, logger *zap.Logger) (grpcpush.Options,
 		Refresh:          time.Duration(cfg.Refresh),
 		Timeout:          time.Duration(cfg.Timeout),
 		MaxRequestBody:   cfg.MaxRequestBody,
+		MaxResponseBody:  cfg.MaxResponseBody,
 		KeepaliveTime:    time.Duration(cfg.KeepaliveTime),
 		KeepaliveTimeout: time.Duration(cfg.KeepaliveTimeout),
 		Compression:      cfg.Compression,
@@ -110,6 +111,8 @@ func grpcOptions(c Component, b *Backend, logger *zap.Logger) (grpcpush.Options,
 		Metrics:          grpcMetrics,
 		BackendName:      string(c),
 		OnDone:           logEndpoint,
+		OnAnswer:         setEndpointPlaceholder,
+		ReplaceHeaders:   forwardedHeaders,
 	}
 	if r := cfg.Retries; r != nil {
 		if *r < 0 || *r > grpcpush.MaxRetries {
@@ -144,10 +147,21 @@ func logEndpoint(r *http.Request, endpoint string, _ int) {
 	}
 }
 
+// setEndpointPlaceholder sets {http.metrics_gateway.endpoint} before the
+// answer is written, so that response header directives can use it.
+func setEndpointPlaceholder(r *http.Request, endpoint string) {
+	if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
+		repl.Set(placeholderEndpoint, endpoint)
+	}
+}
+
 func (g *grpcBackend) serve(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
 	g.handler.inflight.Add(1)
 	defer g.handler.inflight.Add(-1)
-	g.handler.ServeHTTP(w, r)
+	var e *grpcpush.Error
+	if err := g.handler.Handle(w, r); errors.As(err, &e) {
+		return gatewayError(w, r, e.Status, e.Msg)
+	}
 	return nil
 }
 

@@ -183,28 +183,55 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	})
 }
 
+// Placeholders set for every request the gateway handles.
+const (
+	placeholderRoute    = "http.metrics_gateway.route"    // the route label
+	placeholderBackend  = "http.metrics_gateway.backend"  // the component
+	placeholderEndpoint = "http.metrics_gateway.endpoint" // gRPC endpoint ip:port
+)
+
 func (g *Gateway) serveRoute(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, route *Route) error {
 	addLogFields(r, zap.String("metrics_gateway.route", route.Name), zap.String("metrics_gateway.backend", string(route.Component)))
-	if route.Component == ComponentGateway {
-		return serveLocal(w, route)
+	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	if repl != nil {
+		repl.Set(placeholderRoute, route.Name)
+		repl.Set(placeholderBackend, string(route.Component))
 	}
-	if !g.setTenant(r) {
-		http.Error(w, "no org id: the tenant placeholder is empty or not one valid tenant ID (is the request authenticated?)", http.StatusUnauthorized)
-		return nil
+	if route.Component == ComponentGateway {
+		return serveLocal(w, route, repl)
+	}
+	if status, msg := g.setTenant(r, repl); status != 0 {
+		return gatewayError(w, r, status, msg)
 	}
 	return g.backends[route.Component].serve(w, r, next)
 }
 
-// serveLocal answers the paths the gateway owns.
-func serveLocal(w http.ResponseWriter, route *Route) error {
+// serveLocal answers the paths the gateway owns. While Caddy shuts down
+// (the global shutdown_delay, {http.shutting_down}) /ready answers 503, so
+// that Kubernetes takes the pod out of its Services before the listener
+// closes; everything else is still served meanwhile.
+func serveLocal(w http.ResponseWriter, route *Route, repl *caddy.Replacer) error {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	w.WriteHeader(http.StatusOK)
-	body := "OK"
+	status, body := http.StatusOK, "OK"
 	if route.Path == "/ready" {
 		body = "ready"
+		if shuttingDown(repl) {
+			status, body = http.StatusServiceUnavailable, "shutting down"
+		}
 	}
+	w.WriteHeader(status)
 	_, err := w.Write([]byte(body))
 	return err
+}
+
+// shuttingDown reports Caddy's {http.shutting_down}.
+func shuttingDown(repl *caddy.Replacer) bool {
+	if repl == nil {
+		return false
+	}
+	v, _ := repl.Get("http.shutting_down")
+	b, _ := v.(bool)
+	return b
 }
 
 // addLogFields adds fields to the request's access log entry. A server

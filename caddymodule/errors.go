@@ -1,0 +1,39 @@
+package caddymodule
+
+import (
+	"errors"
+	"io"
+	"net/http"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+)
+
+// gatewayError answers an error the gateway makes itself (no tenant, a
+// gRPC backend's failure, ...) the way Caddy answers a handler's error, so
+// that `handle_errors` sees gRPC backends' errors as it sees reverse_proxy's:
+// with error routes in the server the error is returned as a caddyhttp.Error
+// (status and cause; {err.status_code}, {err.message} ...) for them to
+// answer. Without error routes, Caddy would write the status with an empty
+// body, so the one-line body saying what failed is written here instead.
+// 429 and 503 carry "Retry-After: 1" either way.
+func gatewayError(w http.ResponseWriter, r *http.Request, status int, msg string) error {
+	if status == http.StatusTooManyRequests || status == http.StatusServiceUnavailable {
+		w.Header().Set("Retry-After", "1")
+	}
+	if hasErrorRoutes(r) {
+		return caddyhttp.Error(status, errors.New(msg))
+	}
+	h := w.Header()
+	h.Set("Content-Type", "text/plain; charset=utf-8")
+	h.Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	_, _ = io.WriteString(w, msg+"\n")
+	return nil
+}
+
+// hasErrorRoutes reports whether the request's server has error routes
+// (`handle_errors`, or "errors" in JSON).
+func hasErrorRoutes(r *http.Request) bool {
+	srv, _ := r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server)
+	return srv != nil && srv.Errors != nil && len(srv.Errors.Routes) > 0
+}
