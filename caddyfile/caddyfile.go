@@ -33,7 +33,6 @@ package caddyfile
 
 import (
 	"encoding/json"
-	"fmt"
 	"strconv"
 	"strings"
 
@@ -46,7 +45,6 @@ import (
 	"github.com/dustin/go-humanize"
 
 	"github.com/metrics-gateway/metrics_gateway/caddymodule"
-	"github.com/metrics-gateway/metrics_gateway/grpcpush"
 )
 
 func init() {
@@ -87,9 +85,6 @@ func unmarshalGateway(h httpcaddyfile.Helper, g *caddymodule.Gateway) error {
 			if !d.AllArgs(&prefix) {
 				return d.ArgErr()
 			}
-			if err := caddymodule.CheckPrefix(prefix); err != nil {
-				return d.Errf("%s: %v", opt, err)
-			}
 			if opt == "prometheus_http_prefix" {
 				g.PrometheusHTTPPrefix = prefix
 			} else {
@@ -109,6 +104,10 @@ func unmarshalGateway(h httpcaddyfile.Helper, g *caddymodule.Gateway) error {
 	}
 	if !sawProxy {
 		return d.Err("metrics_gateway: a proxy block is required")
+	}
+	// The module's own checks, so that adapting fails where loading would.
+	if err := g.CheckConfig(); err != nil {
+		return d.Errf("%v", err)
 	}
 	return nil
 }
@@ -139,9 +138,6 @@ func unmarshalProxy(h httpcaddyfile.Helper, p *caddymodule.ProxyConfig) error {
 	}
 	if len(seen) == 0 {
 		return d.Err("proxy: empty proxy block; set at least `default <url>`")
-	}
-	if p.Default == nil {
-		return d.Err("proxy.default: required: it serves every component without a backend of its own")
 	}
 	return nil
 }
@@ -208,9 +204,6 @@ func unmarshalGRPC(d *parser.Dispenser, c caddymodule.Component, cfg *caddymodul
 			}
 			var retries int
 			retries, err = strconv.Atoi(n)
-			if err == nil && (retries < 0 || retries > grpcpush.MaxRetries) {
-				err = fmt.Errorf("%d: must be 0 to %d (gRPC allows at most %d attempts)", retries, grpcpush.MaxRetries, grpcpush.MaxRetries+1)
-			}
 			cfg.Retries = &retries
 		case "max_request_body":
 			cfg.MaxRequestBody, err = sizeArg(d)

@@ -171,7 +171,9 @@ func TestLoadTimeErrors(t *testing.T) {
 		{"bad grpc option", "default http://a:1\n distributor dns:///d:9095 {\n bogus 1\n }", `proxy.distributor: unrecognized option "bogus" for a dns: backend`},
 		{"bad refresh", "default http://a:1\n distributor dns:///d:9095 {\n refresh soon\n }", "proxy.distributor.grpc.refresh:"},
 		{"bad reverse_proxy option", "default http://a:1 {\n bogus 1\n }", `unrecognized subdirective bogus`},
-		{"too many retries", "default http://a:1\n distributor dns:///d:9095 {\n retries 7\n }", "proxy.distributor.grpc.retries: 7: must be 0 to 4"},
+		{"too many retries", "default http://a:1\n distributor dns:///d:9095 {\n retries 7\n }", "proxy.distributor.grpc: retries 7: must be 0-4"},
+		{"cert without key", "default http://a:1\n distributor dns:///d:9095 {\n tls {\n cert c.pem\n }\n }\n }", "proxy.distributor.grpc: tls: cert and key must be given together"},
+		{"negative response limit", "default http://a:1\n distributor dns:///d:9095 {\n max_response_body 3GiB\n }", "proxy.distributor.grpc: max_response_body 3221225472: must be 1 byte to 2 GiB-1 MiB"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -221,8 +223,10 @@ func TestJSONLoadTimeErrors(t *testing.T) {
 		{"bad reverse_proxy", `{"proxy": {"default": {"url": "http://a:1", "reverse_proxy": {"bogus": 1}}}}`, `proxy.default: reverse_proxy: json: unknown field "bogus"`},
 		{"upstreams besides url", `{"proxy": {"default": {"url": "http://a:1", "reverse_proxy": {"upstreams": [{"dial": "b:2"}]}}}}`, "proxy.default: reverse_proxy: upstreams come from url"},
 		{"tls on http url", `{"proxy": {"default": {"url": "http://a:1", "reverse_proxy": {"transport": {"protocol": "http", "tls": {}}}}}}`, "proxy.default: reverse_proxy.transport: tls is set but the URL is http://"},
-		{"invalid default tenant", `{"proxy": {"default": {"url": "http://a:1"}}, "default_tenant": "a|b"}`, `default_tenant: tenant ID "a|b" contains '|'`},
-		{"too many retries", `{"proxy": {"default": {"url": "http://a:1"}, "distributor": {"url": "dns:///d:9095", "grpc": {"retries": 9}}}}`, "proxy.distributor: grpc.retries: 9: must be 0 to 4"},
+		{"invalid default tenant", `{"proxy": {"default": {"url": "http://a:1"}}, "default_tenant": "a|b"}`, `default_tenant: tenant ID 'a|b' contains unsupported character '|'`},
+		{"empty-ish default tenant", `{"proxy": {"default": {"url": "http://a:1"}}, "default_tenant": ".."}`, `default_tenant: tenant ID is '.' or '..'`},
+		{"too many retries", `{"proxy": {"default": {"url": "http://a:1"}, "distributor": {"url": "dns:///d:9095", "grpc": {"retries": 9}}}}`, "proxy.distributor.grpc: retries 9: must be 0-4"},
+		{"cert without key", `{"proxy": {"default": {"url": "http://a:1"}, "distributor": {"url": "dns:///d:9095", "grpc": {"tls": {"key": "k.pem"}}}}}`, "proxy.distributor.grpc: tls: cert and key must be given together"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

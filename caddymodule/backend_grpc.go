@@ -2,7 +2,6 @@ package caddymodule
 
 import (
 	"errors"
-	"fmt"
 	"net/http"
 	"sync/atomic"
 	"time"
@@ -64,10 +63,7 @@ func drainTime(timeout time.Duration) time.Duration {
 }
 
 func (g *Gateway) newGRPCBackend(ctx caddy.Context, c Component, b *Backend, _ *ParsedURL) (upstream, error) {
-	opts, err := grpcOptions(c, b, g.logger.Named("grpc"))
-	if err != nil {
-		return nil, err
-	}
+	opts := grpcOptions(c, b, g.logger.Named("grpc"))
 	key, err := poolKey(opts)
 	if err != nil {
 		return nil, err
@@ -92,8 +88,9 @@ func (g *Gateway) newGRPCBackend(ctx caddy.Context, c Component, b *Backend, _ *
 	return &grpcBackend{name: c, target: b.URL, handler: h}, nil
 }
 
-// grpcOptions turns a backend's JSON config into grpcpush options.
-func grpcOptions(c Component, b *Backend, logger *zap.Logger) (grpcpush.Options, error) {
+// grpcOptions turns a backend's JSON config into grpcpush options; their
+// rules are grpcpush's (Options.Validate, called by checkConfig).
+func grpcOptions(c Component, b *Backend, logger *zap.Logger) grpcpush.Options {
 	cfg := b.GRPC
 	if cfg == nil {
 		cfg = new(GRPCConfig)
@@ -115,21 +112,15 @@ func grpcOptions(c Component, b *Backend, logger *zap.Logger) (grpcpush.Options,
 		ReplaceHeaders:   forwardedHeaders,
 	}
 	if r := cfg.Retries; r != nil {
-		if *r < 0 || *r > grpcpush.MaxRetries {
-			return opts, fmt.Errorf("grpc.retries: %d: must be 0 to %d (gRPC allows at most %d attempts)", *r, grpcpush.MaxRetries, grpcpush.MaxRetries+1)
-		}
 		opts.Retries = grpcpush.Ptr(*r)
 	}
 	if t := cfg.TLS; t != nil {
-		if (t.Cert == "") != (t.Key == "") {
-			return opts, fmt.Errorf("grpc.tls: cert and key go together")
-		}
 		opts.TLS = &grpcpush.TLSOptions{
 			CAFile: t.CA, CertFile: t.Cert, KeyFile: t.Key,
 			ServerName: t.ServerName, InsecureSkipVerify: t.InsecureSkipVerify,
 		}
 	}
-	return opts, nil
+	return opts
 }
 
 // poolKey identifies a gRPC upstream by everything that shapes it, after

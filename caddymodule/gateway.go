@@ -113,6 +113,23 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 	return nil
 }
 
+// CheckConfig validates the config as Provision does, without side effects
+// (no files read, nothing started): the Caddyfile adapter calls it, so that
+// `caddy adapt` fails on what Provision would refuse. Every rule is checked
+// here (or, for gRPC options, by grpcpush.Options.Validate, called from
+// here) and nowhere else; every error names the field it is about.
+func (g *Gateway) CheckConfig() error {
+	c := *g
+	if c.PrometheusHTTPPrefix == "" {
+		c.PrometheusHTTPPrefix = "/prometheus"
+	}
+	if c.AlertmanagerHTTPPrefix == "" {
+		c.AlertmanagerHTTPPrefix = "/alertmanager"
+	}
+	_, err := c.checkConfig()
+	return err
+}
+
 // checkConfig validates the config without side effects. Every error names
 // the field it is about.
 func (g *Gateway) checkConfig() (map[Component]*ParsedURL, error) {
@@ -147,6 +164,11 @@ func (g *Gateway) checkConfig() (map[Component]*ParsedURL, error) {
 		}
 		if u.Kind == KindGRPC && len(b.ReverseProxy) > 0 {
 			return nil, fmt.Errorf("proxy.%s.reverse_proxy: only valid with HTTP URLs, not a dns: URL", c)
+		}
+		if u.Kind == KindGRPC {
+			if err := grpcOptions(c, b, zap.NewNop()).Validate(); err != nil {
+				return nil, fmt.Errorf("proxy.%s.grpc: %v", c, err)
+			}
 		}
 		parsed[c] = u
 	}

@@ -3,9 +3,9 @@ package caddymodule
 import (
 	"fmt"
 	"net/http"
-	"strings"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/grafana/dskit/tenant"
 )
 
 // tenantHeader is the header Mimir, Cortex and GEM read the tenant from.
@@ -52,33 +52,12 @@ func (g *Gateway) setTenant(r *http.Request, repl *caddy.Replacer) (int, string)
 	return 0, ""
 }
 
-// maxTenantIDLength is Mimir's limit on a tenant ID.
-const maxTenantIDLength = 150
-
-// CheckTenantID applies Mimir's rules for one tenant ID (dskit's
-// tenant.ValidTenantID): 1 to 150 characters from [a-zA-Z0-9!-_.*'()],
-// and not "." or "..".
+// CheckTenantID applies Mimir's rules for one tenant ID: dskit's own
+// tenant.ValidTenantID (1 to 150 characters from [a-zA-Z0-9!-_.*'()], not
+// "." or ".."), and not empty.
 func CheckTenantID(id string) error {
-	switch {
-	case id == "":
+	if id == "" {
 		return fmt.Errorf("tenant ID is empty")
-	case len(id) > maxTenantIDLength:
-		return fmt.Errorf("tenant ID is longer than %d characters", maxTenantIDLength)
-	case id == "." || id == "..":
-		return fmt.Errorf("tenant ID %q is not allowed", id)
 	}
-	for _, r := range id {
-		if !isTenantIDChar(r) {
-			return fmt.Errorf("tenant ID %q contains %q: only letters, digits and !-_.*'() are allowed", id, r)
-		}
-	}
-	return nil
-}
-
-func isTenantIDChar(r rune) bool {
-	switch {
-	case 'a' <= r && r <= 'z', 'A' <= r && r <= 'Z', '0' <= r && r <= '9':
-		return true
-	}
-	return strings.ContainsRune("!-_.*'()", r)
+	return tenant.ValidTenantID(id)
 }

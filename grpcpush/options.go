@@ -142,8 +142,29 @@ type settings struct {
 	replaceHeaders   func(*http.Request) []httpgrpc.Header
 }
 
-// settings validates o and fills in the defaults.
+// Validate checks o the way New does, without reading the TLS files or
+// touching the network: configuration checks (e.g. at adapt time) use it.
+func (o Options) Validate() error {
+	_, err := o.checked()
+	return err
+}
+
+// settings validates o, fills in the defaults and loads the TLS files.
 func (o Options) settings() (settings, error) {
+	s, err := o.checked()
+	if err != nil {
+		return settings{}, err
+	}
+	if o.TLS != nil {
+		if s.tls, err = o.TLS.config(); err != nil {
+			return settings{}, err
+		}
+	}
+	return s, nil
+}
+
+// checked validates o and fills in the defaults, except TLS.
+func (o Options) checked() (settings, error) {
 	t, err := ParseTarget(o.Target)
 	if err != nil {
 		return settings{}, err
@@ -177,11 +198,6 @@ func (o Options) settings() (settings, error) {
 	if err := s.check(o); err != nil {
 		return settings{}, err
 	}
-	if o.TLS != nil {
-		if s.tls, err = o.TLS.config(); err != nil {
-			return settings{}, err
-		}
-	}
 	return s, nil
 }
 
@@ -212,6 +228,9 @@ func (s *settings) check(o Options) error {
 	if s.compression != "" && s.compression != "gzip" {
 		errs = append(errs, fmt.Errorf("compression %q: must be \"\" or \"gzip\"", s.compression))
 	}
+	if o.TLS != nil && (o.TLS.CertFile == "") != (o.TLS.KeyFile == "") {
+		errs = append(errs, errors.New("tls: cert and key must be given together"))
+	}
 	return errors.Join(errs...)
 }
 
@@ -232,10 +251,7 @@ func (o *TLSOptions) config() (*tls.Config, error) {
 			return nil, fmt.Errorf("tls ca %s: no PEM certificate found", o.CAFile)
 		}
 	}
-	if (o.CertFile == "") != (o.KeyFile == "") {
-		return nil, errors.New("tls: cert and key must be given together")
-	}
-	if o.CertFile != "" {
+	if o.CertFile != "" { // with KeyFile: check made sure
 		cert, err := tls.LoadX509KeyPair(o.CertFile, o.KeyFile)
 		if err != nil {
 			return nil, fmt.Errorf("tls client certificate: %w", err)
