@@ -54,7 +54,7 @@ const errorsCaddyfile = `:8000 {
 const handleErrors = `handle_errors {
 		header X-Handled yes
 		header X-Handled-Endpoint {http.metrics_gateway.endpoint}
-		respond "handled {err.status_code}" {err.status_code}
+		respond "handled {err.status_code}: {err.message}" {err.status_code}
 	}`
 
 // TestHandleErrorsAndPlaceholders: gRPC-path errors (a 503 from the
@@ -101,10 +101,10 @@ func TestHandleErrorsAndPlaceholders(t *testing.T) {
 				t.Fatalf("401: %v %v %q", err, resp401, body401)
 			}
 			if withHandler {
-				if string(body) != "handled 503" || resp.Header.Get("X-Handled") != "yes" {
+				if !strings.HasPrefix(string(body), "handled 503: distributor "+cl.Addr(0)+": unavailable:") || resp.Header.Get("X-Handled") != "yes" {
 					t.Errorf("503 through handle_errors: %q", body)
 				}
-				if string(body401) != "handled 401" {
+				if string(body401) != "handled 401: no org id" {
 					t.Errorf("401 through handle_errors: %q", body401)
 				}
 				// The site's deferred header ops belong to the normal

@@ -38,8 +38,9 @@ type Gateway struct {
 	AlertmanagerHTTPPrefix string `json:"alertmanager_http_prefix,omitempty"`
 
 	// DefaultTenant is set as X-Scope-OrgID on requests that carry none.
-	// Default: none (requests without a tenant reach HTTP backends as they
-	// are; gRPC backends answer them 401).
+	// Without Tenant, a request with more than one X-Scope-OrgID header is
+	// answered 400 on every backend. Default: none (requests without a
+	// tenant reach HTTP backends as they are; gRPC backends answer them 401).
 	DefaultTenant string `json:"default_tenant,omitempty"`
 
 	// Tenant sets X-Scope-OrgID on every request from this value, with
