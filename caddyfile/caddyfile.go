@@ -12,6 +12,7 @@
 //	            timeout          <duration>
 //	            retries          <n>
 //	            max_request_body <size>
+//	            max_response_body <size>
 //	            keepalive        <time> [<timeout>]
 //	            compression      gzip|none
 //	            lb_policy        round_robin|least_conn
@@ -51,7 +52,6 @@ import (
 	"github.com/dustin/go-humanize"
 
 	"github.com/metrics-gateway/metrics_gateway/caddymodule"
-	"github.com/metrics-gateway/metrics_gateway/grpcpush"
 )
 
 func init() {
@@ -92,9 +92,6 @@ func unmarshalGateway(h httpcaddyfile.Helper, g *caddymodule.Gateway) error {
 			if !d.AllArgs(&prefix) {
 				return d.ArgErr()
 			}
-			if err := caddymodule.CheckPrefix(prefix); err != nil {
-				return d.Errf("%s: %v", opt, err)
-			}
 			if opt == "prometheus_http_prefix" {
 				g.PrometheusHTTPPrefix = prefix
 			} else {
@@ -104,15 +101,9 @@ func unmarshalGateway(h httpcaddyfile.Helper, g *caddymodule.Gateway) error {
 			if !d.AllArgs(&g.DefaultTenant) {
 				return d.ArgErr()
 			}
-			if err := caddymodule.CheckTenantID(g.DefaultTenant); err != nil {
-				return d.Errf("default_tenant: %v", err)
-			}
 		case "tenant":
 			if !d.AllArgs(&g.Tenant) {
 				return d.ArgErr()
-			}
-			if err := caddymodule.CheckTenantTemplate(g.Tenant); err != nil {
-				return d.Errf("tenant: %v", err)
 			}
 		default:
 			return d.Errf("unrecognized metrics_gateway option %q", opt)
@@ -120,6 +111,10 @@ func unmarshalGateway(h httpcaddyfile.Helper, g *caddymodule.Gateway) error {
 	}
 	if !sawProxy {
 		return d.Err("metrics_gateway: a proxy block is required")
+	}
+	// The module's own checks, so that adapting fails where loading would.
+	if err := g.CheckConfig(); err != nil {
+		return d.Errf("%v", err)
 	}
 	return nil
 }
@@ -150,9 +145,6 @@ func unmarshalProxy(h httpcaddyfile.Helper, p *caddymodule.ProxyConfig) error {
 	}
 	if len(seen) == 0 {
 		return d.Err("proxy: empty proxy block; set at least `default <url>`")
-	}
-	if p.Default == nil {
-		return d.Err("proxy.default: required: it serves every component without a backend of its own")
 	}
 	return nil
 }
@@ -219,27 +211,17 @@ func unmarshalGRPC(d *parser.Dispenser, c caddymodule.Component, cfg *caddymodul
 			}
 			var retries int
 			retries, err = strconv.Atoi(n)
-			if err == nil && (retries < 0 || retries > grpcpush.MaxRetries) {
-				err = fmt.Errorf("%d: must be 0 to %d (gRPC allows at most %d attempts)", retries, grpcpush.MaxRetries, grpcpush.MaxRetries+1)
-			}
 			cfg.Retries = &retries
 		case "max_request_body":
-			var size string
-			if !d.AllArgs(&size) {
-				return d.ArgErr()
-			}
-			var n uint64
-			n, err = humanize.ParseBytes(size)
-			cfg.MaxRequestBody = int64(n)
+			cfg.MaxRequestBody, err = sizeArg(d)
+		case "max_response_body":
+			cfg.MaxResponseBody, err = sizeArg(d)
 		case "keepalive":
 			args := d.RemainingArgs()
 			if len(args) < 1 || len(args) > 2 {
 				return d.ArgErr()
 			}
 			cfg.KeepaliveTime, err = parseDuration(args[0])
-			if err == nil && time.Duration(cfg.KeepaliveTime) < grpcpush.MinKeepaliveTime {
-				err = fmt.Errorf("%s: must be at least %v (Mimir's server closes connections that ping more often)", args[0], grpcpush.MinKeepaliveTime)
-			}
 			if err == nil && len(args) == 2 {
 				cfg.KeepaliveTimeout, err = parseDuration(args[1])
 			}
@@ -264,9 +246,6 @@ func unmarshalGRPC(d *parser.Dispenser, c caddymodule.Component, cfg *caddymodul
 			if !d.AllArgs(&policy) {
 				return d.ArgErr()
 			}
-			if policy != grpcpush.LBRoundRobin && policy != grpcpush.LBLeastConn {
-				return d.Errf("%s: unsupported %q (%s or %s)", field, policy, grpcpush.LBRoundRobin, grpcpush.LBLeastConn)
-			}
 			cfg.LBPolicy = policy
 		case "fail_duration":
 			var s string
@@ -275,9 +254,6 @@ func unmarshalGRPC(d *parser.Dispenser, c caddymodule.Component, cfg *caddymodul
 			}
 			var dur time.Duration
 			dur, err = caddy.ParseDuration(s)
-			if err == nil && dur < 0 {
-				err = fmt.Errorf("%s must not be negative (0 turns passive health checks off)", s)
-			}
 			cfg.FailDuration = caddy.Duration(dur)
 		case "max_fails":
 			var n string
@@ -285,21 +261,28 @@ func unmarshalGRPC(d *parser.Dispenser, c caddymodule.Component, cfg *caddymodul
 				return d.ArgErr()
 			}
 			cfg.MaxFails, err = strconv.Atoi(n)
-			if err == nil && cfg.MaxFails < 1 {
-				err = fmt.Errorf("%d: must be at least 1", cfg.MaxFails)
-			}
 		case "unhealthy_status":
 			cfg.UnhealthyStatus, err = statusArgs(d)
 		case "unhealthy_latency":
 			cfg.UnhealthyLatency, err = durationArg(d)
 		default:
-			return d.Errf("proxy.%s: unrecognized option %q for a dns: backend (refresh, timeout, retries, max_request_body, keepalive, compression, tls, lb_policy, fail_duration, max_fails, unhealthy_status, unhealthy_latency)", c, opt)
+			return d.Errf("proxy.%s: unrecognized option %q for a dns: backend (refresh, timeout, retries, max_request_body, max_response_body, keepalive, compression, tls, lb_policy, fail_duration, max_fails, unhealthy_status, unhealthy_latency)", c, opt)
 		}
 		if err != nil {
 			return d.Errf("%s: %v", field, err)
 		}
 	}
 	return nil
+}
+
+// sizeArg reads one size argument ("100MiB", "1000").
+func sizeArg(d *parser.Dispenser) (int64, error) {
+	var size string
+	if !d.AllArgs(&size) {
+		return 0, d.ArgErr()
+	}
+	n, err := humanize.ParseBytes(size)
+	return int64(n), err
 }
 
 func unmarshalTLS(d *parser.Dispenser, t *caddymodule.GRPCTLSConfig) error {
@@ -329,11 +312,6 @@ func unmarshalTLS(d *parser.Dispenser, t *caddymodule.GRPCTLSConfig) error {
 		if !d.AllArgs(target) {
 			return d.ArgErr()
 		}
-	}
-	if t.CA != "" && t.InsecureSkipVerify {
-		// insecure_skip_verify turns verification off, so the CA would be
-		// silently unused: one of the two is a mistake.
-		return d.Err("ca and insecure_skip_verify contradict each other (a CA is only used to verify the server)")
 	}
 	return nil
 }

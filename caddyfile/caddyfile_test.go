@@ -171,14 +171,16 @@ func TestLoadTimeErrors(t *testing.T) {
 		{"bad grpc option", "default http://a:1\n distributor dns:///d:9095 {\n bogus 1\n }", `proxy.distributor: unrecognized option "bogus" for a dns: backend`},
 		{"bad refresh", "default http://a:1\n distributor dns:///d:9095 {\n refresh soon\n }", "proxy.distributor.grpc.refresh:"},
 		{"bad reverse_proxy option", "default http://a:1 {\n bogus 1\n }", `unrecognized subdirective bogus`},
-		{"too many retries", "default http://a:1\n distributor dns:///d:9095 {\n retries 7\n }", "proxy.distributor.grpc.retries: 7: must be 0 to 4"},
-		{"ca with insecure_skip_verify", "default http://a:1\n distributor dns:///d:9095 {\n tls {\n ca /ca.pem\n insecure_skip_verify\n }\n }", "proxy.distributor.grpc.tls: ca and insecure_skip_verify contradict each other"},
-		{"keepalive too often", "default http://a:1\n distributor dns:///d:9095 {\n keepalive 5s\n }", "proxy.distributor.grpc.keepalive: 5s: must be at least 10s"},
-		{"unknown lb_policy", "default http://a:1\n distributor dns:///d:9095 {\n lb_policy random\n }", `proxy.distributor.grpc.lb_policy: unsupported "random" (round_robin or least_conn)`},
-		{"negative max_fails", "default http://a:1\n distributor dns:///d:9095 {\n fail_duration 5s\n max_fails -1\n }", "proxy.distributor.grpc.max_fails: -1: must be at least 1"},
+		{"ca with insecure_skip_verify", "default http://a:1\n distributor dns:///d:9095 {\n tls {\n ca /ca.pem\n insecure_skip_verify\n }\n }", "proxy.distributor.grpc: tls: ca and insecure_skip_verify contradict each other"},
+		{"keepalive too often", "default http://a:1\n distributor dns:///d:9095 {\n keepalive 5s\n }", "proxy.distributor.grpc: keepalive time 5s: must be at least 10s"},
+		{"unknown lb_policy", "default http://a:1\n distributor dns:///d:9095 {\n lb_policy random\n }", `proxy.distributor.grpc: lb_policy "random": must be round_robin or least_conn`},
+		{"negative max_fails", "default http://a:1\n distributor dns:///d:9095 {\n fail_duration 5s\n max_fails -1\n }", "proxy.distributor.grpc: max_fails -1: must be at least 1"},
 		{"fail_duration without unit", "default http://a:1\n distributor dns:///d:9095 {\n fail_duration 5\n }", `proxy.distributor.grpc.fail_duration: time: missing unit in duration "5"`},
 		{"bad unhealthy_status", "default http://a:1\n distributor dns:///d:9095 {\n fail_duration 5s\n unhealthy_status 5xy\n }", `proxy.distributor.grpc.unhealthy_status: "5xy": want a status 100-599 or a class like 5xx`},
 		{"bad unhealthy_latency", "default http://a:1\n distributor dns:///d:9095 {\n fail_duration 5s\n unhealthy_latency 0s\n }", "proxy.distributor.grpc.unhealthy_latency: duration 0s must be positive"},
+		{"too many retries", "default http://a:1\n distributor dns:///d:9095 {\n retries 7\n }", "proxy.distributor.grpc: retries 7: must be 0-4"},
+		{"cert without key", "default http://a:1\n distributor dns:///d:9095 {\n tls {\n cert c.pem\n }\n }\n }", "proxy.distributor.grpc: tls: cert and key must be given together"},
+		{"negative response limit", "default http://a:1\n distributor dns:///d:9095 {\n max_response_body 3GiB\n }", "proxy.distributor.grpc: max_response_body 3221225472: must be 1 byte to 2 GiB-1 MiB"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -202,9 +204,9 @@ func TestLoadTimeErrors(t *testing.T) {
 		}
 	})
 	for _, c := range []struct{ name, option, want string }{
-		{"federated literal tenant", "tenant a|b", `tenant: tenant ID "a|b" contains '|'`},
-		{"literal tenant with a bad character", "tenant team/1", `tenant: tenant ID "team/1" contains '/'`},
-		{"invalid default tenant", "default_tenant ..", `default_tenant: tenant ID ".." is not allowed`},
+		{"federated literal tenant", "tenant a|b", `tenant: tenant ID 'a|b' contains unsupported character '|'`},
+		{"literal tenant with a bad character", "tenant team/1", `tenant: tenant ID 'team/1' contains unsupported character '/'`},
+		{"invalid default tenant", "default_tenant ..", `default_tenant: tenant ID is '.' or '..'`},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			_, err := adapt(t, ":8000 {\n metrics_gateway {\n proxy {\n default http://a:1\n }\n "+c.option+"\n }\n}")
@@ -246,15 +248,17 @@ func TestJSONLoadTimeErrors(t *testing.T) {
 		{"bad reverse_proxy", `{"proxy": {"default": {"url": "http://a:1", "reverse_proxy": {"bogus": 1}}}}`, `proxy.default: reverse_proxy: json: unknown field "bogus"`},
 		{"upstreams besides url", `{"proxy": {"default": {"url": "http://a:1", "reverse_proxy": {"upstreams": [{"dial": "b:2"}]}}}}`, "proxy.default: reverse_proxy: upstreams come from url"},
 		{"tls on http url", `{"proxy": {"default": {"url": "http://a:1", "reverse_proxy": {"transport": {"protocol": "http", "tls": {}}}}}}`, "proxy.default: reverse_proxy.transport: tls is set but the URL is http://"},
-		{"invalid default tenant", `{"proxy": {"default": {"url": "http://a:1"}}, "default_tenant": "a|b"}`, `default_tenant: tenant ID "a|b" contains '|'`},
-		{"invalid literal tenant", `{"proxy": {"default": {"url": "http://a:1"}}, "tenant": "a|b"}`, `tenant: tenant ID "a|b" contains '|'`},
+		{"invalid literal tenant", `{"proxy": {"default": {"url": "http://a:1"}}, "tenant": "a|b"}`, `tenant: tenant ID 'a|b' contains unsupported character '|'`},
 		{"keepalive too often", `{"proxy": {"default": {"url": "http://a:1"}, "distributor": {"url": "dns:///d:9095", "grpc": {"keepalive_time": "5s"}}}}`, "keepalive time 5s: must be at least 10s"},
-		{"too many retries", `{"proxy": {"default": {"url": "http://a:1"}, "distributor": {"url": "dns:///d:9095", "grpc": {"retries": 9}}}}`, "proxy.distributor: grpc.retries: 9: must be 0 to 4"},
-		{"unknown lb_policy", `{"proxy": {"default": {"url": "http://a:1"}, "distributor": {"url": "dns:///d:9095", "grpc": {"lb_policy": "random"}}}}`, `proxy.distributor: grpc.lb_policy: "random": must be round_robin or least_conn`},
-		{"negative max_fails", `{"proxy": {"default": {"url": "http://a:1"}, "distributor": {"url": "dns:///d:9095", "grpc": {"fail_duration": "5s", "max_fails": -1}}}}`, "proxy.distributor: grpc.max_fails: -1: must be at least 1"},
+		{"unknown lb_policy", `{"proxy": {"default": {"url": "http://a:1"}, "distributor": {"url": "dns:///d:9095", "grpc": {"lb_policy": "random"}}}}`, `proxy.distributor.grpc: lb_policy "random": must be round_robin or least_conn`},
+		{"negative max_fails", `{"proxy": {"default": {"url": "http://a:1"}, "distributor": {"url": "dns:///d:9095", "grpc": {"fail_duration": "5s", "max_fails": -1}}}}`, "proxy.distributor.grpc: max_fails -1: must be at least 1"},
 		{"fail_duration without unit", `{"proxy": {"default": {"url": "http://a:1"}, "distributor": {"url": "dns:///d:9095", "grpc": {"fail_duration": "5"}}}}`, `missing unit in duration "5"`},
-		{"bad unhealthy_status", `{"proxy": {"default": {"url": "http://a:1"}, "distributor": {"url": "dns:///d:9095", "grpc": {"fail_duration": "5s", "unhealthy_status": [7]}}}}`, "proxy.distributor: unhealthy_status 7: must be a status 100-599 or a class 1-5"},
-		{"health without fail_duration", `{"proxy": {"default": {"url": "http://a:1"}, "distributor": {"url": "dns:///d:9095", "grpc": {"max_fails": 3}}}}`, "proxy.distributor: max_fails, unhealthy_status, unhealthy_latency: need fail_duration"},
+		{"bad unhealthy_status", `{"proxy": {"default": {"url": "http://a:1"}, "distributor": {"url": "dns:///d:9095", "grpc": {"fail_duration": "5s", "unhealthy_status": [7]}}}}`, "proxy.distributor.grpc: unhealthy_status 7: must be a status 100-599 or a class 1-5"},
+		{"health without fail_duration", `{"proxy": {"default": {"url": "http://a:1"}, "distributor": {"url": "dns:///d:9095", "grpc": {"max_fails": 3}}}}`, "proxy.distributor.grpc: max_fails, unhealthy_status, unhealthy_latency: need fail_duration"},
+		{"invalid default tenant", `{"proxy": {"default": {"url": "http://a:1"}}, "default_tenant": "a|b"}`, `default_tenant: tenant ID 'a|b' contains unsupported character '|'`},
+		{"empty-ish default tenant", `{"proxy": {"default": {"url": "http://a:1"}}, "default_tenant": ".."}`, `default_tenant: tenant ID is '.' or '..'`},
+		{"too many retries", `{"proxy": {"default": {"url": "http://a:1"}, "distributor": {"url": "dns:///d:9095", "grpc": {"retries": 9}}}}`, "proxy.distributor.grpc: retries 9: must be 0-4"},
+		{"cert without key", `{"proxy": {"default": {"url": "http://a:1"}, "distributor": {"url": "dns:///d:9095", "grpc": {"tls": {"key": "k.pem"}}}}}`, "proxy.distributor.grpc: tls: cert and key must be given together"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

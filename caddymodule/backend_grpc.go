@@ -2,7 +2,6 @@ package caddymodule
 
 import (
 	"errors"
-	"fmt"
 	"net/http"
 	"sync/atomic"
 	"time"
@@ -64,10 +63,7 @@ func drainTime(timeout time.Duration) time.Duration {
 }
 
 func (g *Gateway) newGRPCBackend(ctx caddy.Context, c Component, b *Backend, _ *ParsedURL) (upstream, error) {
-	opts, err := grpcOptions(c, b, g.logger.Named("grpc"))
-	if err != nil {
-		return nil, err
-	}
+	opts := grpcOptions(c, b, g.logger.Named("grpc"))
 	key, err := poolKey(opts)
 	if err != nil {
 		return nil, err
@@ -92,8 +88,9 @@ func (g *Gateway) newGRPCBackend(ctx caddy.Context, c Component, b *Backend, _ *
 	return &grpcBackend{name: c, target: b.URL, handler: h}, nil
 }
 
-// grpcOptions turns a backend's JSON config into grpcpush options.
-func grpcOptions(c Component, b *Backend, logger *zap.Logger) (grpcpush.Options, error) {
+// grpcOptions turns a backend's JSON config into grpcpush options; their
+// rules are grpcpush's (Options.Validate, called by checkConfig).
+func grpcOptions(c Component, b *Backend, logger *zap.Logger) grpcpush.Options {
 	cfg := b.GRPC
 	if cfg == nil {
 		cfg = new(GRPCConfig)
@@ -103,6 +100,7 @@ func grpcOptions(c Component, b *Backend, logger *zap.Logger) (grpcpush.Options,
 		Refresh:          time.Duration(cfg.Refresh),
 		Timeout:          time.Duration(cfg.Timeout),
 		MaxRequestBody:   cfg.MaxRequestBody,
+		MaxResponseBody:  cfg.MaxResponseBody,
 		KeepaliveTime:    time.Duration(cfg.KeepaliveTime),
 		KeepaliveTimeout: time.Duration(cfg.KeepaliveTimeout),
 		Compression:      cfg.Compression,
@@ -115,32 +113,19 @@ func grpcOptions(c Component, b *Backend, logger *zap.Logger) (grpcpush.Options,
 		Metrics:          grpcMetrics,
 		BackendName:      string(c),
 		OnDone:           logEndpoint,
-	}
-	if p := cfg.LBPolicy; p != "" && p != grpcpush.LBRoundRobin && p != grpcpush.LBLeastConn {
-		return opts, fmt.Errorf("grpc.lb_policy: %q: must be %s or %s", p, grpcpush.LBRoundRobin, grpcpush.LBLeastConn)
-	}
-	if cfg.FailDuration < 0 {
-		return opts, fmt.Errorf("grpc.fail_duration: %v: must not be negative (0 turns passive health checks off)", time.Duration(cfg.FailDuration))
-	}
-	if cfg.MaxFails < 0 {
-		return opts, fmt.Errorf("grpc.max_fails: %d: must be at least 1", cfg.MaxFails)
+		OnAnswer:         setEndpointPlaceholder,
+		ReplaceHeaders:   forwardedHeaders,
 	}
 	if r := cfg.Retries; r != nil {
-		if *r < 0 || *r > grpcpush.MaxRetries {
-			return opts, fmt.Errorf("grpc.retries: %d: must be 0 to %d (gRPC allows at most %d attempts)", *r, grpcpush.MaxRetries, grpcpush.MaxRetries+1)
-		}
 		opts.Retries = grpcpush.Ptr(*r)
 	}
 	if t := cfg.TLS; t != nil {
-		if (t.Cert == "") != (t.Key == "") {
-			return opts, fmt.Errorf("grpc.tls: cert and key go together")
-		}
 		opts.TLS = &grpcpush.TLSOptions{
 			CAFile: t.CA, CertFile: t.Cert, KeyFile: t.Key,
 			ServerName: t.ServerName, InsecureSkipVerify: t.InsecureSkipVerify,
 		}
 	}
-	return opts, nil
+	return opts
 }
 
 // poolKey identifies a gRPC upstream by everything that shapes it, after
@@ -158,10 +143,21 @@ func logEndpoint(r *http.Request, endpoint string, _ int) {
 	}
 }
 
+// setEndpointPlaceholder sets {http.metrics_gateway.endpoint} before the
+// answer is written, so that response header directives can use it.
+func setEndpointPlaceholder(r *http.Request, endpoint string) {
+	if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
+		repl.Set(placeholderEndpoint, endpoint)
+	}
+}
+
 func (g *grpcBackend) serve(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
 	g.handler.inflight.Add(1)
 	defer g.handler.inflight.Add(-1)
-	g.handler.ServeHTTP(w, r)
+	var e *grpcpush.Error
+	if err := g.handler.Handle(w, r); errors.As(err, &e) {
+		return gatewayError(w, r, e.Status, e.Msg)
+	}
 	return nil
 }
 

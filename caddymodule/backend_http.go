@@ -105,20 +105,18 @@ func (h *httpBackend) serve(w http.ResponseWriter, r *http.Request, next caddyht
 	h.inflight.Add(1)
 	defer h.done()
 	err := h.rp.ServeHTTP(w, r, next)
-	if err == nil || hasErrorRoutes(r) || responseStarted(w) {
+	if err == nil || hasErrorRoutes(r) || responseStarted(w) || r.Context().Err() != nil {
+		// handle_errors answers it as any reverse_proxy error, or there is
+		// nothing left to write (response begun, client gone).
 		return err
 	}
 	// No handle_errors: answer with one line naming the component and what
 	// failed (Caddy would send the status with an empty body), and log it
 	// as Caddy logs a handler error.
 	code, cause := handlerError(err)
-	if r.Context().Err() != nil {
-		return err // the client is gone; nothing to write
-	}
 	h.logger.Error("backend failed", zap.String("backend", string(h.name)), zap.String("target", h.target),
 		zap.Int("status", code), zap.Error(cause), zap.String("uri", r.RequestURI))
-	writeErrorLine(w, code, string(h.name)+" "+h.target+": "+cause.Error())
-	return nil
+	return gatewayError(w, r, code, string(h.name)+" "+h.target+": "+cause.Error())
 }
 
 // responseStarted reports whether a status was already written through w

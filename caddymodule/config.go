@@ -176,9 +176,15 @@ type GRPCConfig struct {
 
 	// MaxRequestBody is the largest request body, in bytes, tunnelled; a
 	// larger one is answered 413 without contacting a backend. It also sets
-	// the gRPC message size limits. Default: 104857600 (100 MiB, Mimir's
+	// the gRPC send limit. Default: 104857600 (100 MiB, Mimir's
 	// -server.grpc-max-recv-msg-size-bytes; Cortex's default is 4 MiB).
 	MaxRequestBody int64 `json:"max_request_body,omitempty"`
+
+	// MaxResponseBody is the largest response body, in bytes, accepted
+	// from an endpoint; a larger answer is the backend's failure and the
+	// client gets 502 naming the backend. Default: 104857600 (100 MiB,
+	// Mimir's -server.grpc-max-send-msg-size-bytes).
+	MaxResponseBody int64 `json:"max_response_body,omitempty"`
 
 	// TLS enables TLS to the gRPC endpoints. Default: plaintext, as Mimir's
 	// gRPC port serves by default.

@@ -2,32 +2,41 @@ package caddymodule
 
 import (
 	"errors"
+	"io"
 	"net/http"
 	"strings"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
-// hasErrorRoutes reports whether the request's server has handle_errors
-// routes: then an error is returned to Caddy, which runs them; otherwise
-// the gateway writes its own one-line answer, since Caddy would write the
-// status with an empty body.
+// gatewayError answers an error the gateway makes itself (no tenant, a
+// gRPC backend's failure, ...) the way Caddy answers a handler's error, so
+// that `handle_errors` sees gRPC backends' errors as it sees reverse_proxy's:
+// with error routes in the server the error is returned as a caddyhttp.Error
+// (status and cause; {err.status_code}, {err.message} ...) for them to
+// answer. Without error routes, Caddy would write the status with an empty
+// body, so the one-line body saying what failed is written here instead.
+// 429 and 503 carry "Retry-After: 1" either way.
+func gatewayError(w http.ResponseWriter, r *http.Request, status int, msg string) error {
+	if status == http.StatusTooManyRequests || status == http.StatusServiceUnavailable {
+		w.Header().Set("Retry-After", "1")
+	}
+	if hasErrorRoutes(r) {
+		return caddyhttp.Error(status, errors.New(msg))
+	}
+	h := w.Header()
+	h.Set("Content-Type", "text/plain; charset=utf-8")
+	h.Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	_, _ = io.WriteString(w, strings.ReplaceAll(msg, "\n", " ")+"\n")
+	return nil
+}
+
+// hasErrorRoutes reports whether the request's server has error routes
+// (`handle_errors`, or "errors" in JSON).
 func hasErrorRoutes(r *http.Request) bool {
 	srv, _ := r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server)
 	return srv != nil && srv.Errors != nil && len(srv.Errors.Routes) > 0
-}
-
-// writeErrorLine writes a gateway-made error: text/plain, one line; 429 and
-// 503 carry Retry-After, so remote-write clients back off briefly.
-func writeErrorLine(w http.ResponseWriter, code int, line string) {
-	hdr := w.Header()
-	hdr.Set("Content-Type", "text/plain; charset=utf-8")
-	hdr.Set("X-Content-Type-Options", "nosniff")
-	if code == http.StatusTooManyRequests || code == http.StatusServiceUnavailable {
-		hdr.Set("Retry-After", "1")
-	}
-	w.WriteHeader(code)
-	_, _ = w.Write([]byte(strings.ReplaceAll(line, "\n", " ") + "\n"))
 }
 
 // handlerError returns err's status and cause when it is a Caddy handler

@@ -38,8 +38,9 @@ type Gateway struct {
 	AlertmanagerHTTPPrefix string `json:"alertmanager_http_prefix,omitempty"`
 
 	// DefaultTenant is set as X-Scope-OrgID on requests that carry none.
-	// Default: none (requests without a tenant reach HTTP backends as they
-	// are; gRPC backends answer them 401).
+	// Without Tenant, a request with more than one X-Scope-OrgID header is
+	// answered 400 on every backend. Default: none (requests without a
+	// tenant reach HTTP backends as they are; gRPC backends answer them 401).
 	DefaultTenant string `json:"default_tenant,omitempty"`
 
 	// Tenant sets X-Scope-OrgID on every request from this value, with
@@ -113,6 +114,23 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 	return nil
 }
 
+// CheckConfig validates the config as Provision does, without side effects
+// (no files read, nothing started): the Caddyfile adapter calls it, so that
+// `caddy adapt` fails on what Provision would refuse. Every rule is checked
+// here (or, for gRPC options, by grpcpush.Options.Validate, called from
+// here) and nowhere else; every error names the field it is about.
+func (g *Gateway) CheckConfig() error {
+	c := *g
+	if c.PrometheusHTTPPrefix == "" {
+		c.PrometheusHTTPPrefix = "/prometheus"
+	}
+	if c.AlertmanagerHTTPPrefix == "" {
+		c.AlertmanagerHTTPPrefix = "/alertmanager"
+	}
+	_, err := c.checkConfig()
+	return err
+}
+
 // checkConfig validates the config without side effects. Every error names
 // the field it is about.
 func (g *Gateway) checkConfig() (map[Component]*ParsedURL, error) {
@@ -153,6 +171,11 @@ func (g *Gateway) checkConfig() (map[Component]*ParsedURL, error) {
 		if u.Kind == KindGRPC && len(b.ReverseProxy) > 0 {
 			return nil, fmt.Errorf("proxy.%s.reverse_proxy: only valid with HTTP URLs, not a dns: URL", c)
 		}
+		if u.Kind == KindGRPC {
+			if err := grpcOptions(c, b, zap.NewNop()).Validate(); err != nil {
+				return nil, fmt.Errorf("proxy.%s.grpc: %v", c, err)
+			}
+		}
 		parsed[c] = u
 	}
 	return parsed, nil
@@ -188,28 +211,55 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	})
 }
 
+// Placeholders set for every request the gateway handles.
+const (
+	placeholderRoute    = "http.metrics_gateway.route"    // the route label
+	placeholderBackend  = "http.metrics_gateway.backend"  // the component
+	placeholderEndpoint = "http.metrics_gateway.endpoint" // gRPC endpoint ip:port
+)
+
 func (g *Gateway) serveRoute(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, route *Route) error {
 	addLogFields(r, zap.String("metrics_gateway.route", route.Name), zap.String("metrics_gateway.backend", string(route.Component)))
-	if route.Component == ComponentGateway {
-		return serveLocal(w, route)
+	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	if repl != nil {
+		repl.Set(placeholderRoute, route.Name)
+		repl.Set(placeholderBackend, string(route.Component))
 	}
-	if !g.setTenant(r) {
-		http.Error(w, "no org id: the tenant placeholder is empty or not one valid tenant ID (is the request authenticated?)", http.StatusUnauthorized)
-		return nil
+	if route.Component == ComponentGateway {
+		return serveLocal(w, route, repl)
+	}
+	if status, msg := g.setTenant(r, repl); status != 0 {
+		return gatewayError(w, r, status, msg)
 	}
 	return g.backends[route.Component].serve(w, r, next)
 }
 
-// serveLocal answers the paths the gateway owns.
-func serveLocal(w http.ResponseWriter, route *Route) error {
+// serveLocal answers the paths the gateway owns. While Caddy shuts down
+// (the global shutdown_delay, {http.shutting_down}) /ready answers 503, so
+// that Kubernetes takes the pod out of its Services before the listener
+// closes; everything else is still served meanwhile.
+func serveLocal(w http.ResponseWriter, route *Route, repl *caddy.Replacer) error {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	w.WriteHeader(http.StatusOK)
-	body := "OK"
+	status, body := http.StatusOK, "OK"
 	if route.Path == "/ready" {
 		body = "ready"
+		if shuttingDown(repl) {
+			status, body = http.StatusServiceUnavailable, "shutting down"
+		}
 	}
+	w.WriteHeader(status)
 	_, err := w.Write([]byte(body))
 	return err
+}
+
+// shuttingDown reports Caddy's {http.shutting_down}.
+func shuttingDown(repl *caddy.Replacer) bool {
+	if repl == nil {
+		return false
+	}
+	v, _ := repl.Get("http.shutting_down")
+	b, _ := v.(bool)
+	return b
 }
 
 // addLogFields adds fields to the request's access log entry. A server

@@ -6,66 +6,61 @@ import (
 	"strings"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/grafana/dskit/tenant"
 )
 
 // tenantHeader is the header Mimir, Cortex and GEM read the tenant from.
 const tenantHeader = "X-Scope-OrgID"
 
+// canonicalTenantHeader is its key in an http.Header.
+const canonicalTenantHeader = "X-Scope-Orgid"
+
+// Answers of requests whose tenant is unusable; they reach no backend.
+const (
+	msgNoTenant        = "no org id: the tenant placeholder is empty or not one valid tenant ID (is the request authenticated?)"
+	msgMultipleTenants = "multiple X-Scope-OrgID headers"
+)
+
 // setTenant sets the request's tenant header from the tenant or
-// default_tenant config. It returns false when a tenant is configured but
-// evaluates empty for this request: it must then not reach a backend.
-func (g *Gateway) setTenant(r *http.Request) bool {
+// default_tenant config. It returns a status and message when the request
+// must not reach a backend: 401 when tenant is configured but does not
+// evaluate to one valid tenant ID, 400 when the client sent more than one
+// X-Scope-OrgID header and tenant does not replace them (which of them a
+// component would take is not defined: dskit rejects several values in gRPC
+// metadata, and an HTTP component reads the first).
+func (g *Gateway) setTenant(r *http.Request, repl *caddy.Replacer) (int, string) {
 	if g.Tenant != "" {
-		repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 		if repl == nil {
-			return false
+			return http.StatusUnauthorized, msgNoTenant
 		}
 		tenant := repl.ReplaceAll(g.Tenant, "")
 		// The identity must be one valid tenant: a "|" would turn it into
 		// a federated query over several tenants.
 		if CheckTenantID(tenant) != nil {
-			return false
+			return http.StatusUnauthorized, msgNoTenant
 		}
 		// Set, not Add: the authenticated identity replaces whatever the
 		// client claimed.
 		r.Header.Set(tenantHeader, tenant)
-		return true
+		return 0, ""
+	}
+	if len(r.Header[canonicalTenantHeader]) > 1 {
+		return http.StatusBadRequest, msgMultipleTenants
 	}
 	if g.DefaultTenant != "" && r.Header.Get(tenantHeader) == "" {
 		r.Header.Set(tenantHeader, g.DefaultTenant)
 	}
-	return true
+	return 0, ""
 }
 
-// maxTenantIDLength is Mimir's limit on a tenant ID.
-const maxTenantIDLength = 150
-
-// CheckTenantID applies Mimir's rules for one tenant ID (dskit's
-// tenant.ValidTenantID): 1 to 150 characters from [a-zA-Z0-9!-_.*'()],
-// and not "." or "..".
+// CheckTenantID applies Mimir's rules for one tenant ID: dskit's own
+// tenant.ValidTenantID (1 to 150 characters from [a-zA-Z0-9!-_.*'()], not
+// "." or ".."), and not empty.
 func CheckTenantID(id string) error {
-	switch {
-	case id == "":
+	if id == "" {
 		return fmt.Errorf("tenant ID is empty")
-	case len(id) > maxTenantIDLength:
-		return fmt.Errorf("tenant ID is longer than %d characters", maxTenantIDLength)
-	case id == "." || id == "..":
-		return fmt.Errorf("tenant ID %q is not allowed", id)
 	}
-	for _, r := range id {
-		if !isTenantIDChar(r) {
-			return fmt.Errorf("tenant ID %q contains %q: only letters, digits and !-_.*'() are allowed", id, r)
-		}
-	}
-	return nil
-}
-
-func isTenantIDChar(r rune) bool {
-	switch {
-	case 'a' <= r && r <= 'z', 'A' <= r && r <= 'Z', '0' <= r && r <= '9':
-		return true
-	}
-	return strings.ContainsRune("!-_.*'()", r)
+	return tenant.ValidTenantID(id)
 }
 
 // CheckTenantTemplate checks a `tenant` setting. One with placeholders is

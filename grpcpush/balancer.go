@@ -58,6 +58,25 @@ type endpoint struct {
 	// with passive health checks (guarded by tracker.mu).
 	wrappers []*healthSubConn
 	health   endpointHealth
+	// refs holds the endpoint's request series: one reference while it is
+	// in the tracker, one per call whose last attempt went to it. The
+	// series are deleted when the last reference goes, so that they live
+	// as long as the endpoint or its in-flight calls, and no longer.
+	refs atomic.Int64
+}
+
+// acquire takes a reference for a call; false once the endpoint's series
+// are gone (a call that picks it in that instant is counted as "none").
+func (ep *endpoint) acquire() bool {
+	for {
+		n := ep.refs.Load()
+		if n <= 0 {
+			return false
+		}
+		if ep.refs.CompareAndSwap(n, n+1) {
+			return true
+		}
+	}
 }
 
 // tracker holds the endpoints of one ClientConn.
@@ -91,6 +110,7 @@ func (t *tracker) add(sc balancer.SubConn, addr string) *endpoint {
 	if ep == nil {
 		ep = &endpoint{addr: addr}
 		ep.state.Store(int32(connectivity.Idle))
+		ep.refs.Store(1)
 		t.byAddr[addr] = ep
 		t.metrics.use(addr)
 	}
@@ -126,6 +146,13 @@ func (t *tracker) setState(sc balancer.SubConn, ep *endpoint, s connectivity.Sta
 	if ep.subConns == 0 && t.byAddr[ep.addr] == ep {
 		delete(t.byAddr, ep.addr)
 		ep.health.stop()
+		t.release(ep)
+	}
+}
+
+// release drops one reference to ep's series; the last one deletes them.
+func (t *tracker) release(ep *endpoint) {
+	if ep.refs.Add(-1) == 0 {
 		t.metrics.forget(ep.addr)
 	}
 }
@@ -137,12 +164,12 @@ func (t *tracker) closeAll() {
 	t.health.close() // first: its goroutine takes t.mu
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	for addr, ep := range t.byAddr {
+	for _, ep := range t.byAddr {
 		if connectivity.State(ep.state.Swap(int32(connectivity.Shutdown))) == connectivity.Ready {
 			t.metrics.readyChanged(-1)
 		}
 		ep.health.stop()
-		t.metrics.forget(addr)
+		t.release(ep)
 	}
 	clear(t.byAddr)
 	t.health.close()
@@ -290,15 +317,19 @@ func (p *countingPicker) Pick(info balancer.PickInfo) (balancer.PickResult, erro
 		return res, err
 	}
 	if ep := p.t.picked(res.SubConn); ep != nil {
-		noteEndpoint(info, ep)
+		noteEndpoint(p.t, info, ep)
 	}
 	return res, err
 }
 
-// noteEndpoint tells the request which endpoint its call went to.
-func noteEndpoint(info balancer.PickInfo, ep *endpoint) {
-	if c, ok := info.Ctx.Value(callKey{}).(*call); ok {
-		c.endpoint.Store(ep)
+// noteEndpoint tells the request which endpoint its call went to. The call
+// holds a reference to the endpoint's series until it ends.
+func noteEndpoint(t *tracker, info balancer.PickInfo, ep *endpoint) {
+	if c, ok := info.Ctx.Value(callKey{}).(*call); ok && ep.acquire() {
+		// A retry moves the call's hold to the endpoint it tries now.
+		if prev := c.endpoint.Swap(ep); prev != nil {
+			t.release(prev)
+		}
 	}
 }
 

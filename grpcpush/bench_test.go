@@ -152,7 +152,7 @@ func BenchmarkRequestBuild(b *testing.B) {
 			b.Fatal(err)
 		}
 		c.setBody(buf, n)
-		c.setRequest(r)
+		c.setRequest(r, nil)
 		out, err := tunnelCodec{}.Marshal(&c.req)
 		if err != nil {
 			b.Fatal(err)

@@ -38,7 +38,7 @@ func TestCodecMatchesDskit(t *testing.T) {
 			}
 			c := getCall()
 			c.setBody(buf, n)
-			c.setRequest(r)
+			c.setRequest(r, nil)
 
 			out, err := tunnelCodec{}.Marshal(&c.req)
 			if err != nil {

@@ -22,6 +22,9 @@
 // headers (Connection and the headers it lists, Keep-Alive, TE, Trailer,
 // Transfer-Encoding, Upgrade, Proxy-*) are dropped both ways; Host is
 // added as a header (net/http keeps it out of r.Header).
+// Options.ReplaceHeaders lets the caller put its own values in place of the
+// client's for some headers: the Caddy module sends X-Forwarded-For/-Proto/
+// -Host and Via there exactly as Caddy's reverse_proxy computes them.
 //
 // The tenant (X-Scope-OrgID header) goes into gRPC metadata x-scope-orgid
 // (exactly one value, as dskit requires) and stays in the tunnelled headers,
@@ -29,7 +32,8 @@
 // and no call is made. "a|b" (federation) passes through as is.
 //
 // The body is read once into a pooled buffer (413 beyond MaxRequestBody,
-// before any call). A small codec (grpc.ForceCodecV2, for this ClientConn
+// before any call; 408 when it has not arrived when the timeout, counted
+// from the start of the request, passes). A small codec (grpc.ForceCodecV2, for this ClientConn
 // only) encodes method, URL and headers with dskit's generated code into
 // headroom reserved in front of the body, so the gRPC message is that same
 // buffer: the body is not copied inside the gateway. The buffer returns to
@@ -79,8 +83,11 @@
 // keeps a call for retries only up to MaxRetryRPCBufferSize (default 256
 // KiB, above which it silently stops retrying); it is raised to the message
 // limit here, which costs nothing extra because the retained message is the
-// request buffer itself. Each request gets Timeout (504 past it); a client
-// that disconnects cancels the call, and the endpoint sees the cancellation.
+// request buffer itself. Each request gets Timeout from its start, body
+// upload included (504 past it); a client that disconnects cancels the call,
+// and the endpoint sees the cancellation. Answers are limited to
+// MaxResponseBody (default 100 MiB, Mimir's send limit); a larger one is the
+// backend's failure: 502.
 //
 // # Error mapping
 //
@@ -97,6 +104,7 @@
 //	Unavailable (after retries)                  503
 //	DeadlineExceeded                             504
 //	Canceled                                     499; nothing is written when the client is gone
+//	ResourceExhausted, this side's receive limit 502 (answer larger than MaxResponseBody)
 //	ResourceExhausted "larger than max"          413; other ResourceExhausted 429
 //	Unknown "no org id"                          401
 //	InvalidArgument, FailedPrecondition, OutOfRange  400
@@ -109,7 +117,9 @@
 //
 // Gateway-made answers are text/plain, one line naming the backend (and the
 // endpoint when one was picked) and what failed; 429 and 503 carry
-// "Retry-After: 1". The ErrorCause numbers are Mimir's wire values
+// "Retry-After: 1". Handle returns them as *Error (status and line) instead
+// of writing them, so that a caller can answer them its own way (the Caddy
+// module hands them to Caddy's error routes); ServeHTTP writes them. The ErrorCause numbers are Mimir's wire values
 // (pkg/mimirpb/mimir.proto, enum ErrorCause); ErrorDetails is decoded by hand
 // because it is a gogo type that status.Details cannot decode.
 //
@@ -122,14 +132,18 @@
 // metrics_gateway_grpc_endpoints_ready{backend} and
 // metrics_gateway_grpc_endpoint_healthy{backend,endpoint}. Label children are looked
 // up once, so a request does no label lookups; the series of an endpoint
-// that leaves the set are deleted. Endpoints reports each endpoint's state
+// that leaves the set are deleted once its last in-flight call is counted
+// (a call holds a reference to its endpoint from Pick to its count). Endpoints reports each endpoint's state
 // and call count for an admin view; Options.OnDone tells the caller which
-// endpoint served a request (for access logs).
+// endpoint served a request (for access logs), Options.OnAnswer which one is
+// answering, before anything is written (for response placeholders).
 //
 // # API choices
 //
 // Options.Retries is a *int so that 0 (no retries) differs from "default".
 // Options.Compression accepts "" and "gzip". One Handler owns one
 // ClientConn; sharing a Handler between configurations (reloads) is the
-// caller's business, and Options.Key tells which Options may share one.
+// caller's business, and Options.Key tells which Options may share one; it
+// includes the TLS files' contents, so rotated certificates give another
+// key. Options.Validate checks Options without reading files.
 package grpcpush

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -85,7 +87,7 @@ func (h *Handler) dialOptions(b *dnsBuilder) []grpc.DialOption {
 	callOpts := []grpc.CallOption{
 		grpc.ForceCodecV2(tunnelCodec{}),
 		grpc.MaxCallSendMsgSize(limit),
-		grpc.MaxCallRecvMsgSize(limit),
+		grpc.MaxCallRecvMsgSize(int(s.maxResponse) + MaxMessageOverhead),
 		// grpc-go keeps at most this much of a call for retries (default
 		// 256 KiB): larger calls would silently lose their retries. The
 		// buffered message is the request buffer itself, not a copy.
@@ -170,15 +172,31 @@ func (h *Handler) Endpoints() []EndpointStatus { return h.tracker.statuses() }
 // Target returns the parsed target.
 func (h *Handler) Target() Target { return h.s.target }
 
-// ServeHTTP tunnels r as one /httpgrpc.HTTP/Handle call and writes the answer.
+// ServeHTTP tunnels r as one /httpgrpc.HTTP/Handle call and writes the
+// answer, gateway-made errors included (see Handle).
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	var e *Error
+	if errors.As(h.Handle(w, r), &e) {
+		e.Write(w)
+	}
+}
+
+// Handle tunnels r like ServeHTTP, but returns a gateway-made error as an
+// *Error instead of writing it, so that the caller can answer it its own
+// way (Caddy's handle_errors); the metrics and OnDone count it with its
+// status. Whatever a component answered is written. It returns nil when
+// the answer was written or the client went away.
+func (h *Handler) Handle(w http.ResponseWriter, r *http.Request) error {
 	start := time.Now()
 	m := h.metrics
 	if m != nil {
 		m.inFlight.Inc()
 	}
 	c := getCall()
-	code := h.serve(w, r, c)
+	code, err := h.serve(w, r, c, start)
+	if err != nil {
+		code = err.Status
+	}
 	ep := c.endpoint.Load()
 	if m != nil {
 		m.inFlight.Dec()
@@ -190,34 +208,52 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if h.s.onDone != nil {
-		addr := ""
-		if ep != nil {
-			addr = ep.addr
-		}
-		h.s.onDone(r, addr, code)
+		h.s.onDone(r, addrOf(ep), code)
+	}
+	if ep != nil {
+		h.tracker.release(ep) // the call's hold on the endpoint's series
 	}
 	putCall(c)
+	if err != nil {
+		return err
+	}
+	return nil
 }
 
-// serve does the work of ServeHTTP and returns the status sent.
-func (h *Handler) serve(w http.ResponseWriter, r *http.Request, c *call) int {
+func addrOf(ep *endpoint) string {
+	if ep == nil {
+		return ""
+	}
+	return ep.addr
+}
+
+// serve does the work of Handle: it returns the status written, or the
+// gateway-made error to answer.
+func (h *Handler) serve(w http.ResponseWriter, r *http.Request, c *call, start time.Time) (int, *Error) {
 	var tenant string
 	if v := r.Header[tenantHeader]; len(v) > 0 {
 		tenant = v[0]
 	}
 	if tenant == "" {
-		return h.writeError(w, r, http.StatusUnauthorized, "no org id", nil) // Mimir's exact text
+		return 0, h.newError(r, http.StatusUnauthorized, "no org id", nil) // Mimir's exact text
 	}
-	buf, n, err := readBody(r.Body, r.ContentLength, h.s.maxBody)
+	// The timeout runs from the start of the request: a slow upload uses
+	// it up as much as a slow answer does.
+	deadline := start.Add(h.s.timeout)
+	buf, n, err := h.readBody(w, r, deadline)
 	if err != nil {
-		return h.bodyError(w, r, err)
+		return h.bodyError(r, err)
 	}
 	c.setBody(buf, n)
 	defer c.releaseBody()
-	c.setRequest(r)
+	var replace []httpgrpc.Header
+	if h.s.replaceHeaders != nil {
+		replace = h.s.replaceHeaders(r)
+	}
+	c.setRequest(r, replace)
 
 	ctx := context.WithValue(r.Context(), callKey{}, c)
-	ctx, cancel := context.WithTimeout(ctx, h.s.timeout)
+	ctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
 	ctx = metadata.NewOutgoingContext(ctx, h.tenants.get(tenant))
 	if err := h.conn.Invoke(ctx, handleMethod, &c.req, &c.resp); err != nil {
@@ -227,42 +263,83 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, c *call) int {
 		hm.answered(c.endpoint.Load(), int(c.resp.Code))
 	}
 	if !validStatus(int(c.resp.Code)) {
-		return h.failed(w, r, http.StatusBadGateway, fmt.Sprintf("invalid status %d", c.resp.Code), c.endpoint.Load())
+		return 0, h.failed(r, http.StatusBadGateway, fmt.Sprintf("invalid status %d", c.resp.Code), c.endpoint.Load())
 	}
-	return writeResponse(w, &c.resp)
+	h.answering(r, c.endpoint.Load())
+	return writeResponse(w, &c.resp), nil
 }
 
+// readBody reads the request body, giving the client until deadline: the
+// connection's read deadline is set for the upload (where the server
+// supports it) and cleared afterwards.
+func (h *Handler) readBody(w http.ResponseWriter, r *http.Request, deadline time.Time) (*[]byte, int, error) {
+	if r.ContentLength == 0 {
+		return readBody(r.Body, 0, h.s.maxBody)
+	}
+	rc := http.NewResponseController(w)
+	limited := rc.SetReadDeadline(deadline) == nil
+	buf, n, err := readBody(r.Body, r.ContentLength, h.s.maxBody)
+	if limited {
+		_ = rc.SetReadDeadline(time.Time{})
+	}
+	if err != nil && !errors.Is(err, errBodyTooLarge) && !time.Now().Before(deadline) {
+		err = errBodyTimeout
+	}
+	return buf, n, err
+}
+
+// errBodyTimeout is a body that did not arrive within the timeout.
+var errBodyTimeout = errors.New("request body not received in time")
+
 // bodyError answers a request whose body could not be read.
-func (h *Handler) bodyError(w http.ResponseWriter, r *http.Request, err error) int {
+func (h *Handler) bodyError(r *http.Request, err error) (int, *Error) {
 	switch {
 	case errors.Is(err, errBodyTooLarge):
-		return h.failed(w, r, http.StatusRequestEntityTooLarge,
+		return 0, h.failed(r, http.StatusRequestEntityTooLarge,
 			fmt.Sprintf("request body larger than %d bytes", h.s.maxBody), nil)
+	case errors.Is(err, errBodyTimeout):
+		return 0, h.failed(r, http.StatusRequestTimeout,
+			fmt.Sprintf("request body not received within %v", h.s.timeout), nil)
 	case r.Context().Err() != nil:
 		h.debug("client went away while sending the body", r, nil, err)
-		return StatusClientClosedRequest
+		return StatusClientClosedRequest, nil
 	default:
-		return h.failed(w, r, http.StatusBadRequest, "reading request body: "+err.Error(), nil)
+		return 0, h.failed(r, http.StatusBadRequest, "reading request body: "+err.Error(), nil)
 	}
 }
 
 // callError answers a failed call following mapError.
-func (h *Handler) callError(w http.ResponseWriter, r *http.Request, c *call, err error) int {
+func (h *Handler) callError(w http.ResponseWriter, r *http.Request, c *call, err error) (int, *Error) {
 	o := mapError(err)
 	ep := c.endpoint.Load()
 	if o.resp != nil {
-		return writeResponse(w, o.resp)
+		h.answering(r, ep)
+		return writeResponse(w, o.resp), nil
 	}
 	if o.code == StatusClientClosedRequest && r.Context().Err() != nil {
 		h.debug("client went away", r, ep, err)
-		return o.code
+		return o.code, nil
 	}
 	if o.grpcCode == codes.Canceled && h.closed.Load() {
 		// Closed under a late request (e.g. a reload released it): the
 		// client should retry elsewhere, not read 499.
-		return h.failed(w, r, http.StatusServiceUnavailable, "closed: "+o.msg, ep)
+		return 0, h.failed(r, http.StatusServiceUnavailable, "closed: "+o.msg, ep)
 	}
-	return h.failed(w, r, o.code, describe(o, h.s.timeout), ep)
+	if o.grpcCode == codes.ResourceExhausted && h.responseTooLarge(o.msg) {
+		return 0, h.failed(r, http.StatusBadGateway,
+			fmt.Sprintf("response larger than %d bytes (max_response_body)", h.s.maxResponse), ep)
+	}
+	return 0, h.failed(r, o.code, describe(o, h.s.timeout), ep)
+}
+
+// responseTooLarge reports whether a RESOURCE_EXHAUSTED message is gRPC's
+// own receive limit on this side: "received message larger than max
+// (n vs. limit)" with this Handler's receive limit. The same text from the
+// endpoint (its receive limit, i.e. the request was too large) names the
+// endpoint's limit instead.
+func (h *Handler) responseTooLarge(msg string) bool {
+	return strings.Contains(msg, "received message") && strings.Contains(msg, "larger than max") &&
+		strings.Contains(msg, strconv.FormatInt(h.s.maxResponse+MaxMessageOverhead, 10))
 }
 
 // describe says in one line what failed for a gateway-made error.
@@ -278,30 +355,57 @@ func describe(o outcome, timeout time.Duration) string {
 	return o.msg
 }
 
-// failed answers with a gateway-made error whose line names the backend (and
+// failed makes a gateway-made error whose line names the backend (and
 // endpoint) and what failed.
-func (h *Handler) failed(w http.ResponseWriter, r *http.Request, code int, msg string, ep *endpoint) int {
+func (h *Handler) failed(r *http.Request, code int, msg string, ep *endpoint) *Error {
 	where := h.s.backend
 	if ep != nil {
 		where += " " + ep.addr
 	}
-	return h.writeError(w, r, code, where+": "+msg, ep)
+	return h.newError(r, code, where+": "+msg, ep)
 }
 
-// writeError writes a gateway-made error: text/plain, one line; 429 and 503
-// carry Retry-After.
-func (h *Handler) writeError(w http.ResponseWriter, r *http.Request, code int, line string, ep *endpoint) int {
+// newError makes a gateway-made error of one line and logs it at debug.
+func (h *Handler) newError(r *http.Request, code int, line string, ep *endpoint) *Error {
 	line = strings.ReplaceAll(line, "\n", " ")
 	h.debug("request failed", r, ep, errors.New(line), zap.Int("status", code))
+	h.answering(r, ep)
+	return &Error{Status: code, Msg: line}
+}
+
+// answering calls OnAnswer.
+func (h *Handler) answering(r *http.Request, ep *endpoint) {
+	if h.s.onAnswer != nil {
+		h.s.onAnswer(r, addrOf(ep))
+	}
+}
+
+// Error is a gateway-made answer: a status and one line that names the
+// backend (and the endpoint, when one was picked) and what failed.
+type Error struct {
+	Status int
+	Msg    string
+}
+
+func (e *Error) Error() string { return e.Msg }
+
+// RetryAfter reports whether the answer carries "Retry-After: 1" (429, 503):
+// the failure is the gateway's or the cluster's, and a client should come
+// back soon.
+func (e *Error) RetryAfter() bool {
+	return e.Status == http.StatusTooManyRequests || e.Status == http.StatusServiceUnavailable
+}
+
+// Write writes e: text/plain, one line, and Retry-After when RetryAfter.
+func (e *Error) Write(w http.ResponseWriter) {
 	hdr := w.Header()
 	hdr["Content-Type"] = textPlain
 	hdr["X-Content-Type-Options"] = noSniff
-	if code == http.StatusTooManyRequests || code == http.StatusServiceUnavailable {
+	if e.RetryAfter() {
 		hdr["Retry-After"] = retryAfter
 	}
-	w.WriteHeader(code)
-	_, _ = w.Write([]byte(line + "\n"))
-	return code
+	w.WriteHeader(e.Status)
+	_, _ = io.WriteString(w, e.Msg+"\n")
 }
 
 // Header values shared by every gateway-made error (never modified).
@@ -312,12 +416,19 @@ var (
 )
 
 // writeResponse writes a component's answer: status, headers (without
-// hop-by-hop ones) and body, and returns the status.
+// hop-by-hop ones and those its Connection header lists) and body, and
+// returns the status.
 func writeResponse(w http.ResponseWriter, resp *httpgrpc.HTTPResponse) int {
+	var connection []string
+	for _, hd := range resp.Headers {
+		if http.CanonicalHeaderKey(hd.Key) == "Connection" {
+			connection = append(connection, hd.Values...)
+		}
+	}
 	hdr := w.Header()
 	for _, hd := range resp.Headers {
 		k := http.CanonicalHeaderKey(hd.Key)
-		if !isHopByHop(k) {
+		if !isHopByHop(k) && (connection == nil || !listedIn(connection, k)) {
 			hdr[k] = hd.Values
 		}
 	}

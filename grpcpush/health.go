@@ -221,7 +221,7 @@ func (m *healthMonitor) pick(child balancer.Picker, t *tracker, info balancer.Pi
 		return res, nil
 	}
 	ep.requests.Add(1)
-	noteEndpoint(info, ep)
+	noteEndpoint(t, info, ep)
 	start := time.Now()
 	childDone := res.Done
 	res.Done = func(di balancer.DoneInfo) {

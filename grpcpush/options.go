@@ -1,6 +1,7 @@
 package grpcpush
 
 import (
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -9,6 +10,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/grafana/dskit/httpgrpc"
 	"go.uber.org/zap"
 )
 
@@ -23,6 +25,10 @@ const (
 	DefaultRetries = 2
 	// DefaultMaxRequestBody is Mimir's default gRPC max receive message size.
 	DefaultMaxRequestBody int64 = 100 << 20
+	// DefaultMaxResponseBody is Mimir's default gRPC max send message size
+	// (-server.grpc-max-send-msg-size-bytes: dskit's is 4 MiB, Mimir raises
+	// it to 100 MiB): a component cannot send a larger answer anyway.
+	DefaultMaxResponseBody int64 = 100 << 20
 	// DefaultKeepaliveTime and DefaultKeepaliveTimeout are dskit's client
 	// defaults; Mimir's server accepts pings every 10s, even without streams.
 	DefaultKeepaliveTime    = 20 * time.Second
@@ -54,8 +60,9 @@ const (
 	MinKeepaliveTime = 10 * time.Second
 	// MinRefresh keeps a typo ("1ms") from turning into a DNS flood.
 	MinRefresh = 10 * time.Millisecond
-	// MaxMessageOverhead is the room above MaxRequestBody that the tunnel's
-	// method, URL and headers may use in one gRPC message.
+	// MaxMessageOverhead is the room above MaxRequestBody (MaxResponseBody)
+	// that the tunnel's method, URL and headers (status and headers) may use
+	// in one gRPC message.
 	MaxMessageOverhead = 1 << 20
 )
 
@@ -73,8 +80,11 @@ type Options struct {
 	// 0-4. nil means the default (2); use Ptr(0) to disable retries.
 	Retries *int
 	// MaxRequestBody is the largest body accepted (default 100 MiB); larger
-	// ones get 413 without any RPC. It also sets the gRPC message limits.
+	// ones get 413 without any RPC. It also sets the gRPC send limit.
 	MaxRequestBody int64
+	// MaxResponseBody is the largest answer body accepted from an endpoint
+	// (default 100 MiB); a larger answer is the backend's failure: 502.
+	MaxResponseBody int64
 	// TLS enables TLS towards the endpoints; nil means plaintext.
 	TLS *TLSOptions
 	// KeepaliveTime and KeepaliveTimeout configure HTTP/2 pings on idle
@@ -111,6 +121,18 @@ type Options struct {
 	// status sent to the client (499 when the client went away). It runs on the
 	// request goroutine: keep it cheap.
 	OnDone func(r *http.Request, endpoint string, status int)
+	// OnAnswer, when not nil, is called once per request that gets an
+	// answer, before anything of it is written (so a caller can expose the
+	// endpoint to whatever formats the response), with the endpoint
+	// ("ip:port", "" when none was picked). Not called when the client went
+	// away.
+	OnAnswer func(r *http.Request, endpoint string)
+	// ReplaceHeaders, when not nil, returns headers (canonical keys) that
+	// replace the client's headers of the same names in the tunnelled
+	// request; an entry with nil Values removes the client's header. The
+	// caller uses it for X-Forwarded-*, which need the server's notion of
+	// trusted proxies.
+	ReplaceHeaders func(r *http.Request) []httpgrpc.Header
 }
 
 // TLSOptions configure TLS towards the endpoints.
@@ -137,6 +159,7 @@ type settings struct {
 	timeout          time.Duration
 	retries          int
 	maxBody          int64
+	maxResponse      int64
 	tls              *tls.Config
 	keepaliveTime    time.Duration
 	keepaliveTimeout time.Duration
@@ -147,10 +170,33 @@ type settings struct {
 	metrics          *Metrics
 	backend          string
 	onDone           func(*http.Request, string, int)
+	onAnswer         func(*http.Request, string)
+	replaceHeaders   func(*http.Request) []httpgrpc.Header
 }
 
-// settings validates o and fills in the defaults.
+// Validate checks o the way New does, without reading the TLS files or
+// touching the network: configuration checks (e.g. at adapt time) use it.
+func (o Options) Validate() error {
+	_, err := o.checked()
+	return err
+}
+
+// settings validates o, fills in the defaults and loads the TLS files.
 func (o Options) settings() (settings, error) {
+	s, err := o.checked()
+	if err != nil {
+		return settings{}, err
+	}
+	if o.TLS != nil {
+		if s.tls, err = o.TLS.config(); err != nil {
+			return settings{}, err
+		}
+	}
+	return s, nil
+}
+
+// checked validates o and fills in the defaults, except TLS.
+func (o Options) checked() (settings, error) {
 	t, err := ParseTarget(o.Target)
 	if err != nil {
 		return settings{}, err
@@ -161,6 +207,7 @@ func (o Options) settings() (settings, error) {
 		timeout:          orDefault(o.Timeout, DefaultTimeout),
 		retries:          DefaultRetries,
 		maxBody:          orDefault(o.MaxRequestBody, DefaultMaxRequestBody),
+		maxResponse:      orDefault(o.MaxResponseBody, DefaultMaxResponseBody),
 		keepaliveTime:    orDefault(o.KeepaliveTime, DefaultKeepaliveTime),
 		keepaliveTimeout: orDefault(o.KeepaliveTimeout, DefaultKeepaliveTimeout),
 		compression:      o.Compression,
@@ -170,6 +217,8 @@ func (o Options) settings() (settings, error) {
 		metrics:          o.Metrics,
 		backend:          o.BackendName,
 		onDone:           o.OnDone,
+		onAnswer:         o.OnAnswer,
+		replaceHeaders:   o.ReplaceHeaders,
 	}
 	if o.Retries != nil {
 		s.retries = *o.Retries
@@ -182,11 +231,6 @@ func (o Options) settings() (settings, error) {
 	}
 	if err := s.check(o); err != nil {
 		return settings{}, err
-	}
-	if o.TLS != nil {
-		if s.tls, err = o.TLS.config(); err != nil {
-			return settings{}, err
-		}
 	}
 	return s, nil
 }
@@ -206,6 +250,9 @@ func (s *settings) check(o Options) error {
 	if o.MaxRequestBody < 0 || s.maxBody > 2<<30-MaxMessageOverhead {
 		errs = append(errs, fmt.Errorf("max_request_body %d: must be 1 byte to 2 GiB-1 MiB", o.MaxRequestBody))
 	}
+	if o.MaxResponseBody < 0 || s.maxResponse > 2<<30-MaxMessageOverhead {
+		errs = append(errs, fmt.Errorf("max_response_body %d: must be 1 byte to 2 GiB-1 MiB", o.MaxResponseBody))
+	}
 	if o.KeepaliveTime < 0 || (o.KeepaliveTime > 0 && o.KeepaliveTime < MinKeepaliveTime) {
 		errs = append(errs, fmt.Errorf("keepalive time %v: must be at least %v (Mimir's server closes connections that ping more often)", o.KeepaliveTime, MinKeepaliveTime))
 	}
@@ -219,6 +266,14 @@ func (s *settings) check(o Options) error {
 		errs = append(errs, fmt.Errorf("lb_policy %q: must be %s or %s", s.lbPolicy, LBRoundRobin, LBLeastConn))
 	}
 	errs = append(errs, o.checkHealth()...)
+	if o.TLS != nil && (o.TLS.CertFile == "") != (o.TLS.KeyFile == "") {
+		errs = append(errs, errors.New("tls: cert and key must be given together"))
+	}
+	if o.TLS != nil && o.TLS.CAFile != "" && o.TLS.InsecureSkipVerify {
+		// insecure_skip_verify turns verification off, so the CA would be
+		// silently unused: one of the two is a mistake.
+		errs = append(errs, errors.New("tls: ca and insecure_skip_verify contradict each other (a CA is only used to verify the server)"))
+	}
 	return errors.Join(errs...)
 }
 
@@ -239,10 +294,7 @@ func (o *TLSOptions) config() (*tls.Config, error) {
 			return nil, fmt.Errorf("tls ca %s: no PEM certificate found", o.CAFile)
 		}
 	}
-	if (o.CertFile == "") != (o.KeyFile == "") {
-		return nil, errors.New("tls: cert and key must be given together")
-	}
-	if o.CertFile != "" {
+	if o.CertFile != "" { // with KeyFile: check made sure
 		cert, err := tls.LoadX509KeyPair(o.CertFile, o.KeyFile)
 		if err != nil {
 			return nil, fmt.Errorf("tls client certificate: %w", err)
@@ -263,9 +315,11 @@ func orDefault[T comparable](v, def T) T {
 
 // Key returns a string that is equal for two Options exactly when they would
 // build interchangeable Handlers, for sharing one Handler (one ClientConn)
-// between configurations, e.g. across config reloads. Logger, Metrics and
-// OnDone are not part of it: a shared Handler keeps the Metrics and OnDone
-// of its creator; SetLogger replaces its Logger.
+// between configurations, e.g. across config reloads. The TLS files are part
+// of it by content, read now: after a certificate rotation the same paths
+// give another key, hence new connections. Logger, Metrics and the hooks
+// are not part of it: a shared Handler keeps the Metrics and hooks of its
+// creator; SetLogger replaces its Logger.
 func (o Options) Key() (string, error) {
 	s, err := o.settings()
 	if err != nil {
@@ -275,8 +329,28 @@ func (o Options) Key() (string, error) {
 	if o.TLS != nil {
 		t = *o.TLS
 	}
-	return fmt.Sprintf("%s|refresh=%v|timeout=%v|retries=%d|max_body=%d|keepalive=%v/%v|compression=%s|backend=%s|tls=%t,%q,%q,%q,%q,%t|lb=%s|health=%s",
-		s.target, s.refresh, s.timeout, s.retries, s.maxBody, s.keepaliveTime, s.keepaliveTimeout,
+	return fmt.Sprintf("%s|refresh=%v|timeout=%v|retries=%d|max_body=%d|max_response=%d|keepalive=%v/%v|compression=%s|backend=%s|tls=%t,%q,%q,%q,%q,%t,%s|lb=%s|health=%s",
+		s.target, s.refresh, s.timeout, s.retries, s.maxBody, s.maxResponse, s.keepaliveTime, s.keepaliveTimeout,
 		s.compression, s.backend, o.TLS != nil, t.CAFile, t.CertFile, t.KeyFile, t.ServerName, t.InsecureSkipVerify,
-		s.lbPolicy, s.health.key()), nil
+		filesDigest(t.CAFile, t.CertFile, t.KeyFile), s.lbPolicy, s.health.key()), nil
+}
+
+// filesDigest is a digest of the files' contents ("" for an empty name, a
+// marker for an unreadable file, whose error New reports).
+func filesDigest(names ...string) string {
+	h := sha256.New()
+	for _, name := range names {
+		if name == "" {
+			h.Write([]byte{0})
+			continue
+		}
+		b, err := os.ReadFile(name)
+		if err != nil {
+			h.Write([]byte{1})
+			continue
+		}
+		fmt.Fprintf(h, "%d:", len(b))
+		h.Write(b)
+	}
+	return fmt.Sprintf("%x", h.Sum(nil))
 }

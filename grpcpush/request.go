@@ -61,9 +61,10 @@ func (c *call) releaseBody() {
 	}
 }
 
-// setRequest fills method, URL and the tunnelled headers from r. Header
+// setRequest fills method, URL and the tunnelled headers from r, with the
+// headers in replace instead of the client's of the same names. Header
 // values are shared with r.Header, not copied.
-func (c *call) setRequest(r *http.Request) {
+func (c *call) setRequest(r *http.Request, replace []httpgrpc.Header) {
 	c.req.msg.Method = r.Method
 	c.req.msg.Url = r.RequestURI
 	if c.req.msg.Url == "" { // a request built in code rather than read from a client
@@ -71,10 +72,15 @@ func (c *call) setRequest(r *http.Request) {
 	}
 	connection := r.Header["Connection"]
 	for k, vs := range r.Header {
-		if isHopByHop(k) || (len(connection) > 0 && listedIn(connection, k)) {
+		if isHopByHop(k) || (len(connection) > 0 && listedIn(connection, k)) || replaced(replace, k) {
 			continue
 		}
 		c.headers = append(c.headers, httpgrpc.Header{Key: k, Values: vs})
+	}
+	for _, hd := range replace {
+		if hd.Values != nil {
+			c.headers = append(c.headers, hd)
+		}
 	}
 	if r.Host != "" {
 		c.host[0] = r.Host
@@ -84,6 +90,16 @@ func (c *call) setRequest(r *http.Request) {
 		c.hptrs = append(c.hptrs, &c.headers[i])
 	}
 	c.req.msg.Headers = c.hptrs
+}
+
+// replaced reports whether replace has an entry for the canonical key k.
+func replaced(replace []httpgrpc.Header, k string) bool {
+	for i := range replace {
+		if replace[i].Key == k {
+			return true
+		}
+	}
+	return false
 }
 
 // hopByHop are the headers of one HTTP hop (RFC 9110 section 7.6.1); they

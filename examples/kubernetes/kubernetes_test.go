@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
@@ -92,6 +93,9 @@ type (
 			Path string `yaml:"path"`
 			Port string `yaml:"port"` // a number or a port name
 		} `yaml:"httpGet"`
+		PeriodSeconds    int `yaml:"periodSeconds"`
+		TimeoutSeconds   int `yaml:"timeoutSeconds"`
+		FailureThreshold int `yaml:"failureThreshold"`
 	}
 	serviceSpec struct {
 		ClusterIP string            `yaml:"clusterIP"`
@@ -352,7 +356,9 @@ type adapted struct {
 	} `json:"admin"`
 	Apps struct {
 		HTTP struct {
-			Servers map[string]struct {
+			ShutdownDelay time.Duration `json:"shutdown_delay"`
+			GracePeriod   time.Duration `json:"grace_period"`
+			Servers       map[string]struct {
 				Listen []string          `json:"listen"`
 				Routes []json.RawMessage `json:"routes"`
 			} `json:"servers"`
@@ -446,6 +452,19 @@ func TestCaddyfile(t *testing.T) {
 	}
 	if got := m.gateway.containerPort(m.gateway.ReadinessProbe.HTTPGet.Port); got != gatewayPorts[0] {
 		t.Errorf("the readiness probe asks port %d, the gateway listens on %d", got, gatewayPorts[0])
+	}
+
+	// Graceful drain: during shutdown_delay /ready answers 503, and the
+	// readiness probe must fail within it, so that the pod leaves the
+	// Service before the listener closes; the pod may take delay + grace.
+	rp := m.gateway.ReadinessProbe
+	if probeOut := time.Duration(rp.PeriodSeconds*rp.FailureThreshold+rp.TimeoutSeconds) * time.Second; cfg.Apps.HTTP.ShutdownDelay <= probeOut {
+		t.Errorf("shutdown_delay %v: the readiness probe needs up to %v to take the pod out", cfg.Apps.HTTP.ShutdownDelay, probeOut)
+	}
+	if stop := cfg.Apps.HTTP.ShutdownDelay + cfg.Apps.HTTP.GracePeriod; cfg.Apps.HTTP.GracePeriod <= 0 ||
+		time.Duration(m.pod.TerminationGracePeriodSeconds)*time.Second <= stop {
+		t.Errorf("terminationGracePeriodSeconds %d, grace_period %v: want a grace period, and the pod's above shutdown_delay + grace_period (%v)",
+			m.pod.TerminationGracePeriodSeconds, cfg.Apps.HTTP.GracePeriod, stop)
 	}
 
 	// The distributor backend is a dns:/// URL of the headless Service, on

@@ -173,13 +173,31 @@ func (c *Caddy) Reload(handlers string) error {
 }
 
 // Load posts a full JSON config to the admin API's /load.
-func (c *Caddy) Load(cfg []byte) error {
-	resp, err := c.admin.Post("http://localhost/load", "application/json", bytes.NewReader(cfg))
+func (c *Caddy) Load(cfg []byte) error { return c.load(cfg, false) }
+
+// ForceReload posts the handlers' config with "Cache-Control:
+// must-revalidate", as `caddy reload --force` does: Caddy reloads even an
+// unchanged config (e.g. after certificate files were rewritten).
+func (c *Caddy) ForceReload(handlers string) error { return c.load(c.Config(handlers), true) }
+
+func (c *Caddy) load(cfg []byte, force bool) error {
+	post := func() (*http.Response, error) {
+		req, err := http.NewRequest(http.MethodPost, "http://localhost/load", bytes.NewReader(cfg))
+		if err != nil {
+			return nil, err
+		}
+		req.Header.Set("Content-Type", "application/json")
+		if force {
+			req.Header.Set("Cache-Control", "must-revalidate")
+		}
+		return c.admin.Do(req)
+	}
+	resp, err := post()
 	for try := 0; err != nil && try < 5; try++ {
 		// Caddy replaces its admin server on every load too: a request
 		// that reaches the old one as it stops is closed unread (Go's
 		// net/http). Loading the same config again is harmless.
-		resp, err = c.admin.Post("http://localhost/load", "application/json", bytes.NewReader(cfg))
+		resp, err = post()
 	}
 	if err != nil {
 		return err
