@@ -164,8 +164,9 @@ type GRPCConfig struct {
 	// empty answer keeps the last good endpoints. Default: 30s.
 	Refresh caddy.Duration `json:"refresh,omitempty"`
 
-	// Timeout bounds each request, including retries; when it passes the
-	// client gets 504. Default: 30s.
+	// Timeout bounds each request from its start: the body upload, the
+	// call and its retries. When it passes the client gets 504, or 408 if
+	// the body had not fully arrived. Default: 30s.
 	Timeout caddy.Duration `json:"timeout,omitempty"`
 
 	// Retries is how many times a request that failed because its endpoint

@@ -73,7 +73,9 @@ type Options struct {
 	Target string
 	// Refresh is the re-resolution interval (default 30s).
 	Refresh time.Duration
-	// Timeout bounds each request (default 30s); past it the client gets 504.
+	// Timeout bounds each request from its start, body upload included
+	// (default 30s); past it the client gets 504 (408 while the body is
+	// still arriving).
 	Timeout time.Duration
 	// Retries is how often a call that failed with UNAVAILABLE (endpoint died,
 	// connection refused or reset, GOAWAY) is retried on another endpoint,
