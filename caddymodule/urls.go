@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"strconv"
 	"strings"
 
 	"github.com/metrics-gateway/metrics_gateway/grpcpush"
@@ -86,6 +87,9 @@ func parseHTTPURL(raw string) (scheme, dial string, err error) {
 	port := u.Port()
 	if port == "" {
 		port = defaultPort
+	}
+	if n, err := strconv.ParseUint(port, 10, 16); err != nil || n == 0 {
+		return "", "", fmt.Errorf("%q: invalid port %q (want 1-65535)", raw, port)
 	}
 	return u.Scheme, net.JoinHostPort(u.Hostname(), port), nil
 }

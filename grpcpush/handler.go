@@ -303,15 +303,16 @@ var (
 )
 
 // writeResponse writes a component's answer: status, headers (without
-// hop-by-hop ones) and body, and returns the status.
+// hop-by-hop and malformed ones, see relayable) and body, and returns the status.
 func writeResponse(w http.ResponseWriter, resp *httpgrpc.HTTPResponse) int {
 	hdr := w.Header()
 	for _, hd := range resp.Headers {
 		k := http.CanonicalHeaderKey(hd.Key)
-		if !isHopByHop(k) {
+		if relayable(k, hd.Values) {
 			hdr[k] = hd.Values
 		}
 	}
+	dropWrongContentLength(hdr, len(resp.Body))
 	code := int(resp.Code)
 	w.WriteHeader(code)
 	if len(resp.Body) > 0 {
