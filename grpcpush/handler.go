@@ -202,6 +202,9 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, c *call) int {
 	if tenant == "" {
 		return h.writeError(w, r, http.StatusUnauthorized, "no org id", nil) // Mimir's exact text
 	}
+	if !printableTenant(tenant) {
+		return h.writeError(w, r, http.StatusBadRequest, "invalid X-Scope-OrgID: only printable ASCII can be sent to "+h.s.backend, nil)
+	}
 	buf, n, err := readBody(r.Body, r.ContentLength, h.s.maxBody)
 	if err != nil {
 		return h.bodyError(w, r, err)
