@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -232,10 +233,15 @@ func (h *Handler) bodyError(w http.ResponseWriter, r *http.Request, err error) i
 	case errors.Is(err, errBodyTooLarge):
 		return h.failed(w, r, http.StatusRequestEntityTooLarge,
 			fmt.Sprintf("request body larger than %d bytes", h.s.maxBody), nil)
-	case r.Context().Err() != nil:
-		h.debug("client went away while sending the body", r, nil, err)
-		return StatusClientClosedRequest
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		// The server's read timeout (Caddy's read_body) passed first.
+		return h.failed(w, r, http.StatusRequestTimeout, "the request body did not arrive within the server's read timeout", nil)
 	default:
+		// Answered even when the request's context is done: net/http
+		// cancels it on any read error of the connection, also when the
+		// client only half-closed it or its read timeout passed, and with
+		// nothing written it would send such a client an empty 200. A
+		// client that is gone never reads this.
 		return h.failed(w, r, http.StatusBadRequest, "reading request body: "+err.Error(), nil)
 	}
 }
