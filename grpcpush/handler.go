@@ -255,6 +255,11 @@ func (h *Handler) callError(w http.ResponseWriter, r *http.Request, c *call, err
 	}
 	if o.code == StatusClientClosedRequest && r.Context().Err() != nil {
 		h.debug("client went away", r, ep, err)
+		// Answered all the same: net/http also cancels the context of a
+		// client that only half-closed its connection, and with nothing
+		// written it would send that client an empty 200. A client that is
+		// gone never reads this.
+		h.failed(w, r, http.StatusServiceUnavailable, "call canceled: the client closed its side of the connection", ep)
 		return o.code
 	}
 	if o.grpcCode == codes.Canceled && h.closed.Load() {

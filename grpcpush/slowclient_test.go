@@ -78,3 +78,38 @@ func TestBodyEndsEarly(t *testing.T) {
 		t.Fatalf("status %d %q, want 400", resp.StatusCode, b)
 	}
 }
+
+// TestHalfCloseAfterBody: a client that half-closes its connection after
+// the whole request, while the call is in flight, makes net/http cancel the
+// call. It gets 503 (retry), not the empty 200 net/http sends for a handler
+// that wrote nothing.
+func TestHalfCloseAfterBody(t *testing.T) {
+	cl := startCluster(t, 1)
+	cl.Distributors[0].SetBehavior(func(w http.ResponseWriter, r *http.Request) bool {
+		<-r.Context().Done() // answers only once the call is cancelled
+		return true
+	})
+	srv := frontend(t, newHandler(t, cl, Options{}))
+	conn, err := net.Dial("tcp", srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := conn.Write([]byte("POST /api/v1/push HTTP/1.1\r\nHost: gw\r\nX-Scope-OrgID: tenant-1\r\nContent-Length: 3\r\n\r\nabc")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 20*time.Second, "the call to reach the distributor", func() bool { return cl.Distributors[0].Requests() == 1 })
+	if err := conn.(*net.TCPConn).CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable {
+		b, _ := io.ReadAll(resp.Body)
+		t.Fatalf("status %d %q, want 503", resp.StatusCode, b)
+	}
+}
