@@ -91,7 +91,11 @@ func parseHTTPURL(raw string) (scheme, dial string, err error) {
 	if n, err := strconv.ParseUint(port, 10, 16); err != nil || n == 0 {
 		return "", "", fmt.Errorf("%q: invalid port %q (want 1-65535)", raw, port)
 	}
-	return u.Scheme, net.JoinHostPort(u.Hostname(), port), nil
+	dial = net.JoinHostPort(u.Hostname(), port)
+	if _, _, err := net.SplitHostPort(dial); err != nil {
+		return "", "", fmt.Errorf("%q: invalid host %q", raw, u.Hostname())
+	}
+	return u.Scheme, dial, nil
 }
 
 // checkDNSTarget checks a dns: target: dns:///host:port or

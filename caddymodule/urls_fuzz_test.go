@@ -18,7 +18,7 @@ func FuzzParseBackendURL(f *testing.F) {
 		"http://localhost:8080", "https://a:443 https://b", "h2c://[::1]:9000", "http://a:1 https://b:2",
 		"dns:///distributor:9095", "dns://127.0.0.1:53/d.mimir.svc:9095", "dns://[::1]/x:1", "dns:///[::1]:9095",
 		"dns:///10.0.0.1:9095", "http://a:0", "http://a:99999", "http://user:pw@a:1", "http://a:1/path",
-		"dns://a", "dns:///a", "dns:///a:", "ftp://a:1", "", "  ", "http://%zz",
+		"h2C://]0", "http://[::1", "dns://a", "dns:///a", "dns:///a:", "ftp://a:1", "", "  ", "http://%zz",
 	} {
 		f.Add(s)
 	}
