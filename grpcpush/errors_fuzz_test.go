@@ -30,6 +30,9 @@ func FuzzMapError(f *testing.F) {
 	f.Add(uint32(150), "", uint8(0), []byte(nil), uint8(0), []byte(nil))
 	f.Add(uint32(0xffffffff), "", uint8(3), []byte{0xff}, uint8(1), []byte{0x0a})
 	f.Fuzz(func(t *testing.T, code uint32, msg string, kind1 uint8, value1 []byte, kind2 uint8, value2 []byte) {
+		if len(msg)+len(value1)+len(value2) > 64<<10 {
+			return
+		}
 		p := &spb.Status{Code: int32(code), Message: msg}
 		for _, d := range []struct {
 			kind  uint8

@@ -48,6 +48,9 @@ func FuzzWriteResponse(f *testing.F) {
 	f.Add(int32(200), "X-Nul: a\x00b", []byte("x"), false)
 	f.Add(int32(500), "X-Obs: \xff\xfe", []byte("x"), true)
 	f.Fuzz(func(t *testing.T, code int32, headerLines string, body []byte, head bool) {
+		if len(headerLines) > 16<<10 || len(body) > 1<<20 {
+			return
+		}
 		if !validStatus(int(code)) { // serve answers 502 before writeResponse
 			return
 		}
