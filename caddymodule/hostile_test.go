@@ -3,8 +3,8 @@ package caddymodule_test
 import (
 	"bufio"
 	"bytes"
-	"crypto/tls"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
