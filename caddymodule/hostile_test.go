@@ -214,6 +214,7 @@ func trickle(conn net.Conn, s string, interval time.Duration) {
 func TestHostileClients(t *testing.T) {
 	const abandoned = 5000
 	raiseFDLimit(t, 2*abandoned+4096) // both ends of every connection are in this process
+	began := time.Now()
 	cl := startCluster(t, 3)
 	c, lim := startExample(t, cl)
 	t.Logf("server limits from examples/Caddyfile: %+v", lim)
@@ -225,22 +226,31 @@ func TestHostileClients(t *testing.T) {
 	c.Client.CloseIdleConnections()
 	goroutines, fds := testcaddy.Goroutines(), openFDs(t)
 	stop := wellBehaved(t, c)
+	t.Logf("set up after %v", time.Since(began).Round(time.Millisecond))
 
-	t.Run("attacks", func(t *testing.T) {
-		t.Run("slowloris headers", func(t *testing.T) {
-			t.Parallel()
+	// All at once: t.Run from several goroutines runs the subtests
+	// concurrently without t.Parallel's limit of GOMAXPROCS at a time.
+	var attacks sync.WaitGroup
+	attack := func(name string, fn func(t *testing.T)) {
+		attacks.Add(1)
+		go func() {
+			defer attacks.Done()
+			t.Run(name, fn)
+		}()
+	}
+	{
+		attack("slowloris headers", func(t *testing.T) {
+			start := time.Now() // before the server's timer can start
 			rc := dialRaw(t, c)
-			start := time.Now()
 			go trickle(rc, "POST /api/v1/push HTTP/1.1\r\nHost: gateway\r\nX-Scope-OrgID: tenant-1\r\nX-Padding: "+strings.Repeat("a", 1000), 200*time.Millisecond)
 			rc.closed(t, lim.ReadHeader+time.Minute)
 			if took := time.Since(start); took < lim.ReadHeader {
 				t.Errorf("closed after %v, before read_header %v", took, lim.ReadHeader)
 			}
 		})
-		t.Run("slowloris body", func(t *testing.T) {
-			t.Parallel()
+		attack("slowloris body", func(t *testing.T) {
+			start := time.Now() // before the server's timer can start
 			rc := dialRaw(t, c)
-			start := time.Now()
 			go func() {
 				if _, err := io.WriteString(rc, pushHead(len(body), "")); err == nil {
 					trickle(rc, string(body), 200*time.Millisecond)
@@ -255,27 +265,26 @@ func TestHostileClients(t *testing.T) {
 			}
 			rc.closed(t, time.Minute)
 		})
-		t.Run("lying Content-Length, longer than the body", func(t *testing.T) {
-			t.Parallel()
+		attack("lying Content-Length, longer than the body", func(t *testing.T) {
 			rc := dialRaw(t, c)
 			_, _ = io.WriteString(rc, pushHead(len(body)+1000, "")+string(body))
 			if resp := rc.response(t); resp == nil || resp.StatusCode != http.StatusRequestTimeout {
 				t.Fatalf("response %v, want 408 at read_body", resp)
 			}
 		})
-		t.Run("idle keep-alive connection", func(t *testing.T) {
-			t.Parallel()
+		attack("idle keep-alive connection", func(t *testing.T) {
 			rc := dialRaw(t, c)
+			start := time.Now() // before the server's idle timer can start
 			_, _ = io.WriteString(rc, "GET /ready HTTP/1.1\r\nHost: gateway\r\n\r\n")
 			if resp := rc.response(t); resp == nil || resp.StatusCode != http.StatusOK {
 				t.Fatalf("GET /ready: %v", resp)
 			}
-			if took := rc.closed(t, lim.Idle+time.Minute); took < lim.Idle {
+			rc.closed(t, lim.Idle+time.Minute)
+			if took := time.Since(start); took < lim.Idle {
 				t.Errorf("idle connection closed after %v, before idle %v", took, lim.Idle)
 			}
 		})
-		t.Run("5000 connections opened and abandoned", func(t *testing.T) {
-			t.Parallel()
+		attack("5000 connections opened and abandoned", func(t *testing.T) {
 			conns := make([]net.Conn, 0, abandoned)
 			for i := 0; i < abandoned; i++ {
 				conn, err := net.Dial("unix", c.HTTPSock)
@@ -315,16 +324,14 @@ func TestHostileClients(t *testing.T) {
 				t.Errorf("%d abandoned connections not closed by the server", n)
 			}
 		})
-		t.Run("1 MiB of headers", func(t *testing.T) {
-			t.Parallel()
+		attack("1 MiB of headers", func(t *testing.T) {
 			rc := dialRaw(t, c)
 			go func() { _, _ = io.WriteString(rc, pushHead(0, "X-Big: "+strings.Repeat("b", 1<<20)+"\r\n")) }()
 			if resp := rc.response(t); resp == nil || resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
 				t.Fatalf("response %v, want 431", resp)
 			}
 		})
-		t.Run("10000 headers", func(t *testing.T) {
-			t.Parallel()
+		attack("10000 headers", func(t *testing.T) {
 			var many strings.Builder
 			for i := 0; i < 10000; i++ {
 				fmt.Fprintf(&many, "X-H-%05d: v\r\n", i)
@@ -343,8 +350,7 @@ func TestHostileClients(t *testing.T) {
 				t.Fatalf("10000 values of one header: %v, want 200", resp)
 			}
 		})
-		t.Run("CR, LF, NUL and non-ASCII in X-Scope-OrgID", func(t *testing.T) {
-			t.Parallel()
+		attack("CR, LF, NUL and non-ASCII in X-Scope-OrgID", func(t *testing.T) {
 			for _, bad := range []string{"tenant\r-1", "tenant\x00-1", "ten\nant-1", "tenant-\xff", "tenant-\x01"} {
 				rc := dialRaw(t, c)
 				req := strings.Replace(pushHead(len(body), ""), "X-Scope-OrgID: tenant-1", "X-Scope-OrgID: "+bad, 1)
@@ -354,8 +360,7 @@ func TestHostileClients(t *testing.T) {
 				}
 			}
 		})
-		t.Run("body that stops midway", func(t *testing.T) {
-			t.Parallel()
+		attack("body that stops midway", func(t *testing.T) {
 			rc := dialRaw(t, c)
 			_, _ = io.WriteString(rc, pushHead(len(body), "")+string(body[:len(body)/2]))
 			_ = rc.Conn.(*net.UnixConn).CloseWrite()
@@ -367,8 +372,7 @@ func TestHostileClients(t *testing.T) {
 			_, _ = io.WriteString(rc, pushHead(len(body), "")+string(body[:len(body)/2]))
 			rc.Close()
 		})
-		t.Run("lying Content-Length, shorter than the body", func(t *testing.T) {
-			t.Parallel()
+		attack("lying Content-Length, shorter than the body", func(t *testing.T) {
 			rc := dialRaw(t, c)
 			// 10 bytes are the body; the rest is read as the next request.
 			go func() { _, _ = io.WriteString(rc, pushHead(10, "")+string(body)) }()
@@ -380,8 +384,7 @@ func TestHostileClients(t *testing.T) {
 			}
 			rc.closed(t, time.Minute)
 		})
-		t.Run("invalid Content-Length", func(t *testing.T) {
-			t.Parallel()
+		attack("invalid Content-Length", func(t *testing.T) {
 			for _, cl := range []string{"Content-Length: -1", "Content-Length: abc", "Content-Length: 5\r\nContent-Length: 6"} {
 				rc := dialRaw(t, c)
 				req := strings.Replace(pushHead(len(body), ""), fmt.Sprintf("Content-Length: %d", len(body)), cl, 1)
@@ -391,8 +394,7 @@ func TestHostileClients(t *testing.T) {
 				}
 			}
 		})
-		t.Run("Expect: 100-continue", func(t *testing.T) {
-			t.Parallel()
+		attack("Expect: 100-continue", func(t *testing.T) {
 			rc := dialRaw(t, c)
 			_, _ = io.WriteString(rc, pushHead(len(body), "Expect: 100-continue\r\n"))
 			if resp := rc.response(t); resp == nil || resp.StatusCode != http.StatusContinue {
@@ -412,8 +414,7 @@ func TestHostileClients(t *testing.T) {
 			}
 			t.Logf("413 and close after %v", time.Since(start))
 		})
-		t.Run("h2c: prior knowledge and upgrade", func(t *testing.T) {
-			t.Parallel()
+		attack("h2c: prior knowledge and upgrade", func(t *testing.T) {
 			tr := &http2.Transport{AllowHTTP: true, DialTLSContext: func(ctx context.Context, _, _ string, _ *tls.Config) (net.Conn, error) {
 				return (&net.Dialer{}).DialContext(ctx, "unix", c.HTTPSock)
 			}}
@@ -435,8 +436,10 @@ func TestHostileClients(t *testing.T) {
 				t.Fatalf("h2c upgrade request: %v, want 200 over HTTP/1.1", resp)
 			}
 		})
-	})
+	}
+	attacks.Wait()
 
+	t.Logf("attacks done after %v", time.Since(began).Round(time.Millisecond))
 	if ok := stop(); ok == 0 {
 		t.Error("the well-behaved client pushed nothing")
 	} else {
@@ -447,4 +450,5 @@ func TestHostileClients(t *testing.T) {
 	}
 	c.Client.CloseIdleConnections()
 	waitBaseline(t, goroutines, fds, 10, 5)
+	t.Logf("back to baseline after %v", time.Since(began).Round(time.Millisecond))
 }
