@@ -196,21 +196,30 @@ func TestSoak(t *testing.T) {
 		return false, 10
 	}
 
-	// Warm up: every endpoint used once under both configs, so the start
-	// snapshot holds every series the run can create.
-	for i := 0; i < 2; i++ {
-		if err := c.Reload(configs[(i+1)%2]); err != nil {
-			t.Fatal(err)
-		}
-		waitFor(t, "4 distributors serving", func() bool {
-			pushOne(c.Client)
-			for _, d := range cl.Distributors {
-				if d.Requests() == 0 {
+	// useEveryEndpoint pushes until each distributor got a push through the
+	// current gRPC upstream (its per-endpoint series exist).
+	useEveryEndpoint := func() {
+		waitFor(t, "every endpoint serving", func() bool {
+			before := cl.Requests()
+			for i := 0; i < 8; i++ {
+				pushOne(c.Client)
+			}
+			after := cl.Requests()
+			for i := range after {
+				if after[i] == before[i] {
 					return false
 				}
 			}
 			return true
 		})
+	}
+	// Warm up under both configs, ending on the first, so the start
+	// snapshot holds every series the run can create.
+	for i := 0; i < 2; i++ {
+		if err := c.Reload(configs[(i+1)%2]); err != nil {
+			t.Fatal(err)
+		}
+		useEveryEndpoint()
 	}
 	c.Client.CloseIdleConnections()
 	waitFor(t, "one pooled gRPC upstream", func() bool { return caddymodule.PooledGRPCUpstreams() == 1 && cl.conns.Load() == 4 })
@@ -284,19 +293,7 @@ func TestSoak(t *testing.T) {
 	// Back within bounds: use every endpoint once more (their series are
 	// in the start snapshot), then poll until the retired upstreams are
 	// closed and connections wound down.
-	waitFor(t, "4 endpoints serving again", func() bool {
-		before := cl.Requests()
-		for i := 0; i < 8; i++ {
-			pushOne(c.Client)
-		}
-		after := cl.Requests()
-		for i := range after {
-			if after[i] == before[i] {
-				return false
-			}
-		}
-		return true
-	})
+	useEveryEndpoint()
 	c.Client.CloseIdleConnections()
 	var end soakSnapshot
 	deadlineEnd := time.Now().Add(60 * time.Second)
