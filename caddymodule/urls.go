@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"strconv"
 	"strings"
 
 	"github.com/metrics-gateway/metrics_gateway/grpcpush"
@@ -87,7 +88,14 @@ func parseHTTPURL(raw string) (scheme, dial string, err error) {
 	if port == "" {
 		port = defaultPort
 	}
-	return u.Scheme, net.JoinHostPort(u.Hostname(), port), nil
+	if n, err := strconv.ParseUint(port, 10, 16); err != nil || n == 0 {
+		return "", "", fmt.Errorf("%q: invalid port %q (want 1-65535)", raw, port)
+	}
+	dial = net.JoinHostPort(u.Hostname(), port)
+	if _, _, err := net.SplitHostPort(dial); err != nil {
+		return "", "", fmt.Errorf("%q: invalid host %q", raw, u.Hostname())
+	}
+	return u.Scheme, dial, nil
 }
 
 // checkDNSTarget checks a dns: target: dns:///host:port or

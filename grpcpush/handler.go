@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -237,6 +238,9 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, c *call, start t
 	if tenant == "" {
 		return 0, h.newError(r, http.StatusUnauthorized, "no org id", nil) // Mimir's exact text
 	}
+	if !printableTenant(tenant) {
+		return 0, h.newError(r, http.StatusBadRequest, "invalid X-Scope-OrgID: only printable ASCII can be sent to "+h.s.backend, nil)
+	}
 	// The timeout runs from the start of the request: a slow upload uses
 	// it up as much as a slow answer does.
 	deadline := start.Add(h.s.timeout)
@@ -300,10 +304,15 @@ func (h *Handler) bodyError(r *http.Request, err error) (int, *Error) {
 	case errors.Is(err, errBodyTimeout):
 		return 0, h.failed(r, http.StatusRequestTimeout,
 			fmt.Sprintf("request body not received within %v", h.s.timeout), nil)
-	case r.Context().Err() != nil:
-		h.debug("client went away while sending the body", r, nil, err)
-		return StatusClientClosedRequest, nil
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		// The server's read timeout (Caddy's read_body) passed first.
+		return 0, h.failed(r, http.StatusRequestTimeout, "the request body did not arrive within the server's read timeout", nil)
 	default:
+		// Answered even when the request's context is done: net/http
+		// cancels it on any read error of the connection, also when the
+		// client only half-closed it or its read timeout passed, and with
+		// nothing written it would send such a client an empty 200. A
+		// client that is gone never reads this.
 		return 0, h.failed(r, http.StatusBadRequest, "reading request body: "+err.Error(), nil)
 	}
 }
@@ -318,6 +327,12 @@ func (h *Handler) callError(w http.ResponseWriter, r *http.Request, c *call, err
 	}
 	if o.code == StatusClientClosedRequest && r.Context().Err() != nil {
 		h.debug("client went away", r, ep, err)
+		// Answered all the same: net/http also cancels the context of a
+		// client that only half-closed its connection, and with nothing
+		// written it would send that client an empty 200. A client that is
+		// gone never reads this. Counted as 499 all the same: the client
+		// ended the call, not the backend.
+		h.failed(r, http.StatusServiceUnavailable, "call canceled: the client closed its side of the connection", ep).Write(w)
 		return o.code, nil
 	}
 	if o.grpcCode == codes.Canceled && h.closed.Load() {
@@ -416,8 +431,8 @@ var (
 )
 
 // writeResponse writes a component's answer: status, headers (without
-// hop-by-hop ones and those its Connection header lists) and body, and
-// returns the status.
+// hop-by-hop ones, those its Connection header lists and malformed ones, see
+// relayable) and body, and returns the status.
 func writeResponse(w http.ResponseWriter, resp *httpgrpc.HTTPResponse) int {
 	var connection []string
 	for _, hd := range resp.Headers {
@@ -428,10 +443,11 @@ func writeResponse(w http.ResponseWriter, resp *httpgrpc.HTTPResponse) int {
 	hdr := w.Header()
 	for _, hd := range resp.Headers {
 		k := http.CanonicalHeaderKey(hd.Key)
-		if !isHopByHop(k) && (connection == nil || !listedIn(connection, k)) {
+		if relayable(k, hd.Values) && (connection == nil || !listedIn(connection, k)) {
 			hdr[k] = hd.Values
 		}
 	}
+	dropWrongContentLength(hdr, len(resp.Body))
 	code := int(resp.Code)
 	w.WriteHeader(code)
 	if len(resp.Body) > 0 {
