@@ -42,7 +42,8 @@ func FuzzTenant(f *testing.F) {
 		repl := caddy.NewReplacer()
 		repl.Set("http.auth.user.id", user)
 		r = r.WithContext(context.WithValue(r.Context(), caddy.ReplacerCtxKey, repl))
-		ok := g.setTenant(r)
+		code, _ := g.setTenant(r, repl)
+		ok := code == 0
 		got := r.Header.Values(tenantHeader)
 		switch {
 		case template != "":
