@@ -211,6 +211,8 @@ func trickle(conn net.Conn, s string, interval time.Duration) {
 	}
 }
 
+// TestHostileClients runs every attack of RELIABILITY.md's table at once
+// against examples/Caddyfile, with the server limits the example sets.
 func TestHostileClients(t *testing.T) {
 	const abandoned = 5000
 	raiseFDLimit(t, 2*abandoned+4096) // both ends of every connection are in this process
