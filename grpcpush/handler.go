@@ -274,22 +274,32 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, c *call, start t
 }
 
 // readBody reads the request body, giving the client until deadline: the
-// connection's read deadline is set for the upload (where the server
-// supports it) and cleared afterwards.
+// connection's read deadline is set to it for the upload (where the server
+// supports it), unless the server's own read timeout (Caddy's read_body)
+// ends first and so stays in force; it is cleared afterwards.
 func (h *Handler) readBody(w http.ResponseWriter, r *http.Request, deadline time.Time) (*[]byte, int, error) {
 	if r.ContentLength == 0 {
 		return readBody(r.Body, 0, h.s.maxBody)
 	}
-	rc := http.NewResponseController(w)
-	limited := rc.SetReadDeadline(deadline) == nil
+	limited := false
+	if !serverReadsUntilBefore(r, deadline) {
+		limited = http.NewResponseController(w).SetReadDeadline(deadline) == nil
+	}
 	buf, n, err := readBody(r.Body, r.ContentLength, h.s.maxBody)
 	if limited {
-		_ = rc.SetReadDeadline(time.Time{})
+		_ = http.NewResponseController(w).SetReadDeadline(time.Time{})
 	}
 	if err != nil && !errors.Is(err, errBodyTooLarge) && !time.Now().Before(deadline) {
 		err = errBodyTimeout
 	}
 	return buf, n, err
+}
+
+// serverReadsUntilBefore reports whether the server's read timeout, which
+// net/http counts from the start of the request, ends before deadline.
+func serverReadsUntilBefore(r *http.Request, deadline time.Time) bool {
+	srv, _ := r.Context().Value(http.ServerContextKey).(*http.Server)
+	return srv != nil && srv.ReadTimeout > 0 && time.Now().Add(srv.ReadTimeout).Before(deadline)
 }
 
 // errBodyTimeout is a body that did not arrive within the timeout.
