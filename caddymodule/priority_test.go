@@ -219,6 +219,19 @@ func TestGRPCZonesMinReady(t *testing.T) {
 	if got := zs.requests(); got[0] != 0 || got[1] != 20 {
 		t.Errorf("per-zone requests %v with zone a below min_ready, want all 20 in zone b", got)
 	}
+	perTarget := map[string]float64{}
+	for series, v := range parseExposition(scrape(t, c)) {
+		if strings.HasPrefix(series, "metrics_gateway_grpc_requests_total{") && strings.Contains(series, `code="200"`) {
+			for _, z := range zs.z {
+				if strings.Contains(series, `target="`+z.Target()+`"`) {
+					perTarget[z.Name] += v
+				}
+			}
+		}
+	}
+	if perTarget[zs.z[0].Name] != 20 || perTarget[zs.z[1].Name] != 20 {
+		t.Errorf("requests_total by target %v, want 20 each", perTarget)
+	}
 }
 
 // TestGRPCZonesReorderKeepsConnections: a reload that changes only the

@@ -65,7 +65,7 @@ func New(opts Options) (*Handler, error) {
 	if err != nil {
 		return nil, err
 	}
-	h := &Handler{s: s, metrics: s.metrics.forBackend(s.backend), logger: new(logRef)}
+	h := &Handler{s: s, metrics: s.metrics.forBackend(s.backend, s.target.String()), logger: new(logRef)}
 	h.logger.set(s.logger)
 	h.tracker = newTracker(h.metrics)
 	if s.health != nil {
