@@ -155,6 +155,10 @@ func TestGRPCZonesFailover(t *testing.T) {
 		}
 	})
 	waitForWithin(t, time.Minute, "traffic before the outage", func() bool { return acked.Load() >= 200 })
+	before := zs.requests()
+	if before[1] != 0 || before[2] != 0 {
+		t.Errorf("per-zone requests %v before the outage, want all in zone a", before)
+	}
 	zs.z[0].Servers[0].Stop()
 	zs.z[0].Servers[1].Stop()
 	afterOutage := acked.Load()
@@ -176,7 +180,12 @@ func TestGRPCZonesFailover(t *testing.T) {
 	if split[1] == 0 || split[2] != 0 {
 		t.Errorf("per-zone requests %v: zone b should have taken over, zone c nothing", split)
 	}
-	t.Logf("outage: %d acknowledged, %d failed, per zone %v", acked.Load(), failed.Load(), split)
+	after := make([]int64, len(split))
+	for i := range split {
+		after[i] = split[i] - before[i]
+	}
+	t.Logf("per-zone requests before the outage of zone a %v, after it %v; %d pushes acknowledged, %d failed",
+		before, after, acked.Load(), failed.Load())
 	waitServing(t, c, 1, 2)
 
 	// Zone a comes back as a new pod: its DNS name answers distributor 2.
@@ -253,7 +262,14 @@ func TestGRPCZonesReorderKeepsConnections(t *testing.T) {
 		t.Errorf("%d gRPC connections after the reload, want the same 4", got)
 	}
 	zs.reset()
-	pushN(t, c, 10, standin.RemoteWriteBody(10, 1))
+	body := standin.RemoteWriteBody(10, 1)
+	for i := 0; i < 10; i++ {
+		// Retrying network errors: the first push may meet the keep-alive
+		// connection the old server closes (see pushRetrying).
+		if resp, b, err := pushRetrying(c.Client, body, nil); err != nil || resp.StatusCode != 200 {
+			t.Fatalf("push %d: %v %q", i, err, b)
+		}
+	}
 	if got := zs.requests(); got[1] != 10 {
 		t.Errorf("per-zone requests %v, want all 10 in zone b (now first)", got)
 	}

@@ -73,6 +73,9 @@ func (p *Priority) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // Handle serves r like Handler.Handle, in the serving group.
 func (p *Priority) Handle(w http.ResponseWriter, r *http.Request) error {
+	if len(p.groups) == 1 { // one target: nothing to choose, no cost
+		return p.groups[0].handle(w, r, nil)
+	}
 	i := p.Serving()
 	p.note(i)
 	return p.groups[i].handle(w, r, p.groups[i+1:])
