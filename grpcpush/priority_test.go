@@ -150,3 +150,27 @@ func TestPriorityLogsGroupChanges(t *testing.T) {
 		t.Errorf("group b got %d pushes, want the 1 sent while group a was down", got)
 	}
 }
+
+// BenchmarkPriorityServing is the cost the group choice adds to a request:
+// counting the first group's READY and healthy endpoints (3 of them), and
+// with the first group down, the first two groups'.
+func BenchmarkPriorityServing(b *testing.B) {
+	a, c := startCluster(b, 3), startCluster(b, 3)
+	ha, hc := newHandler(b, a, Options{}), newHandler(b, c, Options{})
+	waitReady(b, ha, 3)
+	waitReady(b, hc, 3)
+	b.Run("first-group-serving", func(b *testing.B) {
+		p, _ := NewPriority([]*Handler{ha, hc}, 1, nil)
+		for b.Loop() {
+			if p.Serving() != 0 {
+				b.Fatal("first group not serving")
+			}
+		}
+	})
+	b.Run("first-group-below-min-ready", func(b *testing.B) {
+		p, _ := NewPriority([]*Handler{ha, hc}, 4, nil) // 3 ready < 4: the fallback scan
+		for b.Loop() {
+			p.Serving()
+		}
+	})
+}
