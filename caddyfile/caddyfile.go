@@ -6,6 +6,7 @@
 //	    proxy {
 //	        default        <url>
 //	        <component>    <url> [<url>...] [{
+//	            # several dns: URLs are priority groups, in order
 //	            # for http(s):// and h2c:// URLs: any reverse_proxy subdirective
 //	            # for dns: URLs:
 //	            refresh          <duration>
@@ -20,6 +21,7 @@
 //	            max_fails        <n>
 //	            unhealthy_status <code|class>...
 //	            unhealthy_latency <duration>
+//	            min_ready        <n>
 //	            tls {
 //	                ca                   <file>
 //	                cert                 <file>
@@ -265,8 +267,17 @@ func unmarshalGRPC(d *parser.Dispenser, c caddymodule.Component, cfg *caddymodul
 			cfg.UnhealthyStatus, err = statusArgs(d)
 		case "unhealthy_latency":
 			cfg.UnhealthyLatency, err = durationArg(d)
+		case "min_ready":
+			var n string
+			if !d.AllArgs(&n) {
+				return d.ArgErr()
+			}
+			cfg.MinReady, err = strconv.Atoi(n)
+			if err == nil && cfg.MinReady < 1 {
+				err = fmt.Errorf("%d: must be at least 1", cfg.MinReady)
+			}
 		default:
-			return d.Errf("proxy.%s: unrecognized option %q for a dns: backend (refresh, timeout, retries, max_request_body, max_response_body, keepalive, compression, tls, lb_policy, fail_duration, max_fails, unhealthy_status, unhealthy_latency)", c, opt)
+			return d.Errf("proxy.%s: unrecognized option %q for a dns: backend (refresh, timeout, retries, max_request_body, max_response_body, keepalive, compression, tls, lb_policy, fail_duration, max_fails, unhealthy_status, unhealthy_latency, min_ready)", c, opt)
 		}
 		if err != nil {
 			return d.Errf("%s: %v", field, err)

@@ -78,8 +78,9 @@ func TestDirectiveAdapts(t *testing.T) {
 	metrics_gateway {
 		proxy {
 			default        http://mimir:8080
-			distributor    dns:///distributor-headless.mimir.svc.cluster.local:9095 {
+			distributor    dns:///distributor-headless.mimir.svc.cluster.local:9095 dns:///distributor-zone-b.mimir.svc.cluster.local:9095 {
 				refresh 10s
+				min_ready 2
 				timeout 5s
 				retries 0
 				max_request_body 10MiB
@@ -107,9 +108,9 @@ func TestDirectiveAdapts(t *testing.T) {
 		"proxy": map[string]any{
 			"default": map[string]any{"url": "http://mimir:8080"},
 			"distributor": map[string]any{
-				"url": "dns:///distributor-headless.mimir.svc.cluster.local:9095",
+				"url": "dns:///distributor-headless.mimir.svc.cluster.local:9095 dns:///distributor-zone-b.mimir.svc.cluster.local:9095",
 				"grpc": map[string]any{
-					"refresh": float64(10e9), "timeout": float64(5e9), "retries": float64(0),
+					"refresh": float64(10e9), "min_ready": float64(2), "timeout": float64(5e9), "retries": float64(0),
 					"max_request_body": float64(10 << 20), "keepalive_time": float64(30e9),
 					"keepalive_timeout": float64(5e9), "compression": "gzip",
 					"tls": map[string]any{"ca": "/etc/ca.pem", "server_name": "distributor"},
@@ -177,6 +178,11 @@ func TestLoadTimeErrors(t *testing.T) {
 		{"negative max_fails", "default http://a:1\n distributor dns:///d:9095 {\n fail_duration 5s\n max_fails -1\n }", "proxy.distributor.grpc: max_fails -1: must be at least 1"},
 		{"fail_duration without unit", "default http://a:1\n distributor dns:///d:9095 {\n fail_duration 5\n }", `proxy.distributor.grpc.fail_duration: time: missing unit in duration "5"`},
 		{"bad unhealthy_status", "default http://a:1\n distributor dns:///d:9095 {\n fail_duration 5s\n unhealthy_status 5xy\n }", `proxy.distributor.grpc.unhealthy_status: "5xy": want a status 100-599 or a class like 5xx`},
+		{"dns mixed with http", "default http://a:1\n distributor dns:///d:9095 http://b:1", `proxy.distributor.url: "http://b:1": dns: and HTTP URLs cannot be mixed in one backend`},
+		{"http mixed with dns", "default http://a:1 dns:///d:9095", `proxy.default.url: "dns:///d:9095": dns: and HTTP URLs cannot be mixed in one backend`},
+		{"dns target twice", "default http://a:1\n distributor dns:///d:9095 dns:///d:9095", `proxy.distributor.url: "dns:///d:9095" is listed twice`},
+		{"bad second dns target", "default http://a:1\n distributor dns:///d:9095 dns:///e", `proxy.distributor.url: target "dns:///e": missing port`},
+		{"min_ready 0", "default http://a:1\n distributor dns:///d:9095 dns:///e:9095 {\n min_ready 0\n }", "proxy.distributor.grpc.min_ready: 0: must be at least 1"},
 		{"bad unhealthy_latency", "default http://a:1\n distributor dns:///d:9095 {\n fail_duration 5s\n unhealthy_latency 0s\n }", "proxy.distributor.grpc.unhealthy_latency: duration 0s must be positive"},
 		{"too many retries", "default http://a:1\n distributor dns:///d:9095 {\n retries 7\n }", "proxy.distributor.grpc: retries 7: must be 0-4"},
 		{"cert without key", "default http://a:1\n distributor dns:///d:9095 {\n tls {\n cert c.pem\n }\n }\n }", "proxy.distributor.grpc: tls: cert and key must be given together"},
@@ -252,6 +258,8 @@ func TestJSONLoadTimeErrors(t *testing.T) {
 		{"keepalive too often", `{"proxy": {"default": {"url": "http://a:1"}, "distributor": {"url": "dns:///d:9095", "grpc": {"keepalive_time": "5s"}}}}`, "keepalive time 5s: must be at least 10s"},
 		{"unknown lb_policy", `{"proxy": {"default": {"url": "http://a:1"}, "distributor": {"url": "dns:///d:9095", "grpc": {"lb_policy": "random"}}}}`, `proxy.distributor.grpc: lb_policy "random": must be round_robin or least_conn`},
 		{"negative max_fails", `{"proxy": {"default": {"url": "http://a:1"}, "distributor": {"url": "dns:///d:9095", "grpc": {"fail_duration": "5s", "max_fails": -1}}}}`, "proxy.distributor.grpc: max_fails -1: must be at least 1"},
+		{"negative min_ready", `{"proxy": {"default": {"url": "http://a:1"}, "distributor": {"url": "dns:///d:9095 dns:///e:9095", "grpc": {"min_ready": -1}}}}`, "proxy.distributor.grpc.min_ready -1: must be at least 1"},
+		{"dns mixed with http", `{"proxy": {"default": {"url": "dns:///d:9095 http://a:1"}}}`, `proxy.default.url: "http://a:1": dns: and HTTP URLs cannot be mixed in one backend`},
 		{"fail_duration without unit", `{"proxy": {"default": {"url": "http://a:1"}, "distributor": {"url": "dns:///d:9095", "grpc": {"fail_duration": "5"}}}}`, `missing unit in duration "5"`},
 		{"bad unhealthy_status", `{"proxy": {"default": {"url": "http://a:1"}, "distributor": {"url": "dns:///d:9095", "grpc": {"fail_duration": "5s", "unhealthy_status": [7]}}}}`, "proxy.distributor.grpc: unhealthy_status 7: must be a status 100-599 or a class 1-5"},
 		{"health without fail_duration", `{"proxy": {"default": {"url": "http://a:1"}, "distributor": {"url": "dns:///d:9095", "grpc": {"max_fails": 3}}}}`, "proxy.distributor.grpc: max_fails, unhealthy_status, unhealthy_latency: need fail_duration"},

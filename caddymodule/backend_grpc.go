@@ -14,9 +14,10 @@ import (
 )
 
 // grpcUpstreams holds one grpcpush.Handler (one gRPC ClientConn and its
-// resolver) per distinct backend config. A reload that keeps a backend's
-// config gets the same Handler, so its connections survive the reload; the
-// Handler closes when the last config using it is cleaned up.
+// resolver) per distinct target and settings. A reload that keeps them
+// gets the same Handler, so its connections survive the reload (also when
+// only the order of a backend's targets or min_ready changed); the Handler
+// closes when the last config using it is cleaned up.
 var grpcUpstreams = caddy.NewUsagePool()
 
 // grpcMetrics are the gRPC upstreams' collectors, shared by every config:
@@ -47,11 +48,13 @@ func (p *pooledHandler) Destruct() error {
 	return nil
 }
 
-// grpcBackend is a backend served by the gRPC round-robin upstream.
+// grpcBackend is a backend served by the gRPC upstream: one pooled
+// Handler per target, the priority groups in order.
 type grpcBackend struct {
-	name    Component
-	target  string
-	handler *pooledHandler
+	name     Component
+	target   string
+	handlers []*pooledHandler
+	priority *grpcpush.Priority
 }
 
 // drainTime is how long a retired Handler waits for its requests.
@@ -62,13 +65,35 @@ func drainTime(timeout time.Duration) time.Duration {
 	return timeout + time.Second
 }
 
-func (g *Gateway) newGRPCBackend(ctx caddy.Context, c Component, b *Backend, _ *ParsedURL) (upstream, error) {
-	opts := grpcOptions(c, b, g.logger.Named("grpc"))
-	key, err := poolKey(opts)
-	if err != nil {
+func (g *Gateway) newGRPCBackend(ctx caddy.Context, c Component, b *Backend, u *ParsedURL) (upstream, error) {
+	if err := registerCollectors(ctx, grpcMetrics.Collectors()...); err != nil {
 		return nil, err
 	}
-	if err := registerCollectors(ctx, grpcMetrics.Collectors()...); err != nil {
+	logger := g.logger.Named("grpc")
+	gb := &grpcBackend{name: c, target: b.URL}
+	groups := make([]*grpcpush.Handler, 0, len(u.Targets))
+	for _, target := range u.Targets {
+		h, err := g.pooledGRPCHandler(grpcOptions(c, b, target, logger))
+		if err != nil {
+			return nil, err
+		}
+		gb.handlers = append(gb.handlers, h)
+		groups = append(groups, h.Handler)
+	}
+	minReady := 0
+	if b.GRPC != nil {
+		minReady = b.GRPC.MinReady
+	}
+	var err error
+	gb.priority, err = grpcpush.NewPriority(groups, minReady, logger.With(zap.String("backend", string(c))))
+	return gb, err
+}
+
+// pooledGRPCHandler gets the pooled Handler of opts, creating it if no
+// config has it yet, and records that this config holds it.
+func (g *Gateway) pooledGRPCHandler(opts grpcpush.Options) (*pooledHandler, error) {
+	key, err := poolKey(opts)
+	if err != nil {
 		return nil, err
 	}
 	val, _, err := grpcUpstreams.LoadOrNew(key, func() (caddy.Destructor, error) {
@@ -85,18 +110,19 @@ func (g *Gateway) newGRPCBackend(ctx caddy.Context, c Component, b *Backend, _ *
 	h := val.(*pooledHandler)
 	// A Handler kept from an earlier config logs as this config says.
 	h.SetLogger(opts.Logger)
-	return &grpcBackend{name: c, target: b.URL, handler: h}, nil
+	return h, nil
 }
 
-// grpcOptions turns a backend's JSON config into grpcpush options; their
-// rules are grpcpush's (Options.Validate, called by checkConfig).
-func grpcOptions(c Component, b *Backend, logger *zap.Logger) grpcpush.Options {
+// grpcOptions turns a backend's JSON config into the grpcpush options of
+// one of its targets; their rules are grpcpush's (Options.Validate, called
+// by checkConfig).
+func grpcOptions(c Component, b *Backend, target string, logger *zap.Logger) grpcpush.Options {
 	cfg := b.GRPC
 	if cfg == nil {
 		cfg = new(GRPCConfig)
 	}
 	opts := grpcpush.Options{
-		Target:           b.URL,
+		Target:           target,
 		Refresh:          time.Duration(cfg.Refresh),
 		Timeout:          time.Duration(cfg.Timeout),
 		MaxRequestBody:   cfg.MaxRequestBody,
@@ -152,21 +178,34 @@ func setEndpointPlaceholder(r *http.Request, endpoint string) {
 }
 
 func (g *grpcBackend) serve(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
-	g.handler.inflight.Add(1)
-	defer g.handler.inflight.Add(-1)
+	for _, h := range g.handlers {
+		h.inflight.Add(1)
+	}
+	defer func() {
+		for _, h := range g.handlers {
+			h.inflight.Add(-1)
+		}
+	}()
 	var e *grpcpush.Error
-	if err := g.handler.Handle(w, r); errors.As(err, &e) {
+	if err := g.priority.Handle(w, r); errors.As(err, &e) {
 		return gatewayError(w, r, e.Status, e.Msg)
 	}
 	return nil
 }
 
+// status lists every endpoint, and by group (target) which one serves.
 func (g *grpcBackend) status() BackendStatus {
-	eps := g.handler.Endpoints()
-	st := BackendStatus{Component: g.name, Kind: KindGRPC, Target: g.target, Endpoints: make([]EndpointStatus, len(eps))}
-	for i, e := range eps {
-		st.Endpoints[i] = EndpointStatus{Address: e.Address, State: e.State, Requests: e.Requests,
-			Healthy: e.Healthy, UnhealthyUntil: e.UnhealthyUntil, LastFailure: e.LastFailure}
+	st := BackendStatus{Component: g.name, Kind: KindGRPC, Target: g.target, Endpoints: []EndpointStatus{}}
+	serving := g.priority.Serving()
+	for i, h := range g.handlers {
+		grp := GroupStatus{Target: h.Target().String(), Serving: i == serving, Ready: h.Serving(),
+			Endpoints: []EndpointStatus{}}
+		for _, e := range h.Endpoints() {
+			grp.Endpoints = append(grp.Endpoints, EndpointStatus{Address: e.Address, State: e.State, Requests: e.Requests,
+				Healthy: e.Healthy, UnhealthyUntil: e.UnhealthyUntil, LastFailure: e.LastFailure})
+		}
+		st.Endpoints = append(st.Endpoints, grp.Endpoints...)
+		st.Groups = append(st.Groups, grp)
 	}
 	return st
 }

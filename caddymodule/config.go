@@ -133,12 +133,17 @@ type Backend struct {
 	//   `https://host:port` or `h2c://host:port` (cleartext HTTP/2). They are
 	//   served by Caddy's own `reverse_proxy` handler; all URLs of one backend
 	//   must share a scheme.
-	// - One gRPC target: `dns:///host:port`, `dns:///ip:port`, or
-	//   `dns://dns-server:port/host:port` to ask a specific DNS server
-	//   (RFC 4501). Every A/AAAA record of host becomes an endpoint; each
-	//   request is tunnelled through `/httpgrpc.HTTP/Handle` (the gRPC service
-	//   every Mimir/Cortex component serves on its gRPC port, 9095 by default)
-	//   and balanced round-robin over persistent HTTP/2 connections.
+	// - One or more gRPC targets separated by spaces: `dns:///host:port`,
+	//   `dns:///ip:port`, or `dns://dns-server:port/host:port` to ask a
+	//   specific DNS server (RFC 4501). Every A/AAAA record of host becomes an
+	//   endpoint; each request is tunnelled through `/httpgrpc.HTTP/Handle`
+	//   (the gRPC service every Mimir/Cortex component serves on its gRPC
+	//   port, 9095 by default) and balanced round-robin over persistent
+	//   HTTP/2 connections. Several targets are priority groups, in order
+	//   (e.g. one headless Service per zone, the gateway's own zone first):
+	//   a request goes to the first group with `grpc.min_ready` READY (and
+	//   healthy) endpoints, and a call that fails UNAVAILABLE in its group is
+	//   retried in the next. dns: and HTTP URLs cannot be mixed.
 	//
 	// Required.
 	URL string `json:"url"`
@@ -231,6 +236,13 @@ type GRPCConfig struct {
 	// UnhealthyLatency makes a call that takes longer count as a failure.
 	// Default: 0 (latency does not count).
 	UnhealthyLatency caddy.Duration `json:"unhealthy_latency,omitempty"`
+
+	// MinReady applies to a backend with several `dns:` targets: a target
+	// (priority group) serves only while it has at least this many READY
+	// endpoints that the passive health check has in; otherwise requests go
+	// to the next group. If no group has that many, the first group with any
+	// serves. Default: 1.
+	MinReady int `json:"min_ready,omitempty"`
 }
 
 // GRPCTLSConfig configures TLS to gRPC endpoints.

@@ -172,13 +172,26 @@ func (g *Gateway) checkConfig() (map[Component]*ParsedURL, error) {
 			return nil, fmt.Errorf("proxy.%s.reverse_proxy: only valid with HTTP URLs, not a dns: URL", c)
 		}
 		if u.Kind == KindGRPC {
-			if err := grpcOptions(c, b, zap.NewNop()).Validate(); err != nil {
-				return nil, fmt.Errorf("proxy.%s.grpc: %v", c, err)
+			if err := checkGRPC(c, b, u); err != nil {
+				return nil, err
 			}
 		}
 		parsed[c] = u
 	}
 	return parsed, nil
+}
+
+// checkGRPC checks the gRPC options of a dns: backend, for each target.
+func checkGRPC(c Component, b *Backend, u *ParsedURL) error {
+	for _, target := range u.Targets {
+		if err := grpcOptions(c, b, target, zap.NewNop()).Validate(); err != nil {
+			return fmt.Errorf("proxy.%s.grpc: %v", c, err)
+		}
+	}
+	if b.GRPC != nil && b.GRPC.MinReady < 0 {
+		return fmt.Errorf("proxy.%s.grpc.min_ready %d: must be at least 1", c, b.GRPC.MinReady)
+	}
+	return nil
 }
 
 // CheckPrefix checks a configurable route prefix (prometheus_http_prefix,

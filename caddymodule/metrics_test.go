@@ -52,15 +52,15 @@ func TestMetricsMimirStyle(t *testing.T) {
 	}
 
 	want := map[string]float64{
-		`cortex_request_duration_seconds_count{method="POST",route="api_v1_push",status_code="200",ws="false"}`:                       1,
-		`cortex_request_duration_seconds_count{method="GET",route="api_v1_push",status_code="401",ws="false"}`:                        1,
-		`cortex_request_duration_seconds_count{method="GET",route="prometheus_api_v1_query_range",status_code="200",ws="false"}`:      1,
-		`cortex_request_duration_seconds_count{method="GET",route="prometheus_api_v1_labels",status_code="200",ws="false"}`:           1,
-		`cortex_request_duration_seconds_count{method="GET",route="ready",status_code="200",ws="false"}`:                              1,
-		`cortex_request_duration_seconds_count{method="GET",route="other",status_code="200",ws="false"}`:                              1,
-		`cortex_request_duration_seconds_bucket{method="POST",route="api_v1_push",status_code="200",ws="false",le="+Inf"}`:            1,
-		`cortex_inflight_requests{method="POST",route="api_v1_push"}`:                                                                 0,
-		`metrics_gateway_grpc_requests_total{backend="distributor",code="200",endpoint="` + standin.GroupIP(0) + ":" + cl.Port + `"}`: 1,
+		`cortex_request_duration_seconds_count{method="POST",route="api_v1_push",status_code="200",ws="false"}`:                                                    1,
+		`cortex_request_duration_seconds_count{method="GET",route="api_v1_push",status_code="401",ws="false"}`:                                                     1,
+		`cortex_request_duration_seconds_count{method="GET",route="prometheus_api_v1_query_range",status_code="200",ws="false"}`:                                   1,
+		`cortex_request_duration_seconds_count{method="GET",route="prometheus_api_v1_labels",status_code="200",ws="false"}`:                                        1,
+		`cortex_request_duration_seconds_count{method="GET",route="ready",status_code="200",ws="false"}`:                                                           1,
+		`cortex_request_duration_seconds_count{method="GET",route="other",status_code="200",ws="false"}`:                                                           1,
+		`cortex_request_duration_seconds_bucket{method="POST",route="api_v1_push",status_code="200",ws="false",le="+Inf"}`:                                         1,
+		`cortex_inflight_requests{method="POST",route="api_v1_push"}`:                                                                                              0,
+		`metrics_gateway_grpc_requests_total{backend="distributor",code="200",endpoint="` + standin.GroupIP(0) + ":" + cl.Port + `",target="` + cl.Target() + `"}`: 1,
 	}
 	after := scrape(t, c)
 	checkMetrics(t, before, after, want)

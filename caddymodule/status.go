@@ -7,8 +7,22 @@ type BackendStatus struct {
 	Component Component   `json:"component"`
 	Kind      BackendKind `json:"kind"`
 	Target    string      `json:"target"`
-	// Endpoints are the resolved endpoints of a gRPC backend.
+	// Endpoints are the resolved endpoints of a gRPC backend, of all its
+	// targets.
 	Endpoints []EndpointStatus `json:"endpoints,omitempty"`
+	// Groups are a gRPC backend's targets (priority groups) in order, each
+	// with its endpoints; Serving marks the one requests go to now.
+	Groups []GroupStatus `json:"groups,omitempty"`
+}
+
+// GroupStatus is one target (priority group) of a gRPC backend.
+type GroupStatus struct {
+	Target  string `json:"target"`
+	Serving bool   `json:"serving"`
+	// Ready counts the endpoints that can take a call: READY and, with
+	// passive health checks, in.
+	Ready     int              `json:"ready"`
+	Endpoints []EndpointStatus `json:"endpoints"`
 }
 
 // EndpointStatus is one endpoint of a gRPC backend.

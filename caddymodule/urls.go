@@ -31,8 +31,29 @@ type ParsedURL struct {
 	Scheme string
 	// Dials are the host:port addresses of an HTTP backend.
 	Dials []string
-	// Target is the gRPC target of a dns: backend, as written.
+	// Target is the (first) gRPC target of a dns: backend, as written.
 	Target string
+	// Targets are all gRPC targets of a dns: backend, in priority order.
+	Targets []string
+}
+
+// parseDNSTargets checks the URLs of a dns: backend: one or more targets,
+// the priority groups in order, each named once, no HTTP URL among them.
+func parseDNSTargets(fields []string) (*ParsedURL, error) {
+	seen := map[string]bool{}
+	for _, f := range fields {
+		if !strings.HasPrefix(f, "dns:") {
+			return nil, fmt.Errorf("%q: dns: and HTTP URLs cannot be mixed in one backend", f)
+		}
+		if err := checkDNSTarget(f); err != nil {
+			return nil, err
+		}
+		if seen[f] {
+			return nil, fmt.Errorf("%q is listed twice", f)
+		}
+		seen[f] = true
+	}
+	return &ParsedURL{Kind: KindGRPC, Scheme: "dns", Target: fields[0], Targets: fields}, nil
 }
 
 // ParseBackendURL checks a backend's url field. Errors say what is wrong
@@ -43,16 +64,13 @@ func ParseBackendURL(raw string) (*ParsedURL, error) {
 		return nil, fmt.Errorf("no URL given")
 	}
 	if strings.HasPrefix(fields[0], "dns:") {
-		if len(fields) > 1 {
-			return nil, fmt.Errorf("a dns: URL stands alone: the DNS name already lists every endpoint (got %d URLs)", len(fields))
-		}
-		if err := checkDNSTarget(fields[0]); err != nil {
-			return nil, err
-		}
-		return &ParsedURL{Kind: KindGRPC, Scheme: "dns", Target: fields[0]}, nil
+		return parseDNSTargets(fields)
 	}
 	p := &ParsedURL{Kind: KindHTTP}
 	for _, f := range fields {
+		if strings.HasPrefix(f, "dns:") {
+			return nil, fmt.Errorf("%q: dns: and HTTP URLs cannot be mixed in one backend", f)
+		}
 		scheme, dial, err := parseHTTPURL(f)
 		if err != nil {
 			return nil, err

@@ -126,7 +126,7 @@
 // # Metrics and observability
 //
 // NewMetrics creates the collectors (the caller registers Collectors()):
-// metrics_gateway_grpc_requests_total{backend,endpoint,code},
+// metrics_gateway_grpc_requests_total{backend,target,endpoint,code},
 // metrics_gateway_grpc_request_duration_seconds{backend},
 // metrics_gateway_grpc_requests_in_flight{backend},
 // metrics_gateway_grpc_endpoints_ready{backend} and
@@ -137,6 +137,17 @@
 // and call count for an admin view; Options.OnDone tells the caller which
 // endpoint served a request (for access logs), Options.OnAnswer which one is
 // answering, before anything is written (for response placeholders).
+//
+// # Priority groups
+//
+// Priority sends each request to the first of several Handlers (one per
+// target, e.g. one per zone) that has at least MinReady READY and healthy
+// endpoints (Handler.Serving counts them without a lock). A call that fails
+// UNAVAILABLE once its Handler's retries are used up is made again, with
+// the same call (the request message and its body buffer are not rebuilt),
+// on each later Handler with a READY endpoint, within the same deadline;
+// nothing has been written at that point. The metrics and OnDone count the
+// request once, for the endpoint of the last attempt.
 //
 // # API choices
 //

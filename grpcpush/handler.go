@@ -24,6 +24,7 @@ import (
 	_ "google.golang.org/grpc/encoding/gzip" // registers the "gzip" compressor
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 )
 
 // writeBufferSize is the HTTP/2 write buffer of each connection.
@@ -65,7 +66,7 @@ func New(opts Options) (*Handler, error) {
 	if err != nil {
 		return nil, err
 	}
-	h := &Handler{s: s, metrics: s.metrics.forBackend(s.backend), logger: new(logRef)}
+	h := &Handler{s: s, metrics: s.metrics.forBackend(s.backend, s.target.String()), logger: new(logRef)}
 	h.logger.set(s.logger)
 	h.tracker = newTracker(h.metrics)
 	if s.health != nil {
@@ -188,31 +189,40 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // status. Whatever a component answered is written. It returns nil when
 // the answer was written or the client went away.
 func (h *Handler) Handle(w http.ResponseWriter, r *http.Request) error {
+	return h.handle(w, r, nil)
+}
+
+// handle is Handle with the groups a call that fails UNAVAILABLE may spill
+// to (see Priority); the metrics and the endpoint's hold are those of the
+// group that made the last attempt.
+func (h *Handler) handle(w http.ResponseWriter, r *http.Request, spill []*Handler) error {
 	start := time.Now()
 	m := h.metrics
 	if m != nil {
 		m.inFlight.Inc()
 	}
 	c := getCall()
+	c.group, c.spill = h, spill
 	code, err := h.serve(w, r, c, start)
 	if err != nil {
 		code = err.Status
 	}
 	ep := c.endpoint.Load()
+	g := c.group
 	if m != nil {
 		m.inFlight.Dec()
 		m.duration.Observe(time.Since(start).Seconds())
 		if ep == nil {
 			m.inc(&h.tracker.none.counters, noEndpoint, code)
 		} else {
-			m.inc(&ep.counters, ep.addr, code)
+			g.metrics.inc(&ep.counters, ep.addr, code)
 		}
 	}
 	if h.s.onDone != nil {
 		h.s.onDone(r, addrOf(ep), code)
 	}
 	if ep != nil {
-		h.tracker.release(ep) // the call's hold on the endpoint's series
+		g.tracker.release(ep) // the call's hold on the endpoint's series
 	}
 	putCall(c)
 	if err != nil {
@@ -260,10 +270,10 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, c *call, start t
 	ctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
 	ctx = metadata.NewOutgoingContext(ctx, h.tenants.get(tenant))
-	if err := h.conn.Invoke(ctx, handleMethod, &c.req, &c.resp); err != nil {
+	if err := h.invoke(ctx, c); err != nil {
 		return h.callError(w, r, c, err)
 	}
-	if hm := h.tracker.health; hm != nil {
+	if hm := c.group.tracker.health; hm != nil {
 		hm.answered(c.endpoint.Load(), int(c.resp.Code))
 	}
 	if !validStatus(int(c.resp.Code)) {
@@ -271,6 +281,40 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, c *call, start t
 	}
 	h.answering(r, c.endpoint.Load())
 	return writeResponse(w, &c.resp), nil
+}
+
+// invoke makes the call on this Handler's ClientConn and, when it fails
+// UNAVAILABLE after its retries (every endpoint of the group tried or
+// gone), on the next group of c.spill that has a READY endpoint, within
+// the same deadline. Nothing has been written at that point, and the
+// request message is the same already-read one.
+func (h *Handler) invoke(ctx context.Context, c *call) error {
+	err := h.conn.Invoke(ctx, handleMethod, &c.req, &c.resp)
+	for err != nil && h.s.retries > 0 && ctx.Err() == nil && status.Code(err) == codes.Unavailable {
+		next := nextGroup(c)
+		if next == nil {
+			return err
+		}
+		if ep := c.endpoint.Swap(nil); ep != nil {
+			c.group.tracker.release(ep)
+		}
+		c.group = next
+		err = next.conn.Invoke(ctx, handleMethod, &c.req, &c.resp)
+	}
+	return err
+}
+
+// nextGroup takes the first group of c.spill with a READY (and healthy)
+// endpoint off the list; nil when none is left.
+func nextGroup(c *call) *Handler {
+	for len(c.spill) > 0 {
+		g := c.spill[0]
+		c.spill = c.spill[1:]
+		if g.Serving() > 0 {
+			return g
+		}
+	}
+	return nil
 }
 
 // readBody reads the request body, giving the client until deadline: the

@@ -13,7 +13,7 @@ import (
 // Collectors() wherever the caller keeps its metrics, and pass the same
 // Metrics to every Handler.
 type Metrics struct {
-	requests *prometheus.CounterVec   // backend, endpoint, code
+	requests *prometheus.CounterVec   // backend, target, endpoint, code
 	duration *prometheus.HistogramVec // backend
 	inFlight *prometheus.GaugeVec     // backend
 	ready    *prometheus.GaugeVec     // backend
@@ -38,8 +38,8 @@ func NewMetrics() *Metrics {
 		users: map[[2]string]int{},
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: ns, Subsystem: sub, Name: "requests_total",
-			Help: "Requests tunnelled over gRPC, by backend, endpoint of the last attempt (\"none\" if no endpoint was picked) and HTTP status sent to the client.",
-		}, []string{"backend", "endpoint", "code"}),
+			Help: "Requests tunnelled over gRPC, by backend, target (priority group) and endpoint of the last attempt (\"none\" if no endpoint was picked) and HTTP status sent to the client.",
+		}, []string{"backend", "target", "endpoint", "code"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: ns, Subsystem: sub, Name: "request_duration_seconds",
 			Help:    "Time from receiving a request to having answered it, by backend.",
@@ -70,18 +70,20 @@ func (m *Metrics) Collectors() []prometheus.Collector {
 type backendMetrics struct {
 	m        *Metrics
 	backend  string
+	target   string // of the Handler: the requests' target label
 	duration prometheus.Observer
 	inFlight prometheus.Gauge
 	ready    prometheus.Gauge
 }
 
-func (m *Metrics) forBackend(backend string) *backendMetrics {
+func (m *Metrics) forBackend(backend, target string) *backendMetrics {
 	if m == nil {
 		return nil
 	}
 	return &backendMetrics{
 		m:        m,
 		backend:  backend,
+		target:   target,
 		duration: m.duration.WithLabelValues(backend),
 		inFlight: m.inFlight.WithLabelValues(backend),
 		ready:    m.ready.WithLabelValues(backend),
@@ -156,7 +158,7 @@ func (b *backendMetrics) inc(cc *codeCounters, addr string, code int) {
 	}
 	ref := cc.c[code].Load()
 	if ref == nil {
-		ref = &counterRef{b.m.requests.WithLabelValues(b.backend, addr, strconv.Itoa(code))}
+		ref = &counterRef{b.m.requests.WithLabelValues(b.backend, b.target, addr, strconv.Itoa(code))}
 		cc.c[code].Store(ref)
 	}
 	ref.Inc()

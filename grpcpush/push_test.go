@@ -82,7 +82,7 @@ func TestRoundRobinPush(t *testing.T) {
 				t.Fatalf("%s received %+v", d.Name(), rec)
 			}
 		}
-		if got := metricValue(t, m.requests.WithLabelValues(DefaultBackendName, c.Addr(i), "200")); got != float64(n) {
+		if got := metricValue(t, m.requests.WithLabelValues(DefaultBackendName, h.Target().String(), c.Addr(i), "200")); got != float64(n) {
 			t.Errorf("requests_total{endpoint=%s} = %v, want %d", c.Addr(i), got, n)
 		}
 	}

@@ -19,6 +19,10 @@ type call struct {
 	hptrs    []*httpgrpc.Header // req.msg.Headers
 	host     [1]string          // Values of the Host header
 	endpoint atomic.Pointer[endpoint]
+	// group is the Handler whose endpoint the last attempt went to; spill
+	// the groups still to try if it fails UNAVAILABLE (see Priority).
+	group *Handler
+	spill []*Handler
 }
 
 var callPool = sync.Pool{New: func() any { return new(call) }}
@@ -42,6 +46,7 @@ func putCall(c *call) {
 	c.resp = httpgrpc.HTTPResponse{Body: body}
 	c.host[0] = ""
 	c.endpoint.Store(nil)
+	c.group, c.spill = nil, nil
 	callPool.Put(c)
 }
 

@@ -22,7 +22,34 @@ type Cluster struct {
 // StartCluster starts n distributors named "distributor-1"... and a DNS
 // server listing all of them under name. Stop stops everything.
 func StartCluster(name string, n int, opts ...GRPCOption) (*Cluster, error) {
-	c := &Cluster{Name: name}
+	return startCluster(name, n, nil, opts...)
+}
+
+// StartZones starts one Cluster of n distributors per name (a zone each,
+// with its own port) and ONE DNS server that answers every name, like the
+// per-zone headless Services of a Mimir cluster. Stopping any of them stops
+// the shared DNS server too.
+func StartZones(names []string, n int, opts ...GRPCOption) ([]*Cluster, error) {
+	var zones []*Cluster
+	var dns *DNSServer
+	for _, name := range names {
+		c, err := startCluster(name, n, dns, opts...)
+		if err != nil {
+			for _, z := range zones {
+				z.Stop()
+			}
+			return nil, err
+		}
+		dns = c.DNS
+		zones = append(zones, c)
+	}
+	return zones, nil
+}
+
+// startCluster starts a Cluster whose names dns answers, or a new DNS
+// server when dns is nil.
+func startCluster(name string, n int, dns *DNSServer, opts ...GRPCOption) (*Cluster, error) {
+	c := &Cluster{Name: name, DNS: dns}
 	handlers := make([]http.Handler, n)
 	for i := range handlers {
 		d := NewDistributor(fmt.Sprintf("distributor-%d", i+1))
@@ -35,9 +62,11 @@ func StartCluster(name string, n int, opts ...GRPCOption) (*Cluster, error) {
 	}
 	c.Servers = servers
 	c.Port = strconv.Itoa(servers[0].Port())
-	if c.DNS, err = StartDNS(); err != nil {
-		c.Stop()
-		return nil, err
+	if c.DNS == nil {
+		if c.DNS, err = StartDNS(); err != nil {
+			c.Stop()
+			return nil, err
+		}
 	}
 	c.List(n)
 	return c, nil

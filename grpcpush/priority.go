@@ -1,0 +1,130 @@
+package grpcpush
+
+import (
+	"errors"
+	"net/http"
+	"sync/atomic"
+
+	"go.uber.org/zap"
+	"google.golang.org/grpc/connectivity"
+)
+
+// Priority sends each request to the first of its groups that is serving:
+// one with at least MinReady READY endpoints that the passive health check
+// (when on) has in. Within a group the group's own balancer picks the
+// endpoint. Groups are typically the distributors of one zone each, the
+// gateway's own zone first.
+//
+// When no group has MinReady such endpoints, the first group with any is
+// used; when none has any, the first group (its call waits for a
+// connection within the timeout, or fails 503). A call that fails
+// UNAVAILABLE once its group's retries are used up (every endpoint of the
+// group tried or gone) is tried once more in each later group that has a
+// READY endpoint, within the same timeout, before anything is written; with
+// retries 0 nothing is retried.
+//
+// The Handlers stay owned by the caller: Priority neither creates nor
+// closes them.
+type Priority struct {
+	groups   []*Handler
+	minReady int
+	logger   *zap.Logger
+
+	serving atomic.Int32 // the group that served last, for the change log
+}
+
+// NewPriority makes a Priority over groups, in order. minReady below 1 is
+// 1; a nil logger logs nothing.
+func NewPriority(groups []*Handler, minReady int, logger *zap.Logger) (*Priority, error) {
+	if len(groups) == 0 {
+		return nil, errors.New("no groups")
+	}
+	if logger == nil {
+		logger = zap.NewNop()
+	}
+	return &Priority{groups: groups, minReady: max(minReady, 1), logger: logger}, nil
+}
+
+// Groups returns the groups in order.
+func (p *Priority) Groups() []*Handler { return p.groups }
+
+// Serving returns the index of the group a request would go to now.
+func (p *Priority) Serving() int {
+	fallback := -1
+	for i, g := range p.groups {
+		n := g.Serving()
+		if n >= p.minReady {
+			return i
+		}
+		if n > 0 && fallback < 0 {
+			fallback = i
+		}
+	}
+	return max(fallback, 0)
+}
+
+// ServeHTTP serves r like Handler.ServeHTTP, in the serving group.
+func (p *Priority) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	var e *Error
+	if errors.As(p.Handle(w, r), &e) {
+		e.Write(w)
+	}
+}
+
+// Handle serves r like Handler.Handle, in the serving group.
+func (p *Priority) Handle(w http.ResponseWriter, r *http.Request) error {
+	if len(p.groups) == 1 { // one target: nothing to choose, no cost
+		return p.groups[0].handle(w, r, nil)
+	}
+	i := p.Serving()
+	p.note(i)
+	return p.groups[i].handle(w, r, p.groups[i+1:])
+}
+
+// note logs when the serving group changes.
+func (p *Priority) note(i int) {
+	if int(p.serving.Load()) == i { // the common case: no write
+		return
+	}
+	prev := int(p.serving.Swap(int32(i)))
+	if prev == i {
+		return
+	}
+	p.logger.Info("serving group changed",
+		zap.String("from", p.groups[prev].Target().String()),
+		zap.String("to", p.groups[i].Target().String()),
+		zap.Int("group", i+1), zap.Int("min_ready", p.minReady))
+}
+
+// Serving returns the number of endpoints that can take a call now: READY
+// and, with passive health checks, in. It reads no lock.
+func (h *Handler) Serving() int { return h.tracker.servingCount() }
+
+// maxCounted bounds the endpoints servingCount tells apart without
+// allocating; beyond it, an endpoint with several SubConns may count twice.
+const maxCounted = 32
+
+// servingCount counts the distinct endpoints that are READY and in.
+func (t *tracker) servingCount() int {
+	var seen [maxCounted]*endpoint
+	n := 0
+	for _, ep := range *t.bySubConn.Load() {
+		if connectivity.State(ep.state.Load()) != connectivity.Ready || ep.health.out.Load() {
+			continue
+		}
+		dup := false
+		for _, s := range seen[:min(n, maxCounted)] {
+			if s == ep {
+				dup = true
+				break
+			}
+		}
+		if !dup {
+			if n < maxCounted {
+				seen[n] = ep
+			}
+			n++
+		}
+	}
+	return n
+}

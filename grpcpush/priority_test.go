@@ -1,0 +1,176 @@
+package grpcpush
+
+import (
+	"context"
+	"crypto/sha256"
+	"net/http"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	zapobserver "go.uber.org/zap/zaptest/observer"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/metrics-gateway/metrics_gateway/examples/standin"
+)
+
+// failingZone is a cluster whose servers answer every call UNAVAILABLE
+// while fail is set, with their connections up and READY, like a zone
+// whose distributors are shutting down.
+type failingZone struct {
+	*cluster
+	fail atomic.Bool
+}
+
+func startFailingZone(t *testing.T, n int) *failingZone {
+	z := &failingZone{}
+	z.cluster = startCluster(t, n, standin.WithUnaryInterceptors(
+		func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, next grpc.UnaryHandler) (any, error) {
+			if z.fail.Load() {
+				return nil, status.Error(codes.Unavailable, "shutting down")
+			}
+			return next(ctx, req)
+		}))
+	return z
+}
+
+func total(c *cluster) int64 {
+	var n int64
+	for _, r := range c.Requests() {
+		n += r
+	}
+	return n
+}
+
+// TestPrioritySpillsUnavailable: a call that fails UNAVAILABLE on every
+// endpoint of the first group is answered by the second, with the same
+// body; with retries 0 it is not.
+func TestPrioritySpillsUnavailable(t *testing.T) {
+	a, b := startFailingZone(t, 2), startCluster(t, 2)
+	for _, d := range b.Distributors {
+		d.KeepRecords(100)
+	}
+	ha, hb := newHandler(t, a.cluster, Options{}), newHandler(t, b, Options{})
+	waitReady(t, ha, 2)
+	waitReady(t, hb, 2)
+	p, err := NewPriority([]*Handler{ha, hb}, 1, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := standin.RemoteWriteBody(100, 1)
+	for i := 0; i < 10; i++ {
+		if w := serve(p, pushRequest(body)); w.Code != http.StatusOK {
+			t.Fatalf("push %d: %d %s", i, w.Code, w.Body)
+		}
+	}
+	if total(a.cluster) != 10 || total(b) != 0 {
+		t.Fatalf("requests a %v b %v, want all 10 in a", a.Requests(), b.Requests())
+	}
+
+	a.fail.Store(true)
+	callsBefore := a.Servers[0].Calls() + a.Servers[1].Calls()
+	for i := 0; i < 20; i++ {
+		if w := serve(p, pushRequest(body)); w.Code != http.StatusOK {
+			t.Fatalf("push %d with group a failing: %d %s", i, w.Code, w.Body)
+		}
+	}
+	if got := total(b); got != 20 {
+		t.Errorf("group b got %d pushes, want 20", got)
+	}
+	if calls := a.Servers[0].Calls() + a.Servers[1].Calls() - callsBefore; calls < 20 {
+		t.Errorf("group a saw %d calls, want every push tried there first", calls)
+	}
+	sum := sha256.Sum256(body)
+	for _, d := range b.Distributors {
+		for _, r := range d.Records() {
+			if r.BodySHA256 != sum || r.Tenant != testTenant {
+				t.Fatalf("spilled request arrived changed: %+v", r)
+			}
+		}
+	}
+	if eps := hb.Endpoints(); eps[0].Requests+eps[1].Requests != 20 {
+		t.Errorf("group b endpoints counted %+v, want 20 calls", eps)
+	}
+
+	// Without retries nothing is retried, not even in another group.
+	ha0 := newHandler(t, a.cluster, Options{Retries: Ptr(0)})
+	hb0 := newHandler(t, b, Options{Retries: Ptr(0)})
+	waitReady(t, ha0, 2)
+	p0, _ := NewPriority([]*Handler{ha0, hb0}, 1, nil)
+	if w := serve(p0, pushRequest(body)); w.Code != http.StatusServiceUnavailable {
+		t.Errorf("retries 0: %d %s, want 503", w.Code, w.Body)
+	}
+}
+
+// TestPriorityLogsGroupChanges: the serving group moves to the second when
+// the first has no READY endpoint, and back when its DNS name answers a
+// live one; each move is logged at info.
+func TestPriorityLogsGroupChanges(t *testing.T) {
+	a, b := startCluster(t, 2), startCluster(t, 1)
+	a.List(1)
+	ha := newHandler(t, a, Options{Refresh: 100 * time.Millisecond})
+	hb := newHandler(t, b, Options{Refresh: 100 * time.Millisecond})
+	waitReady(t, ha, 1)
+	waitReady(t, hb, 1)
+	core, logs := zapobserver.New(zapcore.InfoLevel)
+	p, _ := NewPriority([]*Handler{ha, hb}, 1, zap.New(core))
+	body := standin.RemoteWriteBody(10, 1)
+	push := func() {
+		t.Helper()
+		if w := serve(p, pushRequest(body)); w.Code != http.StatusOK {
+			t.Fatalf("push: %d %s", w.Code, w.Body)
+		}
+	}
+	push()
+	if n := logs.FilterMessage("serving group changed").Len(); n != 0 {
+		t.Fatalf("%d group changes logged with group a serving", n)
+	}
+
+	a.Servers[0].Stop()
+	waitFor(t, 20*time.Second, "group b to serve", func() bool { return p.Serving() == 1 })
+	push()
+	a.ListOnly(1)
+	waitFor(t, 20*time.Second, "group a to serve again", func() bool { return p.Serving() == 0 })
+	push()
+	moves := logs.FilterMessage("serving group changed").All()
+	if len(moves) != 2 {
+		t.Fatalf("%d group changes logged, want 2: %+v", len(moves), moves)
+	}
+	for i, want := range []struct{ from, to string }{{a.Target(), b.Target()}, {b.Target(), a.Target()}} {
+		f := moves[i].ContextMap()
+		if f["from"] != want.from || f["to"] != want.to {
+			t.Errorf("move %d logged %v, want from %s to %s", i+1, f, want.from, want.to)
+		}
+	}
+	if got := b.Requests()[0]; got != 1 {
+		t.Errorf("group b got %d pushes, want the 1 sent while group a was down", got)
+	}
+}
+
+// BenchmarkPriorityServing is the cost the group choice adds to a request:
+// counting the first group's READY and healthy endpoints (3 of them), and
+// with the first group down, the first two groups'.
+func BenchmarkPriorityServing(b *testing.B) {
+	a, c := startCluster(b, 3), startCluster(b, 3)
+	ha, hc := newHandler(b, a, Options{}), newHandler(b, c, Options{})
+	waitReady(b, ha, 3)
+	waitReady(b, hc, 3)
+	b.Run("first-group-serving", func(b *testing.B) {
+		p, _ := NewPriority([]*Handler{ha, hc}, 1, nil)
+		for b.Loop() {
+			if p.Serving() != 0 {
+				b.Fatal("first group not serving")
+			}
+		}
+	})
+	b.Run("first-group-below-min-ready", func(b *testing.B) {
+		p, _ := NewPriority([]*Handler{ha, hc}, 4, nil) // 3 ready < 4: the fallback scan
+		for b.Loop() {
+			p.Serving()
+		}
+	})
+}
