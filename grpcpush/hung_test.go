@@ -316,7 +316,10 @@ func isTimeout(err error) bool {
 // at the timeout with 504 and release their goroutines; none is retried
 // (part of the request may have reached the distributor).
 func TestEndpointStopsReadingMidBody(t *testing.T) {
-	const n, timeout = 100, 300 * time.Millisecond
+	// The timeout counts from the start of the request, upload included:
+	// 1.5s leaves a busy machine time to upload each 1 MiB body to the
+	// gateway, so every push ends at the stalled call, not at its upload.
+	const n, timeout = 60, 1500 * time.Millisecond
 	cl := startCluster(t, 1)
 	proxy := startStallingProxy(t, standin.GroupIP(1)+":0", cl.Addr(0))
 	h := newHandler(t, cl, Options{Target: "dns:///" + proxy.Addr(), Timeout: timeout})
@@ -324,7 +327,7 @@ func TestEndpointStopsReadingMidBody(t *testing.T) {
 	waitReady(t, h, 1)
 	body := bytes.Repeat([]byte{'x'}, 1<<20)
 	// The stand-in decodes the body: 400 proves a whole body got through
-	// (on a busy machine a 1 MiB push may miss the 300ms at first).
+	// (on a busy machine a 1 MiB push may miss the timeout at first).
 	client := oneConnClient(t)
 	waitFor(t, 20*time.Second, "a 1 MiB push through the proxy", func() bool {
 		code, _, _, err := post(client, srv.URL, body)
