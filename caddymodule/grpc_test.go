@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -505,16 +504,8 @@ func TestAdminBackendsView(t *testing.T) {
 	c := testcaddy.Start(t, cl.handlerJSON(""))
 	body := standin.RemoteWriteBody(10, 1)
 	states := func() map[string]caddymodule.EndpointStatus {
-		code, b, err := c.AdminGet("/metrics_gateway/backends")
-		if err != nil || code != 200 {
-			t.Fatalf("GET /metrics_gateway/backends: %d %v %s", code, err, b)
-		}
-		var got []caddymodule.BackendStatus
-		if err := json.Unmarshal(b, &got); err != nil {
-			t.Fatalf("%v: %s", err, b)
-		}
 		out := map[string]caddymodule.EndpointStatus{}
-		for _, bs := range got {
+		for _, bs := range backendStatuses(t, c) {
 			if bs.Component == caddymodule.ComponentDistributor {
 				if bs.Kind != caddymodule.KindGRPC {
 					t.Errorf("distributor kind %q", bs.Kind)

@@ -22,6 +22,20 @@ import (
 // endpoints returns the distributor's endpoints from the admin view.
 func endpoints(t *testing.T, c *testcaddy.Caddy) map[string]caddymodule.EndpointStatus {
 	t.Helper()
+	out := map[string]caddymodule.EndpointStatus{}
+	for _, bs := range backendStatuses(t, c) {
+		if bs.Component == caddymodule.ComponentDistributor {
+			for _, e := range bs.Endpoints {
+				out[e.Address] = e
+			}
+		}
+	}
+	return out
+}
+
+// backendStatuses returns the admin view /metrics_gateway/backends.
+func backendStatuses(t *testing.T, c *testcaddy.Caddy) []caddymodule.BackendStatus {
+	t.Helper()
 	code, b, err := c.AdminGet("/metrics_gateway/backends")
 	if err != nil || code != 200 {
 		t.Fatalf("GET /metrics_gateway/backends: %d %v %s", code, err, b)
@@ -30,15 +44,7 @@ func endpoints(t *testing.T, c *testcaddy.Caddy) map[string]caddymodule.Endpoint
 	if err := json.Unmarshal(b, &got); err != nil {
 		t.Fatalf("%v: %s", err, b)
 	}
-	out := map[string]caddymodule.EndpointStatus{}
-	for _, bs := range got {
-		if bs.Component == caddymodule.ComponentDistributor {
-			for _, e := range bs.Endpoints {
-				out[e.Address] = e
-			}
-		}
-	}
-	return out
+	return got
 }
 
 // healthyMetric returns the value of metrics_gateway_grpc_endpoint_healthy

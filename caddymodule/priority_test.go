@@ -1,7 +1,6 @@
 package caddymodule_test
 
 import (
-	"encoding/json"
 	"fmt"
 	"strings"
 	"sync/atomic"
@@ -78,20 +77,13 @@ func (zs *zones) reset() {
 // groups returns the distributor's groups from the admin view.
 func groups(t *testing.T, c *testcaddy.Caddy) []caddymodule.GroupStatus {
 	t.Helper()
-	code, b, err := c.AdminGet("/metrics_gateway/backends")
-	if err != nil || code != 200 {
-		t.Fatalf("GET /metrics_gateway/backends: %d %v %s", code, err, b)
-	}
-	var got []caddymodule.BackendStatus
-	if err := json.Unmarshal(b, &got); err != nil {
-		t.Fatalf("%v: %s", err, b)
-	}
+	got := backendStatuses(t, c)
 	for _, bs := range got {
 		if bs.Component == caddymodule.ComponentDistributor {
 			return bs.Groups
 		}
 	}
-	t.Fatalf("no distributor in %s", b)
+	t.Fatalf("no distributor in %+v", got)
 	return nil
 }
 

@@ -64,14 +64,7 @@ func TestBodyEndsEarly(t *testing.T) {
 	if _, err := conn.Write([]byte("POST /api/v1/push HTTP/1.1\r\nHost: gw\r\nX-Scope-OrgID: tenant-1\r\nContent-Length: 1000\r\n\r\nabc")); err != nil {
 		t.Fatal(err)
 	}
-	if err := conn.(*net.TCPConn).CloseWrite(); err != nil {
-		t.Fatal(err)
-	}
-	_ = conn.SetReadDeadline(time.Now().Add(30 * time.Second))
-	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp := halfCloseAndRead(t, conn)
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusBadRequest {
 		b, _ := io.ReadAll(resp.Body)
@@ -99,6 +92,18 @@ func TestHalfCloseAfterBody(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, 20*time.Second, "the call to reach the distributor", func() bool { return cl.Distributors[0].Requests() == 1 })
+	resp := halfCloseAndRead(t, conn)
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable {
+		b, _ := io.ReadAll(resp.Body)
+		t.Fatalf("status %d %q, want 503", resp.StatusCode, b)
+	}
+}
+
+// halfCloseAndRead closes the client's sending side of conn and reads the
+// gateway's answer (bounded by a generous deadline).
+func halfCloseAndRead(t *testing.T, conn net.Conn) *http.Response {
+	t.Helper()
 	if err := conn.(*net.TCPConn).CloseWrite(); err != nil {
 		t.Fatal(err)
 	}
@@ -107,9 +112,5 @@ func TestHalfCloseAfterBody(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusServiceUnavailable {
-		b, _ := io.ReadAll(resp.Body)
-		t.Fatalf("status %d %q, want 503", resp.StatusCode, b)
-	}
+	return resp
 }
