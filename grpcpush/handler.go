@@ -325,13 +325,15 @@ func (h *Handler) readBody(w http.ResponseWriter, r *http.Request, deadline time
 	if r.ContentLength == 0 {
 		return readBody(r.Body, 0, h.s.maxBody)
 	}
-	limited := false
+	var rc *http.ResponseController
 	if !serverReadsUntilBefore(r, deadline) {
-		limited = http.NewResponseController(w).SetReadDeadline(deadline) == nil
+		if rc = http.NewResponseController(w); rc.SetReadDeadline(deadline) != nil {
+			rc = nil // not supported: the server's own timeouts apply
+		}
 	}
 	buf, n, err := readBody(r.Body, r.ContentLength, h.s.maxBody)
-	if limited {
-		_ = http.NewResponseController(w).SetReadDeadline(time.Time{})
+	if rc != nil {
+		_ = rc.SetReadDeadline(time.Time{})
 	}
 	if err != nil && !errors.Is(err, errBodyTooLarge) && !time.Now().Before(deadline) {
 		err = errBodyTimeout
