@@ -22,9 +22,13 @@ type Metrics struct {
 	// users counts the Handlers that have an endpoint, by backend and
 	// address: Handlers of one backend name can overlap (a reload that
 	// changed its settings), and an endpoint's series go only when the last
-	// one drops it.
-	mu    sync.Mutex
-	users map[[2]string]int
+	// one drops it. healthOwner is the one Handler whose passive health
+	// check writes the endpoint's endpoint_healthy series: the newest, which
+	// takes the new requests, so that a draining Handler's view of the
+	// endpoint does not overwrite it.
+	mu          sync.Mutex
+	users       map[[2]string]int
+	healthOwner map[[2]string]*backendMetrics
 }
 
 // noEndpoint is the endpoint label of requests answered before any endpoint
@@ -35,7 +39,8 @@ const noEndpoint = "none"
 func NewMetrics() *Metrics {
 	const ns, sub = "metrics_gateway", "grpc"
 	return &Metrics{
-		users: map[[2]string]int{},
+		users:       map[[2]string]int{},
+		healthOwner: map[[2]string]*backendMetrics{},
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: ns, Subsystem: sub, Name: "requests_total",
 			Help: "Requests tunnelled over gRPC, by backend, target (priority group) and endpoint of the last attempt (\"none\" if no endpoint was picked) and HTTP status sent to the client.",
@@ -90,22 +95,34 @@ func (m *Metrics) forBackend(backend, target string) *backendMetrics {
 	}
 }
 
-// use records that a Handler has endpoint addr.
+// use records that a Handler has endpoint addr (in, as every new endpoint
+// is). The newest Handler to use addr owns its endpoint_healthy series.
 func (b *backendMetrics) use(addr string) {
 	if b == nil {
 		return
 	}
+	key := [2]string{b.backend, addr}
 	b.m.mu.Lock()
-	b.m.users[[2]string{b.backend, addr}]++
-	b.m.mu.Unlock()
+	defer b.m.mu.Unlock()
+	b.m.users[key]++
+	b.m.healthOwner[key] = b
 	b.m.healthy.WithLabelValues(b.backend, addr).Set(1)
 }
 
-// setHealthy records whether the passive health check has addr in.
+// setHealthy records whether the passive health check has addr in, if this
+// Handler owns the series or nobody does any more (the owner dropped addr
+// while an older Handler still has it).
 func (b *backendMetrics) setHealthy(addr string, in bool) {
 	if b == nil {
 		return
 	}
+	key := [2]string{b.backend, addr}
+	b.m.mu.Lock()
+	defer b.m.mu.Unlock()
+	if owner, ok := b.m.healthOwner[key]; ok && owner != b {
+		return
+	}
+	b.m.healthOwner[key] = b
 	v := 0.0
 	if in {
 		v = 1
@@ -126,6 +143,9 @@ func (b *backendMetrics) forget(addr string) {
 	last := b.m.users[key] <= 0
 	if last {
 		delete(b.m.users, key)
+	}
+	if b.m.healthOwner[key] == b {
+		delete(b.m.healthOwner, key)
 	}
 	b.m.mu.Unlock()
 	if last {

@@ -269,3 +269,35 @@ func TestOverlappingHandlersShareMetrics(t *testing.T) {
 		t.Errorf("%d request series after the first Handler closed, want one per endpoint of the second", series)
 	}
 }
+
+// TestOverlappingHandlersHealthSeries runs an older Handler whose passive
+// health check takes every endpoint out (each call is "too slow") beside a
+// newer one without health checks, as during a reload that turned them
+// off: endpoint_healthy is the newer Handler's view, not the draining one's.
+func TestOverlappingHandlersHealthSeries(t *testing.T) {
+	c := startCluster(t, 2)
+	m := NewMetrics()
+	older := newHandler(t, c, Options{Metrics: m, FailDuration: time.Minute, UnhealthyLatency: time.Nanosecond})
+	waitReady(t, older, 2)
+	newer := newHandler(t, c, Options{Metrics: m})
+	waitReady(t, newer, 2)
+	for i := 0; i < 4; i++ {
+		if w := serve(older, pushRequest(standin.RemoteWriteBody(10, 1))); w.Code != 200 {
+			t.Fatalf("push: %d %s", w.Code, w.Body)
+		}
+	}
+	var out int
+	for _, ep := range older.Endpoints() {
+		if !ep.Healthy {
+			out++
+		}
+	}
+	if out == 0 {
+		t.Fatalf("the older Handler's health check took no endpoint out: %+v", older.Endpoints())
+	}
+	for _, ep := range newer.Endpoints() {
+		if got := metricValue(t, m.healthy.WithLabelValues(DefaultBackendName, ep.Address)); got != 1 {
+			t.Errorf("endpoint_healthy{endpoint=%q} = %v, want the newer Handler's 1", ep.Address, got)
+		}
+	}
+}
