@@ -88,7 +88,7 @@ func TestReportAndChart(t *testing.T) {
 		t.Fatalf("median of gateway = %+v", m)
 	}
 	md := r.markdown()
-	for _, want := range []string{"## Targets (issue 5)", "| gateway | 2000 | 1402 |", "balance max/mean"} {
+	for _, want := range []string{"## Targets", "| gateway | 2000 | 1402 |", "balance max/mean"} {
 		if !strings.Contains(md, want) {
 			t.Errorf("report lacks %q:\n%s", want, md)
 		}
@@ -104,5 +104,68 @@ func TestReportAndChart(t *testing.T) {
 	defer f.Close()
 	if _, err := png.Decode(f); err != nil {
 		t.Fatalf("chart is not a PNG: %v", err)
+	}
+}
+
+// TestSickTargets feeds the sick phase's report made-up runs: the targets
+// table must judge each target from them, and leave out systems that
+// failed most requests when comparing p99s.
+func TestSickTargets(t *testing.T) {
+	cfg, err := parseFlags([]string{"-caddy", "/bin/true", "-out", t.TempDir(), "-phases", "sick"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &report{cfg: cfg, Started: time.Now(), Finished: time.Now()}
+	add := func(phase, sys string, p99ms float64, per []int64, non2xx int64, out []int) {
+		for rep := 1; rep <= 3; rep++ {
+			var n int64
+			for _, x := range per {
+				n += x
+			}
+			r.add(sample{Phase: phase, System: sys, Body: 2000, Rep: rep, Requests: n, P99US: p99ms * 1000,
+				PerStandin: per, MaxOverMean: maxOverMean(per), CPUPer1k: 0.1, Non2xx: non2xx, TakenOut: out})
+		}
+	}
+	add("sick-healthy", sysGateway, 10, []int64{100, 100, 100}, 0, nil)
+	add("sick-healthy", sysGatewayLC, 10, []int64{100, 101, 99}, 0, nil)
+	add("sick-slow", sysGateway, 24, []int64{100, 100, 100}, 0, nil)
+	add("sick-slow", sysGatewayLC, 24, []int64{100, 30, 100}, 0, nil)
+	add("sick-slow", sysGatewayHealth, 12, []int64{100, 1, 100}, 0, []int{0, 2, 1})
+	add("sick-slow", sysNginxHealth, 23, []int64{100, 10, 100}, 0, nil)
+	add("sick-slow", sysCaddyHealth, 9, []int64{1, 1, 1}, 3, nil)
+	add("sick-503", sysGatewayHealth, 10, []int64{1000, 10, 1000}, 5, []int{0, 4, 0})
+	md := r.markdown()
+	for _, want := range []string{
+		"| slow stand-in: least_conn share ≤ 0.6× the others' mean | 0.30× | yes |",
+		"| 12.00 vs 24.00 ms = 0.50× | yes |",
+		"caddy-lc-health 9.00 (100 % failed, not compared)",
+		"| slow stand-in: no healthy stand-in taken out | taken out 0 / 6 / 3 times (per stand-in, 3 runs) | **no** |",
+		"| 503 stand-in: ≤ 1 % of requests fail | 0.25 % (15 of 6030) | yes |",
+		"| healthy stand-ins: least_conn max/mean ≤ 1.05 | 1.010 | yes |",
+		"| gateway-health | 0 | 0.00 | 12.00 | 0 | 0.00 |",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("report lacks %q:\n%s", want, md)
+		}
+	}
+}
+
+func TestTakenOut(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "stderr.log")
+	log := `{"level":"info","msg":"endpoint out: passive health check failed","backend":"distributor","endpoint":"127.0.0.3:9095"}
+not json
+{"level":"info","msg":"endpoint back: its failures aged out","endpoint":"127.0.0.3:9095"}
+{"level":"info","msg":"endpoint out: passive health check failed","endpoint":"127.0.0.3:9095"}
+{"level":"info","msg":"endpoint out: passive health check failed","endpoint":"127.0.0.2:9095","failure":"took 17ms (unhealthy_latency 15ms)"}
+`
+	if err := os.WriteFile(p, []byte(log), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	got, why := takenOut(p, []string{"127.0.0.2", "127.0.0.3", "127.0.0.4"})
+	if joinInts(got) != "1 / 2 / 0" {
+		t.Errorf("taken out = %v, want 1 / 2 / 0", got)
+	}
+	if len(why) != 3 || why[2] != "127.0.0.2: took 17ms (unhealthy_latency 15ms)" {
+		t.Errorf("failures = %q", why)
 	}
 }

@@ -54,10 +54,14 @@ type sample struct {
 	LoadCorePct     float64 `json:"load_core_busy_pct"`
 	ProxyCorePct    float64 `json:"proxy_core_busy_pct"`
 
-	PerStandin  []int64 `json:"per_standin_requests"`
-	MaxOverMean float64 `json:"max_over_mean"`
-	LoadAvg     string  `json:"loadavg"`
-	Err         string  `json:"error,omitempty"`
+	PerStandin []int64 `json:"per_standin_requests"`
+	// TakenOut counts, per stand-in, how often the gateway's passive health
+	// check took it out (its "endpoint out" log lines, warm-up included).
+	TakenOut    []int    `json:"per_standin_taken_out,omitempty"`
+	OutFailures []string `json:"out_failures,omitempty"` // the first failures that took one out
+	MaxOverMean float64  `json:"max_over_mean"`
+	LoadAvg     string   `json:"loadavg"`
+	Err         string   `json:"error,omitempty"`
 }
 
 func (e *env) measure(ctx context.Context, s runSpec) sample {
@@ -163,6 +167,9 @@ func (e *env) measure(ctx context.Context, s runSpec) sample {
 		res.PeakRSSMiB = float64(treePeakRSSKiB(r.pid)) / 1024
 		res.AnonRSSMiB = float64(treeStatusKiB(r.pid, "RssAnon:")) / 1024
 		res.FileRSSMiB = float64(treeStatusKiB(r.pid, "RssFile:")) / 1024
+	}
+	if s.system == sysGatewayHealth {
+		res.TakenOut, res.OutFailures = takenOut(r.logPath, e.info.IPs)
 	}
 	logf("%-8s %-13s body=%d c=%d rep=%d: %7.0f req/s p50 %6.2f ms p99 %7.2f ms cpu %.3f s/1k (%3.0f%%) stand-ins %.3f wrk %.3f rss %5.1f MiB max/mean %.3f %v non2xx %d err %d",
 		s.phase, s.system, s.body, s.conns, s.rep, res.RPS, res.P50US/1000, res.P99US/1000, res.CPUPer1k, res.ProxyCPUPct,

@@ -1,8 +1,12 @@
 package main
 
 import (
+	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
+	"net"
+	"os"
 	"strings"
 	"time"
 )
@@ -93,29 +97,93 @@ func (r *report) sickMarkdown(body int) string {
 			fmt.Fprintf(&b, "; nginx-health: %s", sc.nginxHealth)
 		}
 		b.WriteString(".\n\n")
-		b.WriteString("| system | req/s | p50 ms | p99 ms | failed requests (non-2xx + socket errors) | failed % | per-stand-in requests | sick share ÷ others' mean | max/mean | proxy CPU-s / 1k req |\n" +
-			"|---|---:|---:|---:|---:|---:|---|---:|---:|---:|\n")
+		b.WriteString("| system | req/s | p50 ms | p99 ms | failed requests (non-2xx + socket errors) | failed % | per-stand-in requests | sick share ÷ others' mean | max/mean | proxy CPU-s / 1k req | times taken out, per stand-in |\n" +
+			"|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---|\n")
 		for _, sys := range sc.systems {
 			s := r.median(sc.phase, sys, body)
 			if s == nil {
-				fmt.Fprintf(&b, "| %s | failed (%d runs) |||||||||\n", sys, r.failures(sc.phase, sys, body))
+				fmt.Fprintf(&b, "| %s | failed (%d runs) ||||||||||\n", sys, r.failures(sc.phase, sys, body))
 				continue
 			}
 			failed := s.Non2xx + s.SocketErrors // summed over the runs
-			var total int64
-			for _, x := range r.Samples {
-				if x.Phase == sc.phase && x.System == sys && x.Err == "" {
-					total += x.Requests
-				}
-			}
-			pct := 0.0
-			if total > 0 {
-				pct = 100 * float64(failed) / float64(total)
-			}
-			fmt.Fprintf(&b, "| %s | %.0f | %.2f | %.2f | %d | %.2f | %s | %.2f | %.3f | %.3f |\n", sys, s.RPS, s.P50US/1000, s.P99US/1000,
-				failed, pct, perStandin(s), sickShare(s.PerStandin), s.MaxOverMean, s.CPUPer1k)
+			fmt.Fprintf(&b, "| %s | %.0f | %.2f | %.2f | %d | %.2f | %s | %.2f | %.3f | %.3f | %s |\n", sys, s.RPS, s.P50US/1000, s.P99US/1000,
+				failed, failedPct(s), perStandin(s), sickShare(s.PerStandin), s.MaxOverMean, s.CPUPer1k, joinInts(s.TakenOut))
 		}
-		b.WriteString("\n")
+		b.WriteString("\nFailed requests and times taken out are summed over the runs; the other columns are medians. " +
+			"Times taken out are counted from the gateway's `endpoint out` log lines (warm-up included); the other systems do not log them.\n\n")
+	}
+	return b.String()
+}
+
+// failedPct is the failed share of a cell's requests (sums over its runs).
+func failedPct(s *sample) float64 {
+	if s.Requests == 0 {
+		return 0
+	}
+	return 100 * float64(s.Non2xx+s.SocketErrors) / float64(s.Requests)
+}
+
+// sickTargets checks the sick phase's targets: the slow stand-in's share
+// under least_conn, what the latency rule does to p99 without taking a
+// healthy stand-in out, what the status rule does with a 503 stand-in, and
+// what least_conn costs when all are healthy.
+func (r *report) sickTargets(body int) string {
+	if !r.cfg.phases["sick"] {
+		return ""
+	}
+	var b strings.Builder
+	m := func(phase, sys string) *sample { return r.median(phase, sys, body) }
+	if lc := m("sick-slow", sysGatewayLC); lc != nil {
+		share := sickShare(lc.PerStandin)
+		fmt.Fprintf(&b, "| slow stand-in: least_conn share ≤ 0.6× the others' mean | %.2f× | %s |\n", share, verdict(share <= 0.6))
+	}
+	if h, rr := m("sick-slow", sysGatewayHealth), m("sick-slow", sysGateway); h != nil && rr != nil && rr.P99US > 0 {
+		ratio := h.P99US / rr.P99US
+		fmt.Fprintf(&b, "| slow stand-in: least_conn + unhealthy_latency p99 ≤ 0.7× round_robin's | %.2f vs %.2f ms = %.2f× | %s |\n",
+			h.P99US/1000, rr.P99US/1000, ratio, verdict(ratio <= 0.7))
+		below, others := true, []string{}
+		for _, sys := range sickSystems {
+			o := m("sick-slow", sys)
+			if sys == sysGatewayHealth || o == nil {
+				continue
+			}
+			if failedPct(o) > 1 {
+				// A system that answers most requests with a quick 503 has a
+				// low p99 of nothing served: not a latency to beat.
+				others = append(others, fmt.Sprintf("%s %.2f (%.0f %% failed, not compared)", sys, o.P99US/1000, failedPct(o)))
+				continue
+			}
+			others = append(others, fmt.Sprintf("%s %.2f", sys, o.P99US/1000))
+			below = below && h.P99US < o.P99US
+		}
+		fmt.Fprintf(&b, "| slow stand-in: that p99 below every other system's (≤ 1 %% failed) | %.2f ms; %s | %s |\n",
+			h.P99US/1000, strings.Join(others, ", "), verdict(below))
+		healthyOut := 0
+		for i, n := range h.TakenOut {
+			if i != 1 {
+				healthyOut += n
+			}
+		}
+		fmt.Fprintf(&b, "| slow stand-in: no healthy stand-in taken out | taken out %s times (per stand-in, %d runs) | %s |\n",
+			joinInts(h.TakenOut), h.Rep, verdict(healthyOut == 0 && len(h.TakenOut) > 0))
+	}
+	if h := m("sick-503", sysGatewayHealth); h != nil {
+		fmt.Fprintf(&b, "| 503 stand-in: ≤ 1 %% of requests fail | %.2f %% (%d of %d) | %s |\n",
+			failedPct(h), h.Non2xx+h.SocketErrors, h.Requests, verdict(failedPct(h) <= 1))
+		var all int64
+		for _, n := range h.PerStandin {
+			all += n
+		}
+		if all > 0 && len(h.PerStandin) > 1 {
+			pct := 100 * float64(h.PerStandin[1]) / float64(all)
+			fmt.Fprintf(&b, "| 503 stand-in: it gets ≤ 5 %% of requests | %.2f %% | %s |\n", pct, verdict(pct <= 5))
+		}
+	}
+	if lc, rr := m("sick-healthy", sysGatewayLC), m("sick-healthy", sysGateway); lc != nil && rr != nil && rr.CPUPer1k > 0 {
+		fmt.Fprintf(&b, "| healthy stand-ins: least_conn max/mean ≤ 1.05 | %.3f | %s |\n", lc.MaxOverMean, verdict(lc.MaxOverMean <= 1.05))
+		extra := 100 * (lc.CPUPer1k/rr.CPUPer1k - 1)
+		fmt.Fprintf(&b, "| healthy stand-ins: least_conn ≤ 5 %% more CPU per request than round_robin | %.3f vs %.3f CPU-s / 1k req = %+.1f %% | %s |\n",
+			lc.CPUPer1k, rr.CPUPer1k, extra, verdict(extra <= 5))
 	}
 	return b.String()
 }
@@ -146,4 +214,54 @@ func healthWords(block string) string {
 		}
 	}
 	return strings.Join(lines, "; ")
+}
+
+// maxOutFailures bounds the failures kept per run.
+const maxOutFailures = 20
+
+// takenOut counts the gateway's "endpoint out" log lines in logPath per
+// stand-in address (in the order of ips), and returns the first failures
+// that took one out ("127.0.0.4: took 17.2ms (unhealthy_latency 15ms)").
+func takenOut(logPath string, ips []string) ([]int, []string) {
+	out := make([]int, len(ips))
+	var why []string
+	f, err := os.Open(logPath)
+	if err != nil {
+		return out, nil
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64*1024), 1024*1024)
+	for sc.Scan() {
+		var line struct {
+			Msg      string `json:"msg"`
+			Endpoint string `json:"endpoint"`
+			Failure  string `json:"failure"`
+		}
+		if json.Unmarshal(sc.Bytes(), &line) != nil || !strings.HasPrefix(line.Msg, "endpoint out") {
+			continue
+		}
+		host, _, _ := net.SplitHostPort(line.Endpoint)
+		for i, ip := range ips {
+			if ip == host {
+				out[i]++
+			}
+		}
+		if len(why) < maxOutFailures {
+			why = append(why, host+": "+line.Failure)
+		}
+	}
+	return out, why
+}
+
+// joinInts is "a / b / c", or "–" for none.
+func joinInts(v []int) string {
+	if len(v) == 0 {
+		return "–"
+	}
+	s := make([]string, len(v))
+	for i, n := range v {
+		s[i] = fmt.Sprint(n)
+	}
+	return strings.Join(s, " / ")
 }
