@@ -52,6 +52,7 @@ type config struct {
 	latencyWork         string
 	renderOnly          bool
 	sickDuration        time.Duration
+	sickDelayMS         int
 	sickScenarios       map[string]bool
 }
 
@@ -99,6 +100,7 @@ func parseFlags(args []string) (*config, error) {
 	fs.IntVar(&c.loadCPU, "load-cpu", 0, "CPU wrk and the stand-ins are pinned to")
 	fs.StringVar(&phases, "phases", strings.Join(phaseNames, ","), "phases to run: "+strings.Join(phaseNames, ","))
 	fs.DurationVar(&c.sickDuration, "sick-duration", 10*time.Second, "measured duration of each run of the sick phase (longer than the passive health checks' 5s fail_duration)")
+	fs.IntVar(&c.sickDelayMS, "sick-delay", 0, "pause in ms after each answer, per connection, in the sick phase (0: closed loop at full speed, which saturates the load CPU)")
 	var sick string
 	fs.StringVar(&sick, "sick-scenarios", "healthy,slow,503", "scenarios of the sick phase")
 	fs.IntVar(&c.balanceConns, "balance-connections", 4, "clients of the balance run")

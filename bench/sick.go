@@ -65,7 +65,7 @@ func (e *env) runSick(ctx context.Context, rep *report, body int) error {
 		e.passiveHealth = sc.health
 		for r := 1; r <= e.cfg.repeats; r++ {
 			for _, sys := range sc.systems {
-				rep.add(e.measure(ctx, runSpec{phase: sc.phase, system: sys, body: body, rep: r, work: workCount, conns: e.cfg.connections}))
+				rep.add(e.measure(ctx, runSpec{phase: sc.phase, system: sys, body: body, rep: r, work: workCount, conns: e.cfg.connections, delayMS: e.cfg.sickDelayMS}))
 			}
 		}
 	}
@@ -85,8 +85,12 @@ func (r *report) sickMarkdown(body int) string {
 		return ""
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "## Sick stand-ins: %d keep-alive connections, body %d, stand-ins count, %s per run, medians of %d runs\n\n",
-		r.cfg.connections, body, r.cfg.sickDuration, r.cfg.repeats)
+	pause := ""
+	if r.cfg.sickDelayMS > 0 {
+		pause = fmt.Sprintf(" (%d ms pause after each answer)", r.cfg.sickDelayMS)
+	}
+	fmt.Fprintf(&b, "## Sick stand-ins: %d keep-alive connections%s, body %d, stand-ins count, %s per run, medians of %d runs\n\n",
+		r.cfg.connections, pause, body, r.cfg.sickDuration, r.cfg.repeats)
 	for _, sc := range sickScenarios {
 		if !r.cfg.sickScenarios[sc.phase] {
 			continue
