@@ -143,6 +143,7 @@ func TestSickTargets(t *testing.T) {
 		"| 503 stand-in: ≤ 1 % of requests fail | 0.25 % (15 of 6030) | yes |",
 		"| healthy stand-ins: least_conn max/mean ≤ 1.05 | 1.010 | yes |",
 		"| gateway-health | 0 | 0.00 | 12.00 | 0 | 0.00 |",
+		"measures 10s; 3 rounds alternating gateway → gateway-lc → gateway-health → nginx-health → caddy-lc → caddy-lc-health",
 	} {
 		if !strings.Contains(md, want) {
 			t.Errorf("report lacks %q:\n%s", want, md)

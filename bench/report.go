@@ -237,8 +237,12 @@ func (r *report) markdown() string {
 		fmt.Fprintf(&b, "- source: commit %s (bench/ as in this tree)\n", m.Commit)
 	}
 	fmt.Fprintf(&b, "- load average (1/5/15 min) before: %s, after: %s; run took %s\n", r.LoadBefore, r.LoadAfter, r.Finished.Sub(r.Started).Round(time.Second))
+	systems, duration := c.systems, c.duration
+	if len(c.phases) == 1 && c.phases["sick"] {
+		systems, duration = sickSystems, c.sickDuration // the sick phase's own
+	}
 	fmt.Fprintf(&b, "- systems under test pinned to CPU %d; wrk and the %d stand-ins to CPU %d; each measurement starts the system afresh, warms up %s, measures %s; %d rounds alternating %s; medians\n",
-		c.proxyCPU, c.standins, c.loadCPU, c.warmup, c.duration, c.repeats, strings.Join(c.systems, " → "))
+		c.proxyCPU, c.standins, c.loadCPU, c.warmup, duration, c.repeats, strings.Join(systems, " → "))
 	inv := m.Invocation
 	if inv == "" {
 		inv = os.Getenv("BENCH_INVOCATION")
