@@ -2,25 +2,15 @@ package caddymodule_test
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
-	"math/big"
-	"net"
 	"net/http"
-	"os"
 	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -32,6 +22,7 @@ import (
 
 	"github.com/metrics-gateway/metrics_gateway/examples/standin"
 	"github.com/metrics-gateway/metrics_gateway/internal/testcaddy"
+	"github.com/metrics-gateway/metrics_gateway/internal/testpki"
 )
 
 // errorsCaddyfile has a gRPC distributor, response headers from the
@@ -236,11 +227,11 @@ func endpointSeries(t *testing.T, c *testcaddy.Caddy) []string {
 // certificate; a forced reload with unchanged files keeps the connection.
 func TestGRPCCertificateRotation(t *testing.T) {
 	dir := t.TempDir()
-	pki := newTestPKI(t)
+	pki := testpki.New(t, "gateway")
 	caFile := filepath.Join(dir, "ca.pem")
 	certFile, keyFile := filepath.Join(dir, "client.pem"), filepath.Join(dir, "client-key.pem")
-	writePEM(t, caFile, "CERTIFICATE", pki.caDER)
-	pki.writeClient(t, "gateway-v1", certFile, keyFile)
+	pki.WriteCert(t, caFile)
+	pki.WriteClient(t, "gateway-v1", certFile, keyFile)
 
 	var mu sync.Mutex
 	var seen []string // client certificate CN of each call
@@ -257,9 +248,9 @@ func TestGRPCCertificateRotation(t *testing.T) {
 	}
 	cl, err := standin.StartCluster(distributorName, 1,
 		standin.WithTLS(&tls.Config{
-			Certificates: []tls.Certificate{pki.server(t, "distributor.mimir.test")},
+			Certificates: []tls.Certificate{pki.Server(t, "distributor.mimir.test")},
 			ClientAuth:   tls.RequireAndVerifyClientCert,
-			ClientCAs:    pki.pool(),
+			ClientCAs:    pki.Pool(),
 		}),
 		standin.WithUnaryInterceptors(record),
 		standin.WithServerOptions(grpc.StatsHandler(connsBegun{&conns})))
@@ -292,7 +283,7 @@ func TestGRPCCertificateRotation(t *testing.T) {
 		t.Fatalf("unchanged files: certificate %q, %d connections (want the one kept)", cn, conns.Load())
 	}
 
-	pki.writeClient(t, "gateway-v2", certFile, keyFile)
+	pki.WriteClient(t, "gateway-v2", certFile, keyFile)
 	if err := c.ForceReload(handler); err != nil {
 		t.Fatal(err)
 	}
@@ -313,76 +304,5 @@ func (connsBegun) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Con
 func (c connsBegun) HandleConn(_ context.Context, s stats.ConnStats) {
 	if _, ok := s.(*stats.ConnBegin); ok {
 		c.n.Add(1)
-	}
-}
-
-// testPKI is a CA that signs server and client certificates.
-type testPKI struct {
-	caKey  *ecdsa.PrivateKey
-	ca     *x509.Certificate
-	caDER  []byte
-	serial atomic.Int64
-}
-
-func newTestPKI(t *testing.T) *testPKI {
-	t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, _ := x509.ParseCertificate(der)
-	p := &testPKI{caKey: key, ca: ca, caDER: der}
-	p.serial.Store(1)
-	return p
-}
-
-func (p *testPKI) pool() *x509.CertPool {
-	pool := x509.NewCertPool()
-	pool.AddCert(p.ca)
-	return pool
-}
-
-func (p *testPKI) sign(t *testing.T, cn string, usage x509.ExtKeyUsage) ([]byte, *ecdsa.PrivateKey) {
-	t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(p.serial.Add(1)), Subject: pkix.Name{CommonName: cn},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		DNSNames: []string{cn}, IPAddresses: []net.IP{net.ParseIP(standin.GroupIP(0))},
-		ExtKeyUsage: []x509.ExtKeyUsage{usage}, KeyUsage: x509.KeyUsageDigitalSignature,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.ca, &key.PublicKey, p.caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return der, key
-}
-
-func (p *testPKI) server(t *testing.T, name string) tls.Certificate {
-	der, key := p.sign(t, name, x509.ExtKeyUsageServerAuth)
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
-}
-
-// writeClient writes a new client certificate and key for cn.
-func (p *testPKI) writeClient(t *testing.T, cn, certFile, keyFile string) {
-	der, key := p.sign(t, cn, x509.ExtKeyUsageClientAuth)
-	keyDER, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	writePEM(t, certFile, "CERTIFICATE", der)
-	writePEM(t, keyFile, "EC PRIVATE KEY", keyDER)
-}
-
-func writePEM(t *testing.T, file, typ string, der []byte) {
-	t.Helper()
-	if err := os.WriteFile(file, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
 	}
 }
