@@ -40,7 +40,7 @@ func forwardedHeaders(r *http.Request) []httpgrpc.Header {
 	}
 
 	out := make([]httpgrpc.Header, 0, 4)
-	prior, ok, omit := allHeaderValues(r.Header, "X-Forwarded-For")
+	prior, ok, omit := priorHeader(r.Header, "X-Forwarded-For", true)
 	switch {
 	case omit:
 		out = append(out, httpgrpc.Header{Key: "X-Forwarded-For"})
@@ -56,14 +56,14 @@ func forwardedHeaders(r *http.Request) []httpgrpc.Header {
 	if r.TLS == nil {
 		proto = "http"
 	}
-	prior, ok, omit = lastHeaderValue(r.Header, "X-Forwarded-Proto")
+	prior, ok, omit = priorHeader(r.Header, "X-Forwarded-Proto", false)
 	if trusted && ok && prior != "" {
 		proto = prior
 	}
 	out = append(out, httpgrpc.Header{Key: "X-Forwarded-Proto", Values: unlessOmitted(omit, proto)})
 
 	host := r.Host
-	prior, ok, omit = lastHeaderValue(r.Header, "X-Forwarded-Host")
+	prior, ok, omit = priorHeader(r.Header, "X-Forwarded-Host", false)
 	if trusted && ok && prior != "" {
 		host = prior
 	}
@@ -86,28 +86,19 @@ func dropForwarded(via httpgrpc.Header) []httpgrpc.Header {
 	}
 }
 
-// allHeaderValues is reverse_proxy's: the values of field joined by ", ";
-// omit when an earlier handler set the field to nil to keep it from being
-// sent.
-func allHeaderValues(h http.Header, field string) (value string, ok, omit bool) {
+// priorHeader is reverse_proxy's allHeaderValues (all: the values of field
+// joined by ", ") and lastHeaderValue (the last value) in one; omit when an
+// earlier handler set the field to nil to keep it from being sent.
+func priorHeader(h http.Header, field string, all bool) (value string, ok, omit bool) {
 	values, ok := h[field]
-	if ok && values == nil {
+	switch {
+	case ok && values == nil:
 		return "", true, true
-	}
-	if len(values) == 0 {
+	case len(values) == 0:
 		return "", false, false
+	case all:
+		return strings.Join(values, ", "), true, false
+	default:
+		return values[len(values)-1], true, false
 	}
-	return strings.Join(values, ", "), true, false
-}
-
-// lastHeaderValue is reverse_proxy's: the last value of field.
-func lastHeaderValue(h http.Header, field string) (value string, ok, omit bool) {
-	values, ok := h[field]
-	if ok && values == nil {
-		return "", true, true
-	}
-	if len(values) == 0 {
-		return "", false, false
-	}
-	return values[len(values)-1], true, false
 }
