@@ -219,9 +219,12 @@ func dash(ok bool, format string, v ...any) string {
 	return fmt.Sprintf(format, v...)
 }
 
-func perStandin(s *sample) string {
-	parts := make([]string, len(s.PerStandin))
-	for i, n := range s.PerStandin {
+func perStandin(s *sample) string { return slashed(s.PerStandin) }
+
+// slashed is "a / b / c".
+func slashed[T int | int64](v []T) string {
+	parts := make([]string, len(v))
+	for i, n := range v {
 		parts[i] = fmt.Sprint(n)
 	}
 	return strings.Join(parts, " / ")

@@ -263,9 +263,5 @@ func joinInts(v []int) string {
 	if len(v) == 0 {
 		return "–"
 	}
-	s := make([]string, len(v))
-	for i, n := range v {
-		s[i] = fmt.Sprint(n)
-	}
-	return strings.Join(s, " / ")
+	return slashed(v)
 }
