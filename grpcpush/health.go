@@ -90,29 +90,33 @@ func (h *healthConfig) statusCounts(code int) bool {
 }
 
 // failure says why a call that ended with err after took counts as a
-// failure, or "" if it does not. A canceled call (the client went away) is
-// not the endpoint's fault.
-func (h *healthConfig) failure(err error, took time.Duration) string {
+// failure, or "" if it does not; slow is true when the reason is only its
+// latency (which latency.go judges against the other endpoints). answered
+// is whether the component answered the call, with any status. A canceled
+// call (the client went away) is not the endpoint's fault.
+func (h *healthConfig) failure(err error, took time.Duration) (why string, slow, answered bool) {
+	answered = true
 	if err != nil {
 		switch c := status.Code(err); c {
 		case codes.Canceled:
-			return ""
+			return "", false, false
 		case codes.Unavailable, codes.DeadlineExceeded:
-			return c.String()
+			return c.String(), false, false
 		}
 		o := mapError(err)
 		code := o.code
 		if o.resp != nil {
 			code = int(o.resp.Code)
 		}
+		answered = o.resp != nil
 		if h.statusCounts(code) {
-			return fmt.Sprintf("status %d", code)
+			return fmt.Sprintf("status %d", code), false, answered
 		}
 	}
 	if h.latency > 0 && took > h.latency {
-		return fmt.Sprintf("took %v (unhealthy_latency %v)", took.Round(100*time.Microsecond), h.latency)
+		return fmt.Sprintf("took %v (unhealthy_latency %v)", took.Round(100*time.Microsecond), h.latency), true, answered
 	}
-	return ""
+	return "", false, answered
 }
 
 // endpointHealth is the passive health state of one endpoint.
@@ -126,6 +130,8 @@ type endpointHealth struct {
 	last  string      // the last failure counted
 	timer *time.Timer // brings the endpoint back at until
 	gone  bool        // the endpoint left the set
+
+	calls callTimes // for the latency rule
 }
 
 // stop cancels the endpoint's timer when it leaves the set.
@@ -156,6 +162,7 @@ type healthMonitor struct {
 	t       *tracker
 	logger  *logRef
 	backend string
+	epoch   time.Time // the zero of clock (latency.go)
 
 	// kicks wakes the goroutine that reports health to the child balancer;
 	// it is the only one that calls the child's health listeners, so they
@@ -167,7 +174,7 @@ type healthMonitor struct {
 }
 
 func newHealthMonitor(cfg *healthConfig, t *tracker, logger *logRef, backend string) *healthMonitor {
-	m := &healthMonitor{cfg: cfg, t: t, logger: logger, backend: backend,
+	m := &healthMonitor{cfg: cfg, t: t, logger: logger, backend: backend, epoch: time.Now(),
 		kicks: make(chan struct{}, 1), done: make(chan struct{})}
 	m.wg.Add(1)
 	go m.report()
@@ -222,13 +229,21 @@ func (m *healthMonitor) pick(child balancer.Picker, t *tracker, info balancer.Pi
 	}
 	ep.requests.Add(1)
 	noteEndpoint(t, info, ep)
-	start := time.Now()
+	start := m.callStarted(ep)
 	childDone := res.Done
 	res.Done = func(di balancer.DoneInfo) {
 		if childDone != nil {
 			childDone(di)
 		}
-		if why := m.cfg.failure(di.Err, time.Since(start)); why != "" {
+		took := time.Since(start)
+		why, slow, answered := m.cfg.failure(di.Err, took)
+		if slow && !m.slowOwnFault(ep, start) {
+			m.logger.get().Debug("slow call not counted: the other endpoints were slow too",
+				zap.String("backend", m.backend), zap.String("endpoint", ep.addr), zap.Duration("took", took))
+			why = ""
+		}
+		m.callEnded(ep, start, took, answered)
+		if why != "" {
 			m.failed(ep, why)
 		}
 	}

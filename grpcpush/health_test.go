@@ -3,6 +3,8 @@ package grpcpush
 import (
 	"net/http"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -90,5 +92,79 @@ func TestLeastConnBalancedWhenHealthy(t *testing.T) {
 		if n < 140 || n > 260 {
 			t.Errorf("distributor %d got %d of 600 calls", i, n)
 		}
+	}
+}
+
+// TestSharedStallNotCounted: when every endpoint is slow at once (the
+// gateway's node or the network paused), the latency rule takes none of
+// them out; when one endpoint is slow while the others answer in time, it
+// takes that one out.
+func TestSharedStallNotCounted(t *testing.T) {
+	c := startCluster(t, 3)
+	core, logs := zapobserver.New(zapcore.InfoLevel)
+	h := newHandler(t, c, Options{Logger: zap.New(core), Retries: Ptr(0),
+		FailDuration: time.Minute, MaxFails: 1, UnhealthyLatency: 100 * time.Millisecond})
+	waitReady(t, h, 3)
+	body := standin.RemoteWriteBody(10, 1)
+
+	// Every distributor holds its calls until all three hold some, and
+	// 200 ms longer: every call in flight ends late, all at once.
+	release := make(chan struct{})
+	var held [3]atomic.Int64
+	for i, d := range c.Distributors {
+		d.SetBehavior(func(http.ResponseWriter, *http.Request) bool {
+			held[i].Add(1)
+			<-release
+			return false
+		})
+	}
+	codes := make(chan int, 9)
+	for range 9 { // round_robin: three calls to each
+		go func() { codes <- serve(h, pushRequest(body)).Code }()
+	}
+	waitFor(t, 10*time.Second, "calls held by every distributor", func() bool {
+		return held[0].Load() > 0 && held[1].Load() > 0 && held[2].Load() > 0
+	})
+	<-time.After(200 * time.Millisecond) // the stall itself
+	close(release)
+	for range 9 {
+		if code := <-codes; code != http.StatusOK {
+			t.Fatalf("push during the stall: %d", code)
+		}
+	}
+	for _, e := range h.Endpoints() {
+		if !e.Healthy || e.LastFailure != "" {
+			t.Errorf("after a stall of every endpoint: %s healthy %v, last failure %q; want none counted", e.Address, e.Healthy, e.LastFailure)
+		}
+	}
+
+	// Now only the second is slow: calls to the others begin and end in
+	// time while its calls are in flight.
+	for _, d := range c.Distributors {
+		d.SetBehavior(nil)
+	}
+	c.Distributors[1].SetBehavior(func(http.ResponseWriter, *http.Request) bool {
+		time.Sleep(300 * time.Millisecond)
+		return false
+	})
+	var out atomic.Bool
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 200 && !out.Load(); i++ {
+				serve(h, pushRequest(body))
+			}
+		}()
+	}
+	waitFor(t, 20*time.Second, "the slow endpoint out", func() bool {
+		return logs.FilterMessageSnippet("endpoint out").Len() > 0
+	})
+	out.Store(true)
+	wg.Wait()
+	outs := logs.FilterMessageSnippet("endpoint out").All()
+	if len(outs) != 1 || outs[0].ContextMap()["endpoint"] != c.Addr(1) {
+		t.Errorf("endpoints taken out: %v, want only %s", outs, c.Addr(1))
 	}
 }
