@@ -62,7 +62,8 @@
 //
 // Passive health checks (Options.FailDuration > 0, health.go) watch every
 // call: UNAVAILABLE, DEADLINE_EXCEEDED, a status in UnhealthyStatus or a
-// call slower than UnhealthyLatency is a failure; MaxFails failures within
+// call slower than UnhealthyLatency is a failure (the last only if the other
+// endpoints answered in time meanwhile, or were idle); MaxFails failures within
 // FailDuration take the endpoint out until they age out. An endpoint that
 // is out reports TRANSIENT_FAILURE through gRPC's health listener to its
 // pick_first child, so the policy leaves it out of its picker (as grpc-go's

@@ -108,7 +108,8 @@ type Options struct {
 	// FailDuration.
 	UnhealthyStatus []int
 	// UnhealthyLatency makes a call that took longer count as a failure (0:
-	// latency does not count). Only with FailDuration.
+	// latency does not count), unless the other endpoints were slow at the
+	// same time (latency.go). Only with FailDuration.
 	UnhealthyLatency time.Duration
 	// Logger receives endpoint-set changes (info) and failed requests (debug).
 	// nil means no logging.
