@@ -135,7 +135,7 @@ func grpcOptions(c Component, b *Backend, target string, logger *zap.Logger) grp
 		MaxFails:         cfg.MaxFails,
 		UnhealthyStatus:  cfg.UnhealthyStatus,
 		UnhealthyLatency: time.Duration(cfg.UnhealthyLatency),
-		Logger:           logger.With(zap.String("backend", string(c))),
+		Logger:           logger, // the Handler adds the backend to every line
 		Metrics:          grpcMetrics,
 		BackendName:      string(c),
 		OnDone:           logEndpoint,

@@ -66,11 +66,11 @@ func New(opts Options) (*Handler, error) {
 	if err != nil {
 		return nil, err
 	}
-	h := &Handler{s: s, metrics: s.metrics.forBackend(s.backend, s.target.String()), logger: new(logRef)}
+	h := &Handler{s: s, metrics: s.metrics.forBackend(s.backend, s.target.String()), logger: &logRef{backend: s.backend}}
 	h.logger.set(s.logger)
 	h.tracker = newTracker(h.metrics)
 	if s.health != nil {
-		h.tracker.health = newHealthMonitor(s.health, h.tracker, h.logger, s.backend)
+		h.tracker.health = newHealthMonitor(s.health, h.tracker, h.logger)
 	}
 	builder := newDNSBuilder(s.target, s.refresh, h.logger, h.tracker)
 	h.conn, err = grpc.NewClient(s.target.String(), h.dialOptions(builder)...)
@@ -156,8 +156,12 @@ func (h *Handler) Close() error {
 // configuration reloads should log the way the newest configuration says.
 func (h *Handler) SetLogger(l *zap.Logger) { h.logger.set(l) }
 
-// logRef is a logger that can be replaced while it is in use.
-type logRef struct{ p atomic.Pointer[zap.Logger] }
+// logRef is a logger that can be replaced while it is in use. Every line
+// it writes names the backend.
+type logRef struct {
+	p       atomic.Pointer[zap.Logger]
+	backend string
+}
 
 func (l *logRef) get() *zap.Logger { return l.p.Load() }
 
@@ -165,7 +169,7 @@ func (l *logRef) set(z *zap.Logger) {
 	if z == nil {
 		z = zap.NewNop()
 	}
-	l.p.Store(z)
+	l.p.Store(z.With(zap.String("backend", l.backend)))
 }
 
 // Endpoints returns the current endpoints, sorted by address.
@@ -522,7 +526,7 @@ func (h *Handler) debug(msg string, r *http.Request, ep *endpoint, err error, fi
 	if ep != nil {
 		addr = ep.addr
 	}
-	ce.Write(append(fields, zap.String("backend", h.s.backend), zap.String("endpoint", addr),
+	ce.Write(append(fields, zap.String("endpoint", addr),
 		zap.String("method", r.Method), zap.String("uri", r.RequestURI), zap.Error(err))...)
 }
 

@@ -158,11 +158,10 @@ func (e *endpointHealth) describe(st *EndpointStatus) {
 
 // healthMonitor runs the passive health check of one Handler.
 type healthMonitor struct {
-	cfg     *healthConfig
-	t       *tracker
-	logger  *logRef
-	backend string
-	epoch   time.Time // the zero of clock (latency.go)
+	cfg    *healthConfig
+	t      *tracker
+	logger *logRef
+	epoch  time.Time // the zero of clock (latency.go)
 
 	// kicks wakes the goroutine that reports health to the child balancer;
 	// it is the only one that calls the child's health listeners, so they
@@ -173,8 +172,8 @@ type healthMonitor struct {
 	once  sync.Once
 }
 
-func newHealthMonitor(cfg *healthConfig, t *tracker, logger *logRef, backend string) *healthMonitor {
-	m := &healthMonitor{cfg: cfg, t: t, logger: logger, backend: backend, epoch: time.Now(),
+func newHealthMonitor(cfg *healthConfig, t *tracker, logger *logRef) *healthMonitor {
+	m := &healthMonitor{cfg: cfg, t: t, logger: logger, epoch: time.Now(),
 		kicks: make(chan struct{}, 1), done: make(chan struct{})}
 	m.wg.Add(1)
 	go m.report()
@@ -239,7 +238,7 @@ func (m *healthMonitor) pick(child balancer.Picker, t *tracker, info balancer.Pi
 		why, slow, answered := m.cfg.failure(di.Err, took)
 		if slow && !m.slowOwnFault(ep, start) {
 			m.logger.get().Debug("slow call not counted: the other endpoints were slow too",
-				zap.String("backend", m.backend), zap.String("endpoint", ep.addr), zap.Duration("took", took))
+				zap.String("endpoint", ep.addr), zap.Duration("took", took))
 			why = ""
 		}
 		m.callEnded(ep, start, took, answered)
@@ -315,7 +314,7 @@ func (m *healthMonitor) failed(ep *endpoint, why string) {
 	h.out.Store(true)
 	m.t.metrics.setHealthy(ep.addr, false)
 	m.logger.get().Info("endpoint out: passive health check failed",
-		zap.String("backend", m.backend), zap.String("endpoint", ep.addr),
+		zap.String("endpoint", ep.addr),
 		zap.String("failure", why), zap.Int("failures", m.cfg.maxFails),
 		zap.Duration("fail_duration", m.cfg.failDuration), zap.Time("until", until))
 	m.kick()
@@ -337,7 +336,7 @@ func (m *healthMonitor) maybeBack(ep *endpoint) {
 	h.out.Store(false)
 	m.t.metrics.setHealthy(ep.addr, true)
 	m.logger.get().Info("endpoint back: its failures aged out",
-		zap.String("backend", m.backend), zap.String("endpoint", ep.addr),
+		zap.String("endpoint", ep.addr),
 		zap.String("last_failure", h.last))
 	m.kick()
 }
