@@ -235,9 +235,9 @@ type GRPCConfig struct {
 
 	// UnhealthyLatency makes a call that takes longer count as a failure
 	// of its endpoint, unless the other endpoints were slow at the same
-	// time: they had calls in flight or ending meanwhile and answered none
-	// of them in time (then the gateway's node or the network paused, not
-	// the endpoint). Default: 0 (latency does not count).
+	// time: while the call was overdue they had calls in flight or ending
+	// and answered none in time (then the gateway's node or the network
+	// paused, not the endpoint). Default: 0 (latency does not count).
 	UnhealthyLatency caddy.Duration `json:"unhealthy_latency,omitempty"`
 
 	// MinReady applies to a backend with several `dns:` targets: a target

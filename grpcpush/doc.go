@@ -62,14 +62,15 @@
 //
 // Passive health checks (Options.FailDuration > 0, health.go) watch every
 // call: UNAVAILABLE, DEADLINE_EXCEEDED, a status in UnhealthyStatus or a
-// call slower than UnhealthyLatency is a failure (the last only if the other
-// endpoints answered in time meanwhile, or were idle); MaxFails failures within
-// FailDuration take the endpoint out until they age out. An endpoint that
-// is out reports TRANSIENT_FAILURE through gRPC's health listener to its
-// pick_first child, so the policy leaves it out of its picker (as grpc-go's
-// outlier detection does) while its connection stays up; if every READY
-// endpoint is out, none is left out. Changes are logged at info and shown
-// by Endpoints and metrics_gateway_grpc_endpoint_healthy.
+// call slower than UnhealthyLatency is a failure (the last only if another
+// endpoint answered in time while it was overdue, or the others were idle);
+// MaxFails failures within FailDuration take the endpoint out until they
+// age out. An endpoint that is out reports TRANSIENT_FAILURE through gRPC's
+// health listener to its pick_first child, so the policy leaves it out of
+// its picker (as grpc-go's outlier detection does) while its connection
+// stays up; if every READY endpoint is out, none is left out. Changes are
+// logged at info and shown by Endpoints and
+// metrics_gateway_grpc_endpoint_healthy.
 //
 // The channel never goes idle, connects at New, and uses dskit's
 // client settings: keepalive 20s/10s with pings allowed without calls,

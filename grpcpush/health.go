@@ -236,9 +236,7 @@ func (m *healthMonitor) pick(child balancer.Picker, t *tracker, info balancer.Pi
 		}
 		took := time.Since(start)
 		why, slow, answered := m.cfg.failure(di.Err, took)
-		if slow && !m.slowOwnFault(ep, start) {
-			m.logger.get().Debug("slow call not counted: the other endpoints were slow too",
-				zap.String("endpoint", ep.addr), zap.Duration("took", took))
+		if slow && !m.lateCounts(ep, start, took) {
 			why = ""
 		}
 		m.callEnded(ep, start, took, answered)

@@ -168,3 +168,63 @@ func TestSharedStallNotCounted(t *testing.T) {
 		t.Errorf("endpoints taken out: %v, want only %s", outs, c.Addr(1))
 	}
 }
+
+// TestOverlappingLateCallsCountOnce: late calls of one endpoint that were
+// in flight together (one pause of that distributor) are one failure; a
+// late call that began after them is the next.
+func TestOverlappingLateCallsCountOnce(t *testing.T) {
+	c := startCluster(t, 3)
+	h := newHandler(t, c, Options{Retries: Ptr(0),
+		FailDuration: time.Minute, MaxFails: 2, UnhealthyLatency: 100 * time.Millisecond})
+	waitReady(t, h, 3)
+	body := standin.RemoteWriteBody(10, 1)
+	slow := c.Addr(1)
+
+	// The second distributor holds its three calls (round_robin: 9 calls,
+	// three each) until all three are held, and 200 ms longer. The others
+	// answer at once, so nothing else is in flight while they are late.
+	release := make(chan struct{})
+	var held atomic.Int64
+	c.Distributors[1].SetBehavior(func(http.ResponseWriter, *http.Request) bool {
+		held.Add(1)
+		<-release
+		return false
+	})
+	codes := make(chan int, 9)
+	for range 9 {
+		go func() { codes <- serve(h, pushRequest(body)).Code }()
+	}
+	waitFor(t, 10*time.Second, "three calls held", func() bool { return held.Load() == 3 })
+	<-time.After(200 * time.Millisecond) // the pause itself
+	close(release)
+	for range 9 {
+		if code := <-codes; code != http.StatusOK {
+			t.Fatalf("push: %d", code)
+		}
+	}
+	status := func() EndpointStatus {
+		for _, e := range h.Endpoints() {
+			if e.Address == slow {
+				return e
+			}
+		}
+		t.Fatalf("no endpoint %s", slow)
+		return EndpointStatus{}
+	}
+	if st := status(); !st.Healthy || !strings.Contains(st.LastFailure, "unhealthy_latency") {
+		t.Fatalf("after one pause with 3 late calls: healthy %v, last failure %q; want one failure counted (max_fails 2)", st.Healthy, st.LastFailure)
+	}
+
+	// One more late call, begun after the pause: the second failure.
+	c.Distributors[1].SetBehavior(func(http.ResponseWriter, *http.Request) bool {
+		time.Sleep(200 * time.Millisecond)
+		return false
+	})
+	waitFor(t, 10*time.Second, "the slow endpoint out", func() bool {
+		serve(h, pushRequest(body))
+		return !status().Healthy
+	})
+	if got := c.Distributors[1].Requests(); got != 4 {
+		t.Errorf("the slow endpoint got %d calls before it was out, want 3 (one pause) + 1", got)
+	}
+}

@@ -3,32 +3,43 @@ package grpcpush
 import (
 	"sync/atomic"
 	"time"
+
+	"go.uber.org/zap"
 )
 
 // The latency rule (UnhealthyLatency) judges an endpoint against its peers.
-// A call slower than UnhealthyLatency is a failure of its endpoint only if
-// the slowness was the endpoint's own:
+// A call slower than UnhealthyLatency is overdue from the moment it has
+// taken that long; it is a failure of its endpoint only if the slowness was
+// the endpoint's own:
 //
-//   - another endpoint answered, in time, a call that began after the slow
-//     one began (it answered a whole call while this one kept the client
-//     waiting): the endpoint is slower than its peers, the failure counts;
-//   - no other endpoint had a call in flight or ending meanwhile (sparse
-//     traffic, or a single endpoint): there is nothing to compare with, the
-//     failure counts, as it would without peers;
-//   - otherwise the others were busy too and none of them answered in time:
-//     the slowness was everyone's. The gateway's own node paused (CPU
+//   - another endpoint answered a call in time while this one was overdue:
+//     the others kept up where this endpoint did not, the failure counts;
+//   - no other endpoint had a call in flight or ending while it was overdue
+//     (sparse traffic, or a single endpoint): there is nothing to compare
+//     with, the failure counts, as it would without peers;
+//   - otherwise the others were busy too and answered nothing in time: the
+//     slowness was everyone's. The gateway's own node paused (CPU
 //     throttling of its pod, a GC, a descheduled process) or the network
 //     did, and every call in flight ended late at once. That is not counted:
 //     with max_fails at or below the calls in flight per endpoint, one such
 //     pause would take a healthy endpoint out, and taking it out only loads
 //     the others more.
+//
+// And late calls of one endpoint that were in flight together are one
+// failure: a late call counts only if it began after the last counted late
+// call of its endpoint ended. A pause of one distributor (its GC, a
+// noisy neighbour) delays every call in flight to it at once; that is one
+// failure, not one per call, so max_fails means pauses, not calls in
+// flight. An endpoint that stays slow still fails once per call time, and
+// is out after max_fails of them.
 
 // callTimes is what the latency rule compares of one endpoint, in
 // nanoseconds on its healthMonitor's clock.
 type callTimes struct {
-	inFlight    atomic.Int32
-	lastEnd     atomic.Int64 // when its latest call ended
-	inTimeStart atomic.Int64 // when its latest call answered in time began
+	inFlight  atomic.Int32
+	lastEnd   atomic.Int64 // when its latest call ended
+	inTimeEnd atomic.Int64 // when its latest call answered in time ended
+	lateEnd   atomic.Int64 // when its last counted late call ended
 }
 
 // clock returns t on the monitor's clock: monotonic, and above 0 for every
@@ -51,26 +62,59 @@ func (m *healthMonitor) callEnded(ep *endpoint, start time.Time, took time.Durat
 	}
 	c := &ep.health.calls
 	c.inFlight.Add(-1)
-	storeMax(&c.lastEnd, m.clock(start.Add(took)))
+	end := m.clock(start.Add(took))
+	storeMax(&c.lastEnd, end)
 	if answered && took <= m.cfg.latency {
-		storeMax(&c.inTimeStart, m.clock(start))
+		storeMax(&c.inTimeEnd, end)
+	}
+}
+
+// lateCounts reports whether a call to ep that began at start and ended
+// late, after took, counts as a failure (the rules above); it logs at debug
+// why one does not.
+func (m *healthMonitor) lateCounts(ep *endpoint, start time.Time, took time.Duration) bool {
+	var why string
+	switch {
+	case !m.slowOwnFault(ep, start):
+		why = "the other endpoints were late too"
+	case !ep.health.calls.firstLate(m.clock(start), m.clock(start.Add(took))):
+		why = "it was in flight with a late call already counted"
+	default:
+		return true
+	}
+	m.logger.get().Debug("late call not counted: "+why,
+		zap.String("endpoint", ep.addr), zap.Duration("took", took))
+	return false
+}
+
+// firstLate records a late call that began at began and ended at end, and
+// reports whether it began after the last counted one ended.
+func (c *callTimes) firstLate(began, end int64) bool {
+	for {
+		last := c.lateEnd.Load()
+		if began <= last {
+			return false
+		}
+		if c.lateEnd.CompareAndSwap(last, end) {
+			return true
+		}
 	}
 }
 
 // slowOwnFault reports whether a call to ep that began at start and ended
 // too late counts against ep (the rule above).
 func (m *healthMonitor) slowOwnFault(ep *endpoint, start time.Time) bool {
-	began := m.clock(start)
+	overdue := m.clock(start.Add(m.cfg.latency))
 	peersBusy := false
 	for _, other := range *m.t.bySubConn.Load() {
 		if other == ep {
 			continue
 		}
 		c := &other.health.calls
-		if c.inTimeStart.Load() > began {
+		if c.inTimeEnd.Load() > overdue {
 			return true
 		}
-		if c.inFlight.Load() > 0 || c.lastEnd.Load() > began {
+		if c.inFlight.Load() > 0 || c.lastEnd.Load() > overdue {
 			peersBusy = true
 		}
 	}
