@@ -133,12 +133,14 @@ func TestSickTargets(t *testing.T) {
 	add("sick-slow", sysGatewayHealth, 12, []int64{100, 1, 100}, 0, []int{0, 2, 1})
 	add("sick-slow", sysNginxHealth, 23, []int64{100, 10, 100}, 0, nil)
 	add("sick-slow", sysCaddyHealth, 9, []int64{1, 1, 1}, 3, nil)
+	add("sick-slow", sysCaddyLC, 11, []int64{100, 5, 100}, 0, nil)
 	add("sick-503", sysGatewayHealth, 10, []int64{1000, 10, 1000}, 5, []int{0, 4, 0})
 	md := r.markdown()
 	for _, want := range []string{
 		"| slow stand-in: least_conn share ≤ 0.6× the others' mean | 0.30× | yes |",
 		"| 12.00 vs 24.00 ms = 0.50× | yes |",
 		"caddy-lc-health 9.00 (100 % failed, not compared)",
+		"| below in 9 of 12; lost: round 1 caddy-lc 11.00 ms (gateway-health 12.00), round 2 caddy-lc 11.00 ms (gateway-health 12.00), round 3 caddy-lc 11.00 ms (gateway-health 12.00) | **no** |",
 		"| slow stand-in: no healthy stand-in taken out | taken out 0 / 6 / 3 times (per stand-in, 3 runs) | **no** |",
 		"| 503 stand-in: ≤ 1 % of requests fail | 0.25 % (15 of 6030) | yes |",
 		"| healthy stand-ins: least_conn max/mean ≤ 1.05 | 1.010 | yes |",

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"time"
 )
@@ -162,6 +163,9 @@ func (r *report) sickTargets(body int) string {
 		}
 		fmt.Fprintf(&b, "| slow stand-in: that p99 below every other system's (≤ 1 %% failed) | %.2f ms; %s | %s |\n",
 			h.P99US/1000, strings.Join(others, ", "), verdict(below))
+		won, rounds, lost := r.roundsBelow("sick-slow", sysGatewayHealth, body)
+		fmt.Fprintf(&b, "| slow stand-in: the same, round by round (each system's runs with ≤ 1 %% failed) | below in %d of %d%s | %s |\n",
+			won, rounds, lost, verdict(won == rounds && rounds > 0))
 		healthyOut := 0
 		for i, n := range h.TakenOut {
 			if i != 1 {
@@ -190,6 +194,45 @@ func (r *report) sickTargets(body int) string {
 			lc.CPUPer1k, rr.CPUPer1k, extra, verdict(extra <= 5))
 	}
 	return b.String()
+}
+
+// roundsBelow compares sys's p99 with every other sick-phase system's in
+// the same round, leaving out runs that failed more than 1 % (their p99 is
+// of quick errors): how many comparisons sys won, of how many, and the ones
+// it lost ("; lost: round 1 caddy-lc-health 9.78 ms (gateway-health 12.99)").
+func (r *report) roundsBelow(phase, sys string, body int) (won, rounds int, lost string) {
+	p99 := map[string]map[int]sample{}
+	for _, s := range r.Samples {
+		if s.Phase == phase && s.Body == body && s.Err == "" {
+			if p99[s.System] == nil {
+				p99[s.System] = map[int]sample{}
+			}
+			p99[s.System][s.Rep] = s
+		}
+	}
+	var losses []string
+	for _, other := range sickSystems {
+		if other == sys {
+			continue
+		}
+		for rep, o := range p99[other] {
+			mine, ok := p99[sys][rep]
+			if !ok || failedPct(&o) > 1 {
+				continue
+			}
+			rounds++
+			if mine.P99US < o.P99US {
+				won++
+			} else {
+				losses = append(losses, fmt.Sprintf("round %d %s %.2f ms (%s %.2f)", rep, other, o.P99US/1000, sys, mine.P99US/1000))
+			}
+		}
+	}
+	slices.Sort(losses)
+	if len(losses) > 0 {
+		lost = "; lost: " + strings.Join(losses, ", ")
+	}
+	return won, rounds, lost
 }
 
 // sickShare is the second stand-in's requests over the others' mean.
