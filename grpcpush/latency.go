@@ -102,7 +102,7 @@ func (c *callTimes) firstLate(began, end int64) bool {
 }
 
 // slowOwnFault reports whether a call to ep that began at start and ended
-// too late counts against ep (the rule above).
+// too late counts against ep (the first rule above: against its peers).
 func (m *healthMonitor) slowOwnFault(ep *endpoint, start time.Time) bool {
 	overdue := m.clock(start.Add(m.cfg.latency))
 	peersBusy := false
