@@ -112,26 +112,11 @@ func TestSharedStallNotCounted(t *testing.T) {
 	release := make(chan struct{})
 	var held [3]atomic.Int64
 	for i, d := range c.Distributors {
-		d.SetBehavior(func(http.ResponseWriter, *http.Request) bool {
-			held[i].Add(1)
-			<-release
-			return false
-		})
+		d.SetBehavior(holdUntil(release, &held[i]))
 	}
-	codes := make(chan int, 9)
-	for range 9 { // round_robin: three calls to each
-		go func() { codes <- serve(h, pushRequest(body)).Code }()
-	}
-	waitFor(t, 10*time.Second, "calls held by every distributor", func() bool {
+	pushThroughPause(t, h, body, release, "calls held by every distributor", func() bool {
 		return held[0].Load() > 0 && held[1].Load() > 0 && held[2].Load() > 0
 	})
-	<-time.After(200 * time.Millisecond) // the stall itself
-	close(release)
-	for range 9 {
-		if code := <-codes; code != http.StatusOK {
-			t.Fatalf("push during the stall: %d", code)
-		}
-	}
 	for _, e := range h.Endpoints() {
 		if !e.Healthy || e.LastFailure != "" {
 			t.Errorf("after a stall of every endpoint: %s healthy %v, last failure %q; want none counted", e.Address, e.Healthy, e.LastFailure)
@@ -143,10 +128,7 @@ func TestSharedStallNotCounted(t *testing.T) {
 	for _, d := range c.Distributors {
 		d.SetBehavior(nil)
 	}
-	c.Distributors[1].SetBehavior(func(http.ResponseWriter, *http.Request) bool {
-		time.Sleep(300 * time.Millisecond)
-		return false
-	})
+	c.Distributors[1].SetBehavior(answerAfter(300 * time.Millisecond))
 	var out atomic.Bool
 	var wg sync.WaitGroup
 	for range 4 {
@@ -185,23 +167,8 @@ func TestOverlappingLateCallsCountOnce(t *testing.T) {
 	// answer at once, so nothing else is in flight while they are late.
 	release := make(chan struct{})
 	var held atomic.Int64
-	c.Distributors[1].SetBehavior(func(http.ResponseWriter, *http.Request) bool {
-		held.Add(1)
-		<-release
-		return false
-	})
-	codes := make(chan int, 9)
-	for range 9 {
-		go func() { codes <- serve(h, pushRequest(body)).Code }()
-	}
-	waitFor(t, 10*time.Second, "three calls held", func() bool { return held.Load() == 3 })
-	<-time.After(200 * time.Millisecond) // the pause itself
-	close(release)
-	for range 9 {
-		if code := <-codes; code != http.StatusOK {
-			t.Fatalf("push: %d", code)
-		}
-	}
+	c.Distributors[1].SetBehavior(holdUntil(release, &held))
+	pushThroughPause(t, h, body, release, "three calls held", func() bool { return held.Load() == 3 })
 	status := func() EndpointStatus {
 		for _, e := range h.Endpoints() {
 			if e.Address == slow {
@@ -216,15 +183,49 @@ func TestOverlappingLateCallsCountOnce(t *testing.T) {
 	}
 
 	// One more late call, begun after the pause: the second failure.
-	c.Distributors[1].SetBehavior(func(http.ResponseWriter, *http.Request) bool {
-		time.Sleep(200 * time.Millisecond)
-		return false
-	})
+	c.Distributors[1].SetBehavior(answerAfter(200 * time.Millisecond))
 	waitFor(t, 10*time.Second, "the slow endpoint out", func() bool {
 		serve(h, pushRequest(body))
 		return !status().Healthy
 	})
 	if got := c.Distributors[1].Requests(); got != 4 {
 		t.Errorf("the slow endpoint got %d calls before it was out, want 3 (one pause) + 1", got)
+	}
+}
+
+// holdUntil is a stand-in behaviour that counts each call in held, holds
+// it until release is closed, and then answers it normally.
+func holdUntil(release <-chan struct{}, held *atomic.Int64) standin.Behavior {
+	return func(http.ResponseWriter, *http.Request) bool {
+		held.Add(1)
+		<-release
+		return false
+	}
+}
+
+// answerAfter is a stand-in behaviour that answers normally after d.
+func answerAfter(d time.Duration) standin.Behavior {
+	return func(http.ResponseWriter, *http.Request) bool {
+		time.Sleep(d)
+		return false
+	}
+}
+
+// pushThroughPause sends 9 pushes at once (round_robin: three to each
+// distributor), waits until the held calls are where they should be, lets
+// 200 ms pass (the pause itself) and releases them; every push must succeed.
+func pushThroughPause(t *testing.T, h *Handler, body []byte, release chan struct{}, what string, held func() bool) {
+	t.Helper()
+	codes := make(chan int, 9)
+	for range 9 {
+		go func() { codes <- serve(h, pushRequest(body)).Code }()
+	}
+	waitFor(t, 10*time.Second, what, held)
+	<-time.After(200 * time.Millisecond)
+	close(release)
+	for range 9 {
+		if code := <-codes; code != http.StatusOK {
+			t.Fatalf("push through the pause: %d", code)
+		}
 	}
 }
