@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 )
 
 // The latency rule (UnhealthyLatency) judges an endpoint against its peers.
@@ -73,17 +74,20 @@ func (m *healthMonitor) callEnded(ep *endpoint, start time.Time, took time.Durat
 // late, after took, counts as a failure (the rules above); it logs at debug
 // why one does not.
 func (m *healthMonitor) lateCounts(ep *endpoint, start time.Time, took time.Duration) bool {
-	var why string
+	var msg string
 	switch {
 	case !m.slowOwnFault(ep, start):
-		why = "the other endpoints were late too"
+		msg = "late call not counted: the other endpoints were late too"
 	case !ep.health.calls.firstLate(m.clock(start), m.clock(start.Add(took))):
-		why = "it was in flight with a late call already counted"
+		msg = "late call not counted: it was in flight with a late call already counted"
 	default:
 		return true
 	}
-	m.logger.get().Debug("late call not counted: "+why,
-		zap.String("endpoint", ep.addr), zap.Duration("took", took))
+	// Check first: without debug logging this costs nothing, however many
+	// late calls a pause leaves.
+	if ce := m.logger.get().Check(zapcore.DebugLevel, msg); ce != nil {
+		ce.Write(zap.String("endpoint", ep.addr), zap.Duration("took", took))
+	}
 	return false
 }
 
