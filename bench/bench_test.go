@@ -1,7 +1,11 @@
 package main
 
 import (
+	"context"
 	"image/png"
+	"net/http"
+	"net/http/httptest"
+	"net/http/pprof"
 	"os"
 	"path/filepath"
 	"strings"
@@ -170,5 +174,27 @@ not json
 	}
 	if len(why) != 3 || why[2] != "127.0.0.2: took 17ms (unhealthy_latency 15ms)" {
 		t.Errorf("failures = %q", why)
+	}
+}
+
+// TestProfileStandins takes a profile from a control endpoint serving Go's
+// pprof handler, as the stand-ins' does, and checks a profile was written.
+func TestProfileStandins(t *testing.T) {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+
+	dir := t.TempDir()
+	e := &env{cfg: &config{out: dir}, info: standinsInfo{Control: strings.TrimPrefix(srv.URL, "http://")}}
+	if err := e.profileStandins(context.Background(), 2*time.Second, "standins-x.pprof"); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "standins-x.pprof"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(b) < 2 || b[0] != 0x1f || b[1] != 0x8b { // pprof profiles are gzipped protobuf
+		t.Fatalf("not a profile: %d bytes starting %q", len(b), b[:min(len(b), 8)])
 	}
 }

@@ -54,6 +54,7 @@ type config struct {
 	sickDuration        time.Duration
 	sickDelayMS         int
 	sickScenarios       map[string]bool
+	standinsProfile     bool
 }
 
 var phaseNames = []string{"main", "capacity", "balance", "latency", "rss", "profile", "sick"}
@@ -110,6 +111,7 @@ func parseFlags(args []string) (*config, error) {
 	fs.Float64Var(&c.latencyLoadFraction, "latency-load", 0.5, "fraction of direct's throughput offered in the latency run")
 	fs.StringVar(&c.latencyWork, "latency-work", workCount, "stand-in work in the latency run: count (the proxy's own latency) or decode (adds queueing behind decodes on the load core)")
 	fs.IntVar(&c.profileSeconds, "profile-seconds", 8, "CPU profile length of the gateway under load")
+	fs.BoolVar(&c.standinsProfile, "standins-profile", false, "take a CPU profile of the stand-ins during each system's first run of every phase (standins-<phase>-<system>-<body>.pprof in the output directory)")
 	fs.IntVar(&c.standins, "standins", 3, "number of distributor stand-ins")
 	fs.DurationVar(&c.maxTotal, "max-total", 30*time.Minute, "abort the whole benchmark after this long")
 	fs.StringVar(&c.goBenchFile, "gobench", "", "benchstat output of the Go benchmarks to include in the report")

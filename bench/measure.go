@@ -112,11 +112,21 @@ func (e *env) measure(ctx context.Context, s runSpec) sample {
 	}
 	ct0 := cpuTimes()
 	spec.duration = e.cfg.duration
+	profiled := make(chan error, 1)
+	if e.cfg.standinsProfile && s.rep == 1 {
+		name := fmt.Sprintf("standins-%s-%s-%d.pprof", s.phase, s.system, s.body)
+		go func() { profiled <- e.profileStandins(ctx, spec.duration, name) }()
+	} else {
+		profiled <- nil
+	}
 	var w wrkResult
 	if s.system == sysPinned {
 		w, err = e.runPinned(ctx, spec)
 	} else {
 		w, err = e.runWrk(ctx, spec)
+	}
+	if perr := <-profiled; perr != nil {
+		logf("stand-ins profile: %v", perr)
 	}
 	if err != nil {
 		return fail(err)
@@ -349,6 +359,37 @@ func fetchTo(ctx context.Context, url, path string, timeout time.Duration) error
 	}
 	if _, err := io.Copy(f, resp.Body); err != nil {
 		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// profileStandins takes a CPU profile of the stand-ins for most of a run
+// (one second less, so it ends before the load does) into the output
+// directory.
+func (e *env) profileStandins(ctx context.Context, run time.Duration, name string) error {
+	secs := int((run - time.Second) / time.Second)
+	if secs < 1 {
+		secs = 1
+	}
+	ctx, cancel := context.WithTimeout(ctx, run+30*time.Second)
+	defer cancel()
+	url := fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", e.info.Control, secs)
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: %s", url, resp.Status)
+	}
+	f, err := os.Create(filepath.Join(e.cfg.out, name))
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		_ = f.Close()
 		return err
 	}
 	return f.Close()

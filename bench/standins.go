@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"strconv"
@@ -189,6 +190,9 @@ func serveStandins(n int, work string, maxLife time.Duration) error {
 		}
 		w.WriteHeader(http.StatusNoContent)
 	})
+	// Profiles of the stand-ins (-standins-profile): what each system's
+	// traffic costs the distributors' side.
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
 	ctl := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = ctl.Serve(ctlLis) }()
 	defer func() { _ = ctl.Close() }()
