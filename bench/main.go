@@ -37,6 +37,7 @@ type config struct {
 	repeats             int
 	out                 string
 	caddy, nginx, wrk   string
+	caddyBase           string
 	proxyCPU, loadCPU   int
 	phases              map[string]bool
 	balanceConns        int
@@ -91,10 +92,11 @@ func parseFlags(args []string) (*config, error) {
 	fs.IntVar(&c.connections, "connections", 16, "keep-alive connections (K) of the main and capacity runs")
 	fs.StringVar(&bodies, "bodies", "2000,500", "samples per Remote-Write body (one series per sample), main run")
 	fs.StringVar(&capBodies, "capacity-bodies", "2000", "bodies of the capacity run")
-	fs.StringVar(&systems, "systems", strings.Join(allSystems, ","), "systems under test, in the order they alternate")
+	fs.StringVar(&systems, "systems", strings.Join(allSystems, ","), "systems under test, in the order they alternate (besides these: gateway-base, with -caddy-base)")
 	fs.IntVar(&c.repeats, "repeats", 3, "rounds of A B C D alternation; medians are reported")
 	fs.StringVar(&c.out, "out", "bench/out", "output directory (bench/results holds the committed results)")
 	fs.StringVar(&c.caddy, "caddy", "", "caddy binary built from ./cmd/caddy (required for caddy-rp and gateway)")
+	fs.StringVar(&c.caddyBase, "caddy-base", "", "another build of ./cmd/caddy (e.g. an older commit) for the system gateway-base: the gateway's configuration, to compare two builds in one run")
 	fs.StringVar(&c.nginx, "nginx", "nginx", "nginx binary")
 	fs.StringVar(&c.wrk, "wrk", "wrk", "wrk binary")
 	fs.IntVar(&c.proxyCPU, "proxy-cpu", 1, "CPU the system under test is pinned to")
@@ -130,7 +132,7 @@ func parseFlags(args []string) (*config, error) {
 		if s = strings.TrimSpace(s); s == "" {
 			continue
 		}
-		known := false
+		known := s == sysGatewayBase
 		for _, k := range allSystems {
 			known = known || s == k
 		}
@@ -157,6 +159,9 @@ func parseFlags(args []string) (*config, error) {
 	}
 	if c.caddy == "" && !c.renderOnly && (contains(c.systems, sysCaddy) || contains(c.systems, sysGateway)) {
 		return nil, errors.New("-caddy is required for caddy-rp and gateway (go build -o /tmp/caddy ./cmd/caddy)")
+	}
+	if c.caddyBase == "" && !c.renderOnly && contains(c.systems, sysGatewayBase) {
+		return nil, errors.New("-caddy-base is required for gateway-base (the other build of ./cmd/caddy)")
 	}
 	c.commandLine = "bench " + strings.Join(args, " ")
 	return c, nil

@@ -25,6 +25,9 @@ const (
 	sysNginxHelm = "nginx-helm"    // helm chart as shipped: resolver + variable proxy_pass
 	sysCaddy     = "caddy-rp"      // Caddy reverse_proxy, dynamic a + round_robin
 	sysGateway   = "gateway"       // metrics_gateway, dns:// -> httpgrpc
+	// sysGatewayBase is gateway's configuration run by another build
+	// (-caddy-base), to compare two commits in one run.
+	sysGatewayBase = "gateway-base"
 	// The sick phase's systems (bench/sick.go).
 	sysGatewayLC     = "gateway-lc"      // metrics_gateway, lb_policy least_conn
 	sysGatewayHealth = "gateway-health"  // least_conn + passive health checks
@@ -37,6 +40,7 @@ const (
 // block; the passive health systems add the scenario's env.passiveHealth.
 var blockLines = map[string]string{
 	sysGateway:       "",
+	sysGatewayBase:   "",
 	sysGatewayLC:     "lb_policy least_conn",
 	sysGatewayHealth: "lb_policy least_conn",
 	sysCaddy:         "lb_policy round_robin",
@@ -118,7 +122,7 @@ func (e *env) startSystem(ctx context.Context, name string, body []byte) (*runni
 			return nil, err
 		}
 		args = []string{e.cfg.nginx, "-p", dir, "-c", conf, "-e", filepath.Join(dir, "error.log")}
-	case sysCaddy, sysGateway, sysGatewayLC, sysGatewayHealth, sysCaddyLC, sysCaddyHealth:
+	case sysCaddy, sysGateway, sysGatewayBase, sysGatewayLC, sysGatewayHealth, sysCaddyLC, sysCaddyHealth:
 		data.Block = blockLines[name]
 		if name == sysGatewayHealth || name == sysCaddyHealth {
 			data.Block += e.passiveHealth
@@ -137,7 +141,11 @@ func (e *env) startSystem(ctx context.Context, name string, body []byte) (*runni
 		if err := writeTemplate(conf, tmpl, data); err != nil {
 			return nil, err
 		}
-		args = []string{e.cfg.caddy, "run", "--adapter", "caddyfile", "--config", conf}
+		bin := e.cfg.caddy
+		if name == sysGatewayBase {
+			bin = e.cfg.caddyBase
+		}
+		args = []string{bin, "run", "--adapter", "caddyfile", "--config", conf}
 		// Keep Caddy's state out of the user's home directory.
 		cmdEnv = append(cmdEnv, "XDG_CONFIG_HOME="+filepath.Join(dir, "config"), "XDG_DATA_HOME="+filepath.Join(dir, "data"))
 	default:
