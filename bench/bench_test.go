@@ -198,3 +198,19 @@ func TestProfileStandins(t *testing.T) {
 		t.Fatalf("not a profile: %d bytes starting %q", len(b), b[:min(len(b), 8)])
 	}
 }
+
+// TestGatewayBaseNeedsItsBuild: gateway-base is a known system, and it
+// needs -caddy-base, the other build it runs.
+func TestGatewayBaseNeedsItsBuild(t *testing.T) {
+	_, err := parseFlags([]string{"-systems", "gateway-base,gateway", "-caddy", "/bin/true"})
+	if err == nil || !strings.Contains(err.Error(), "-caddy-base") {
+		t.Fatalf("without -caddy-base: err = %v, want one naming -caddy-base", err)
+	}
+	c, err := parseFlags([]string{"-systems", "gateway-base,gateway", "-caddy", "/bin/true", "-caddy-base", "/bin/false"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.caddyBase != "/bin/false" || len(c.systems) != 2 || c.systems[0] != sysGatewayBase {
+		t.Fatalf("parsed %q %v", c.caddyBase, c.systems)
+	}
+}
