@@ -54,6 +54,7 @@ type config struct {
 	renderOnly          bool
 	sickDuration        time.Duration
 	sickDelayMS         int
+	sickWork            string
 	sickScenarios       map[string]bool
 	standinsProfile     bool
 }
@@ -104,6 +105,7 @@ func parseFlags(args []string) (*config, error) {
 	fs.StringVar(&phases, "phases", strings.Join(phaseNames, ","), "phases to run: "+strings.Join(phaseNames, ","))
 	fs.DurationVar(&c.sickDuration, "sick-duration", 10*time.Second, "measured duration of each run of the sick phase (longer than the passive health checks' 5s fail_duration)")
 	fs.IntVar(&c.sickDelayMS, "sick-delay", 0, "pause in ms after each answer, per connection, in the sick phase (0: closed loop at full speed, which saturates the load CPU)")
+	fs.StringVar(&c.sickWork, "sick-work", workCount, "stand-in work in the sick phase: count (the proxies' own cost shows most) or decode (each push decoded, nearer a distributor's work)")
 	var sick string
 	fs.StringVar(&sick, "sick-scenarios", "healthy,slow,503", "scenarios of the sick phase")
 	fs.IntVar(&c.balanceConns, "balance-connections", 4, "clients of the balance run")
@@ -153,6 +155,9 @@ func parseFlags(args []string) (*config, error) {
 	}
 	if c.latencyWork != workDecode && c.latencyWork != workCount {
 		return nil, fmt.Errorf("-latency-work: %q is neither decode nor count", c.latencyWork)
+	}
+	if c.sickWork != workDecode && c.sickWork != workCount {
+		return nil, fmt.Errorf("-sick-work: %q is neither decode nor count", c.sickWork)
 	}
 	if c.repeats < 1 || c.connections < 1 || c.duration < time.Second {
 		return nil, errors.New("need -repeats >= 1, -connections >= 1, -duration >= 1s")

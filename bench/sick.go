@@ -66,7 +66,7 @@ func (e *env) runSick(ctx context.Context, rep *report, body int) error {
 		e.passiveHealth = sc.health
 		for r := 1; r <= e.cfg.repeats; r++ {
 			for _, sys := range sc.systems {
-				rep.add(e.measure(ctx, runSpec{phase: sc.phase, system: sys, body: body, rep: r, work: workCount, conns: e.cfg.connections, delayMS: e.cfg.sickDelayMS}))
+				rep.add(e.measure(ctx, runSpec{phase: sc.phase, system: sys, body: body, rep: r, work: e.cfg.sickWork, conns: e.cfg.connections, delayMS: e.cfg.sickDelayMS}))
 			}
 		}
 	}
@@ -90,8 +90,8 @@ func (r *report) sickMarkdown(body int) string {
 	if r.cfg.sickDelayMS > 0 {
 		pause = fmt.Sprintf(" (%d ms pause after each answer)", r.cfg.sickDelayMS)
 	}
-	fmt.Fprintf(&b, "## Sick stand-ins: %d keep-alive connections%s, body %d, stand-ins count, %s per run, medians of %d runs\n\n",
-		r.cfg.connections, pause, body, r.cfg.sickDuration, r.cfg.repeats)
+	fmt.Fprintf(&b, "## Sick stand-ins: %d keep-alive connections%s, body %d, stand-ins %s, %s per run, medians of %d runs\n\n",
+		r.cfg.connections, pause, body, r.cfg.sickWork, r.cfg.sickDuration, r.cfg.repeats)
 	for _, sc := range sickScenarios {
 		if !r.cfg.sickScenarios[sc.phase] {
 			continue
