@@ -372,25 +372,6 @@ func (e *env) profileStandins(ctx context.Context, run time.Duration, name strin
 	if secs < 1 {
 		secs = 1
 	}
-	ctx, cancel := context.WithTimeout(ctx, run+30*time.Second)
-	defer cancel()
 	url := fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", e.info.Control, secs)
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("%s: %s", url, resp.Status)
-	}
-	f, err := os.Create(filepath.Join(e.cfg.out, name))
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(f, resp.Body); err != nil {
-		_ = f.Close()
-		return err
-	}
-	return f.Close()
+	return fetchTo(ctx, url, filepath.Join(e.cfg.out, name), run+30*time.Second)
 }
