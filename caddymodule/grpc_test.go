@@ -98,10 +98,7 @@ func push(client *http.Client, body []byte) (*http.Response, []byte, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	req.Header.Set("Content-Type", standin.ContentTypeRW1)
-	req.Header.Set("Content-Encoding", "snappy")
-	req.Header.Set("X-Prometheus-Remote-Write-Version", "0.1.0")
-	req.Header.Set("X-Scope-OrgID", "tenant-1")
+	setPushHeaders(req.Header)
 	resp, err := client.Do(req)
 	if err != nil {
 		return nil, nil, err
@@ -109,6 +106,15 @@ func push(client *http.Client, body []byte) (*http.Response, []byte, error) {
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	return resp, b, err
+}
+
+// setPushHeaders sets what a Remote-Write 1.0 client sends with a push, as
+// tenant-1.
+func setPushHeaders(h http.Header) {
+	h.Set("Content-Type", standin.ContentTypeRW1)
+	h.Set("Content-Encoding", "snappy")
+	h.Set("X-Prometheus-Remote-Write-Version", "0.1.0")
+	h.Set("X-Scope-OrgID", "tenant-1")
 }
 
 // pushRetrying is push with a remote-write client's retries of network

@@ -72,6 +72,19 @@ func StartCaddyfile(t testing.TB, caddyfile string) *Caddy {
 	return c
 }
 
+// StartJSON loads the full JSON config that config returns for the new
+// Caddy's sockets and directory, for servers Config cannot describe (TLS,
+// protocols), and stops Caddy when the test ends.
+func StartJSON(t testing.TB, config func(c *Caddy) string) *Caddy {
+	t.Helper()
+	c := newCaddy(t)
+	if err := caddy.Load([]byte(config(c)), true); err != nil {
+		t.Fatalf("loading config: %v", err)
+	}
+	t.Cleanup(func() { _ = caddy.Stop() })
+	return c
+}
+
 func newCaddy(t testing.TB) *Caddy {
 	// Unix socket paths are limited to ~100 bytes; t.TempDir() can be long.
 	dir, err := os.MkdirTemp("", "mg")

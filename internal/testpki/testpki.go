@@ -67,7 +67,18 @@ func (ca *CA) Server(t testing.TB, name string) tls.Certificate {
 
 // WriteClient writes a new client certificate and key for cn.
 func (ca *CA) WriteClient(t testing.TB, cn, certFile, keyFile string) {
-	der, key := ca.sign(t, cn, x509.ExtKeyUsageClientAuth)
+	ca.writePair(t, cn, x509.ExtKeyUsageClientAuth, certFile, keyFile)
+}
+
+// WriteServer writes a new server certificate and key for name, for a
+// server that loads them from files (Caddy's tls load_files).
+func (ca *CA) WriteServer(t testing.TB, name, certFile, keyFile string) {
+	ca.writePair(t, name, x509.ExtKeyUsageServerAuth, certFile, keyFile)
+}
+
+func (ca *CA) writePair(t testing.TB, cn string, usage x509.ExtKeyUsage, certFile, keyFile string) {
+	t.Helper()
+	der, key := ca.sign(t, cn, usage)
 	keyDER, err := x509.MarshalECPrivateKey(key)
 	if err != nil {
 		t.Fatal(err)
