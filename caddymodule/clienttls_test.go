@@ -54,8 +54,9 @@ func TestGRPCPushOverH2TLS(t *testing.T) {
 		}
 	}
 	var total int64
+	counts := cl.Requests()
 	for i, d := range cl.Distributors {
-		total += cl.Requests()[i]
+		total += counts[i]
 		for _, r := range d.Records() {
 			if r.BodySHA256 != sum || r.Tenant != "tenant-1" || r.Header.Get("Content-Encoding") != "snappy" {
 				t.Fatalf("push arrived changed: %+v", r)
