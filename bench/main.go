@@ -57,6 +57,7 @@ type config struct {
 	sickWork            string
 	sickScenarios       map[string]bool
 	standinsProfile     bool
+	standinsCodec       string
 }
 
 var phaseNames = []string{"main", "capacity", "balance", "latency", "rss", "profile", "sick"}
@@ -117,6 +118,7 @@ func parseFlags(args []string) (*config, error) {
 	fs.IntVar(&c.profileSeconds, "profile-seconds", 8, "CPU profile length of the gateway under load")
 	fs.BoolVar(&c.standinsProfile, "standins-profile", false, "take a CPU profile of the stand-ins during each system's first run of every phase (standins-<phase>-<system>-<body>.pprof in the output directory)")
 	fs.IntVar(&c.standins, "standins", 3, "number of distributor stand-ins")
+	fs.StringVar(&c.standinsCodec, "standins-codec", codecMimir, "how the gRPC stand-ins decode requests: mimir (as a Mimir process does: power-of-two pooled buffers) or grpc (grpc-go's default codec, which gathers every push of 32 KiB to 1 MiB into a cleared 1 MiB buffer)")
 	fs.DurationVar(&c.maxTotal, "max-total", 30*time.Minute, "abort the whole benchmark after this long")
 	fs.StringVar(&c.goBenchFile, "gobench", "", "benchstat output of the Go benchmarks to include in the report")
 	fs.BoolVar(&c.renderOnly, "render-only", false, "measure nothing: rebuild results.md and chart.png from <out>/results.json (give the run's other flags too)")
@@ -155,6 +157,9 @@ func parseFlags(args []string) (*config, error) {
 	}
 	if c.latencyWork != workDecode && c.latencyWork != workCount {
 		return nil, fmt.Errorf("-latency-work: %q is neither decode nor count", c.latencyWork)
+	}
+	if _, err := standinGRPCOptions(c.standinsCodec); err != nil {
+		return nil, fmt.Errorf("-standins-codec: %w", err)
 	}
 	if c.sickWork != workDecode && c.sickWork != workCount {
 		return nil, fmt.Errorf("-sick-work: %q is neither decode nor count", c.sickWork)
@@ -349,7 +354,8 @@ func (e *env) startStandins(ctx context.Context) (func(), error) {
 		return nil, err
 	}
 	cmd := exec.Command("taskset", "-c", strconv.Itoa(e.cfg.loadCPU), self, "standins",
-		"-n", strconv.Itoa(e.cfg.standins), "-max-lifetime", (e.cfg.maxTotal + time.Minute).String())
+		"-n", strconv.Itoa(e.cfg.standins), "-codec", e.cfg.standinsCodec,
+		"-max-lifetime", (e.cfg.maxTotal + time.Minute).String())
 	cmd.Stderr = os.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	stdin, err := cmd.StdinPipe()

@@ -65,17 +65,41 @@ func runStandins(args []string) int {
 	fs := flag.NewFlagSet("standins", flag.ExitOnError)
 	n := fs.Int("n", 3, "number of stand-ins (127.0.0.2 ...)")
 	work := fs.String("work", workDecode, "initial work mode: decode or count")
+	codec := fs.String("codec", codecMimir, "how the gRPC stand-ins decode requests: mimir (as a Mimir process does) or grpc (grpc-go's default proto codec)")
 	maxLife := fs.Duration("max-lifetime", 40*time.Minute, "exit after this long whatever happens")
 	_ = fs.Parse(args)
 
-	if err := serveStandins(*n, *work, *maxLife); err != nil {
+	grpcOpts, err := standinGRPCOptions(*codec)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "standins:", err)
+		return 2
+	}
+	if err := serveStandins(*n, *work, *maxLife, grpcOpts); err != nil {
 		fmt.Fprintln(os.Stderr, "standins:", err)
 		return 1
 	}
 	return 0
 }
 
-func serveStandins(n int, work string, maxLife time.Duration) error {
+// Codecs of the gRPC stand-ins (-standins-codec).
+const (
+	codecMimir = "mimir" // Mimir's own codec: power-of-two pooled buffers
+	codecGRPC  = "grpc"  // grpc-go's default: a 1 MiB pooled buffer per push of 32 KiB-1 MiB
+)
+
+// standinGRPCOptions returns the stand-ins' gRPC server options for a codec.
+func standinGRPCOptions(codec string) ([]standin.GRPCOption, error) {
+	switch codec {
+	case codecMimir:
+		return []standin.GRPCOption{standin.WithMimirCodec()}, nil
+	case codecGRPC:
+		return nil, nil
+	default:
+		return nil, fmt.Errorf("codec %q is neither %s nor %s", codec, codecMimir, codecGRPC)
+	}
+}
+
+func serveStandins(n int, work string, maxLife time.Duration, grpcOpts []standin.GRPCOption) error {
 	dists := make([]*standin.Distributor, n)
 	handlers := make([]http.Handler, n)
 	for i := range dists {
@@ -122,7 +146,7 @@ func serveStandins(n int, work string, maxLife time.Duration) error {
 		return err
 	}
 
-	grpcs, err := standin.StartGRPCGroup(handlers)
+	grpcs, err := standin.StartGRPCGroup(handlers, grpcOpts...)
 	if err != nil {
 		return err
 	}

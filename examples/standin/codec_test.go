@@ -1,0 +1,117 @@
+package standin
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/grafana/dskit/httpgrpc"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/mem"
+	"google.golang.org/grpc/metadata"
+)
+
+// echo answers every request with its own body.
+var echo = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	b, _ := io.ReadAll(r.Body)
+	_, _ = w.Write(b)
+})
+
+// TestMimirCodecEchoes sends bodies that span several HTTP/2 frames (so the
+// codec gathers them from several buffers), many at once so pooled buffers
+// are reused, and checks that every body arrives byte for byte.
+func TestMimirCodecEchoes(t *testing.T) {
+	srv, err := StartGRPC("127.0.0.1:0", echo, WithMimirCodec())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Stop)
+	conn, err := grpc.NewClient(srv.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	client := httpgrpc.NewHTTPClient(conn)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	ctx = metadata.AppendToOutgoingContext(ctx, "x-scope-orgid", "t")
+
+	const callers, rounds = 8, 5
+	var wg sync.WaitGroup
+	errs := make(chan string, callers*rounds)
+	for c := range callers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rng := rand.New(rand.NewPCG(uint64(c), 1))
+			for r := range rounds {
+				body := make([]byte, 1000+rng.IntN(300_000))
+				for i := range body {
+					body[i] = byte(rng.Uint32())
+				}
+				resp, err := client.Handle(ctx, &httpgrpc.HTTPRequest{Method: "POST", Url: PushPath, Body: body})
+				switch {
+				case err != nil:
+					errs <- err.Error()
+				case resp.Code != 200 || !bytes.Equal(resp.Body, body):
+					errs <- "caller " + string(rune('0'+c)) + " round " + string(rune('0'+r)) + ": body differs"
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Error(e)
+	}
+	if srv.Calls() != callers*rounds {
+		t.Fatalf("calls %d, want %d", srv.Calls(), callers*rounds)
+	}
+}
+
+// TestMimirCodecGathersIntoFittingBuffer checks the point of the codec: a
+// message in several pieces is gathered into a buffer of the next power of
+// two, which is given back after decoding.
+func TestMimirCodecGathersIntoFittingBuffer(t *testing.T) {
+	pool := &recordingPool{BufferPool: newMimirCodec().pool}
+	c := &mimirCodec{pool: pool}
+	want := &httpgrpc.HTTPRequest{Method: "POST", Url: PushPath, Body: bytes.Repeat([]byte("x"), 42_000)}
+	b, err := want.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	half := len(b) / 2
+	data := mem.BufferSlice{mem.SliceBuffer(b[:half]), mem.SliceBuffer(b[half:])}
+	var got httpgrpc.HTTPRequest
+	if err := c.Unmarshal(data, &got); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got.Body, want.Body) || got.Url != want.Url {
+		t.Fatalf("decoded %q %d bytes", got.Url, len(got.Body))
+	}
+	if pool.gotCap != 64<<10 || pool.puts != 1 {
+		t.Fatalf("buffer of %d bytes, %d given back; want 65536 and 1", pool.gotCap, pool.puts)
+	}
+	if err := c.Unmarshal(data, new(int)); err == nil {
+		t.Fatal("decoding into a non-gogo type succeeded")
+	}
+}
+
+type recordingPool struct {
+	mem.BufferPool
+	gotCap, puts int
+}
+
+func (p *recordingPool) Get(n int) *[]byte {
+	b := p.BufferPool.Get(n)
+	p.gotCap = cap(*b)
+	return b
+}
+
+func (p *recordingPool) Put(b *[]byte) { p.puts++; p.BufferPool.Put(b) }
