@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -24,31 +25,55 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// runStandinServer serves a stand-in that answers 200 without decoding on
-// 127.0.0.2:0, prints its address and stops when stdin closes.
+// runStandinServer serves n stand-ins (n from serverModeEnv) that answer 200
+// without decoding, prints the gateway's target for them and stops when
+// stdin closes. One is served on 127.0.0.2:0 and the target is
+// dns:///host:port; several are a standin.Cluster with its own DNS server.
 func runStandinServer() int {
-	d := standin.NewDistributor("remote")
-	d.SetBehavior(func(w http.ResponseWriter, _ *http.Request) bool {
-		w.WriteHeader(http.StatusOK)
-		return true
-	})
-	s, err := standin.StartGRPC(standin.GroupIP(0)+":0", d)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
+	n, err := strconv.Atoi(os.Getenv(serverModeEnv))
+	if err != nil || n < 1 {
+		fmt.Fprintf(os.Stderr, "%s=%q: want a count of servers\n", serverModeEnv, os.Getenv(serverModeEnv))
 		return 1
 	}
-	fmt.Println(s.Addr())
+	answer200 := func(w http.ResponseWriter, _ *http.Request) bool {
+		w.WriteHeader(http.StatusOK)
+		return true
+	}
+	var target string
+	var stop func()
+	if n == 1 {
+		d := standin.NewDistributor("remote")
+		d.SetBehavior(answer200)
+		s, err := standin.StartGRPC(standin.GroupIP(0)+":0", d)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		target, stop = "dns:///"+s.Addr(), s.Stop
+	} else {
+		c, err := standin.StartCluster("remote.test", n)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		for _, d := range c.Distributors {
+			d.SetBehavior(answer200)
+		}
+		target, stop = c.Target(), c.Stop
+	}
+	fmt.Println(target)
 	_, _ = io.Copy(io.Discard, os.Stdin)
-	s.Stop()
+	stop()
 	return 0
 }
 
-// startRemoteServer runs a stand-in endpoint in a child process, so that a
-// benchmark's allocations are the gateway's alone. It returns its address.
-func startRemoteServer(tb testing.TB) string {
+// startRemoteTarget runs n stand-in endpoints in a child process, so that a
+// benchmark's allocations and CPU are the gateway's alone. It returns the
+// gateway's target for them.
+func startRemoteTarget(tb testing.TB, n int) string {
 	tb.Helper()
 	cmd := exec.Command(os.Args[0])
-	cmd.Env = append(os.Environ(), serverModeEnv+"=1")
+	cmd.Env = append(os.Environ(), serverModeEnv+"="+strconv.Itoa(n))
 	cmd.Stderr = os.Stderr
 	stdin, err := cmd.StdinPipe()
 	if err != nil {

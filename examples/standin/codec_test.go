@@ -25,9 +25,12 @@ var echo = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 
 // TestMimirCodecEchoes sends bodies that span several HTTP/2 frames (so the
 // codec gathers them from several buffers), many at once so pooled buffers
-// are reused, and checks that every body arrives byte for byte.
+// are reused, and checks that every body arrives byte for byte, decoded by
+// this codec and not grpc-go's.
 func TestMimirCodecEchoes(t *testing.T) {
-	srv, err := StartGRPC("127.0.0.1:0", echo, WithMimirCodec())
+	pool := &recordingPool{BufferPool: newMimirCodec().pool}
+	codec := WithServerOptions(grpc.ForceServerCodecV2(&mimirCodec{pool: pool}))
+	srv, err := StartGRPC("127.0.0.1:0", echo, codec)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -51,7 +54,7 @@ func TestMimirCodecEchoes(t *testing.T) {
 			defer wg.Done()
 			rng := rand.New(rand.NewPCG(uint64(c), 1))
 			for r := range rounds {
-				body := make([]byte, 1000+rng.IntN(300_000))
+				body := make([]byte, 40_000+rng.IntN(260_000)) // several 16 KiB frames
 				for i := range body {
 					body[i] = byte(rng.Uint32())
 				}
@@ -72,6 +75,9 @@ func TestMimirCodecEchoes(t *testing.T) {
 	}
 	if srv.Calls() != callers*rounds {
 		t.Fatalf("calls %d, want %d", srv.Calls(), callers*rounds)
+	}
+	if gets, puts := pool.counts(); gets < callers*rounds || puts != gets {
+		t.Fatalf("the codec's pool lent %d buffers and got %d back; want at least %d, all back", gets, puts, callers*rounds)
 	}
 }
 
@@ -95,23 +101,40 @@ func TestMimirCodecGathersIntoFittingBuffer(t *testing.T) {
 	if !bytes.Equal(got.Body, want.Body) || got.Url != want.Url {
 		t.Fatalf("decoded %q %d bytes", got.Url, len(got.Body))
 	}
-	if pool.gotCap != 64<<10 || pool.puts != 1 {
-		t.Fatalf("buffer of %d bytes, %d given back; want 65536 and 1", pool.gotCap, pool.puts)
+	if gets, puts := pool.counts(); pool.lastCap != 64<<10 || gets != 1 || puts != 1 {
+		t.Fatalf("%d buffer(s) lent, the last of %d bytes, %d given back; want 1 of 65536, given back", gets, pool.lastCap, puts)
 	}
 	if err := c.Unmarshal(data, new(int)); err == nil {
 		t.Fatal("decoding into a non-gogo type succeeded")
 	}
 }
 
+// recordingPool counts what a pool lends and gets back.
 type recordingPool struct {
 	mem.BufferPool
-	gotCap, puts int
+	mu         sync.Mutex
+	gets, puts int
+	lastCap    int
 }
 
 func (p *recordingPool) Get(n int) *[]byte {
 	b := p.BufferPool.Get(n)
-	p.gotCap = cap(*b)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.gets++
+	p.lastCap = cap(*b)
 	return b
 }
 
-func (p *recordingPool) Put(b *[]byte) { p.puts++; p.BufferPool.Put(b) }
+func (p *recordingPool) Put(b *[]byte) {
+	p.mu.Lock()
+	p.puts++
+	p.mu.Unlock()
+	p.BufferPool.Put(b)
+}
+
+func (p *recordingPool) counts() (gets, puts int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.gets, p.puts
+}
