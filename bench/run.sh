@@ -6,8 +6,9 @@
 #
 # 1. installs wrk, nginx and taskset from Debian packages if missing;
 # 2. builds ./cmd/caddy (Caddy + metrics_gateway) and ./bench;
-# 3. runs the Go hot-path benchmarks (-count 6) and summarises them with
-#    benchstat (skip with BENCH_GO=0);
+# 3. runs the Go hot-path benchmarks (-count 6; BenchmarkPolicyCPU ten times
+#    per lb_policy, alternating) and summarises them with benchstat (skip
+#    with BENCH_GO=0);
 # 4. waits (up to BENCH_WAIT seconds, default 600) until the 1-minute load
 #    average is below BENCH_MAX_LOAD (default 1.0), then runs the load
 #    benchmark with the bench program pinned to CPU 0 (it pins the systems
@@ -66,12 +67,22 @@ go build -o "$BIN/bench" ./bench
 gobench_flag=()
 if [ "${BENCH_GO:-1}" != 0 ]; then
 	echo "Go benchmarks: grpcpush, caddymodule (-count 6)" >&2
-	go test -run '^$' -bench . -benchmem -count 6 ./grpcpush/ ./caddymodule/ | tee "$OUT/gobench-raw.txt" >&2
+	go test -run '^$' -bench . -skip PolicyCPU -benchmem -count 6 ./grpcpush/ ./caddymodule/ | tee "$OUT/gobench-raw.txt" >&2
 	BENCHSTAT=$(command -v benchstat || echo "$(go env GOPATH)/bin/benchstat")
 	if [ ! -x "$BENCHSTAT" ]; then
 		(cd /tmp && go install golang.org/x/perf/cmd/benchstat@latest)
 	fi
 	"$BENCHSTAT" "$OUT/gobench-raw.txt" >"$OUT/gobench.txt"
+	# CPU per push by lb_policy: one policy per process, alternating, because
+	# the first benchmark in a process pays for warming it up.
+	echo "Go benchmark: BenchmarkPolicyCPU, round_robin and least_conn alternating (x10)" >&2
+	go test -c -o "$BIN/grpcpush.test" ./grpcpush/
+	for _ in $(seq 10); do
+		for policy in round_robin least_conn; do
+			(cd grpcpush && "$BIN/grpcpush.test" -test.run '^$' -test.bench "PolicyCPU/policy=$policy\$" -test.benchtime 10000x)
+		done
+	done | tee "$OUT/gobench-policy-raw.txt" >&2
+	"$BENCHSTAT" -col /policy "$OUT/gobench-policy-raw.txt" >>"$OUT/gobench.txt"
 	gobench_flag=(-gobench "$OUT/gobench.txt")
 fi
 
