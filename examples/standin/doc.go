@@ -8,7 +8,9 @@
 //   - [GRPCServer]: serves any http.Handler over gRPC exactly as a Mimir
 //     component does (dskit's httpgrpc server, dskit's tenant interceptor and
 //     Mimir's server limits), optionally several on 127.0.0.2, .3, ... sharing
-//     one port, like the pods behind a headless Service.
+//     one port, like the pods behind a headless Service. [WithMimirCodec]
+//     makes it decode requests as a Mimir process does rather than with
+//     grpc-go's default codec.
 //   - [DNSServer]: a real DNS server (UDP and TCP) on 127.0.0.1 whose A/AAAA
 //     answers can be changed at run time, like a headless Service's records.
 //   - [RemoteWriteBody] and [RemoteWriteV2Body]: realistic push bodies.
