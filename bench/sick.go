@@ -196,10 +196,6 @@ func (r *report) sickTargets(body int) string {
 	return b.String()
 }
 
-// roundsBelow compares sys's p99 with every other sick-phase system's in
-// the same round, leaving out runs that failed more than 1 % (their p99 is
-// of quick errors): how many comparisons sys won, of how many, and the ones
-// it lost ("; lost: round 1 caddy-lc-health 9.78 ms (gateway-health 12.99)").
 // cpuPerRun lists a system's proxy CPU-s per 1000 requests, run by run: in
 // closed-loop runs on a shared machine they spread more than a 5 % target.
 func (r *report) cpuPerRun(phase, sys string, body int) string {
@@ -212,6 +208,10 @@ func (r *report) cpuPerRun(phase, sys string, body int) string {
 	return strings.Join(runs, " ")
 }
 
+// roundsBelow compares sys's p99 with every other sick-phase system's in
+// the same round, leaving out runs that failed more than 1 % (their p99 is
+// of quick errors): how many comparisons sys won, of how many, and the ones
+// it lost ("; lost: round 1 caddy-lc-health 9.78 ms (gateway-health 12.99)").
 func (r *report) roundsBelow(phase, sys string, body int) (won, rounds int, lost string) {
 	p99 := map[string]map[int]sample{}
 	for _, s := range r.Samples {

@@ -26,44 +26,28 @@ func TestMain(m *testing.M) {
 }
 
 // runStandinServer serves n stand-ins (n from serverModeEnv) that answer 200
-// without decoding, prints the gateway's target for them and stops when
-// stdin closes. One is served on 127.0.0.2:0 and the target is
-// dns:///host:port; several are a standin.Cluster with its own DNS server.
+// without decoding, as a standin.Cluster with its own DNS server, prints the
+// gateway's target for them and stops when stdin closes.
 func runStandinServer() int {
 	n, err := strconv.Atoi(os.Getenv(serverModeEnv))
 	if err != nil || n < 1 {
 		fmt.Fprintf(os.Stderr, "%s=%q: want a count of servers\n", serverModeEnv, os.Getenv(serverModeEnv))
 		return 1
 	}
-	answer200 := func(w http.ResponseWriter, _ *http.Request) bool {
-		w.WriteHeader(http.StatusOK)
-		return true
+	c, err := standin.StartCluster("remote.test", n)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
 	}
-	var target string
-	var stop func()
-	if n == 1 {
-		d := standin.NewDistributor("remote")
-		d.SetBehavior(answer200)
-		s, err := standin.StartGRPC(standin.GroupIP(0)+":0", d)
-		if err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
-		}
-		target, stop = "dns:///"+s.Addr(), s.Stop
-	} else {
-		c, err := standin.StartCluster("remote.test", n)
-		if err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
-		}
-		for _, d := range c.Distributors {
-			d.SetBehavior(answer200)
-		}
-		target, stop = c.Target(), c.Stop
+	for _, d := range c.Distributors {
+		d.SetBehavior(func(w http.ResponseWriter, _ *http.Request) bool {
+			w.WriteHeader(http.StatusOK)
+			return true
+		})
 	}
-	fmt.Println(target)
+	fmt.Println(c.Target())
 	_, _ = io.Copy(io.Discard, os.Stdin)
-	stop()
+	c.Stop()
 	return 0
 }
 

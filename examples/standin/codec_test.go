@@ -3,6 +3,7 @@ package standin
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"net/http"
@@ -63,7 +64,7 @@ func TestMimirCodecEchoes(t *testing.T) {
 				case err != nil:
 					errs <- err.Error()
 				case resp.Code != 200 || !bytes.Equal(resp.Body, body):
-					errs <- "caller " + string(rune('0'+c)) + " round " + string(rune('0'+r)) + ": body differs"
+					errs <- fmt.Sprintf("caller %d round %d: body differs", c, r)
 				}
 			}
 		}()
