@@ -214,3 +214,20 @@ func TestGatewayBaseNeedsItsBuild(t *testing.T) {
 		t.Fatalf("parsed %q %v", c.caddyBase, c.systems)
 	}
 }
+
+func TestSickLatencyFlag(t *testing.T) {
+	c, err := parseFlags([]string{"-caddy", "/bin/true", "-sick-latency", "20ms"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	slow, status := sickScenarios[1], sickScenarios[2]
+	if got := healthWords(c.passiveHealth(slow)); got != "fail_duration 5s; max_fails 3; unhealthy_latency 20ms" {
+		t.Errorf("slow scenario's passive health = %q", got)
+	}
+	if got := healthWords(c.passiveHealth(status)); !strings.Contains(got, "unhealthy_status 5xx") || strings.Contains(got, "latency") {
+		t.Errorf("503 scenario's passive health = %q", got)
+	}
+	if _, err := parseFlags([]string{"-caddy", "/bin/true", "-sick-latency", "0s"}); err == nil || !strings.Contains(err.Error(), "-sick-latency") {
+		t.Errorf("-sick-latency 0s: err = %v, want one naming -sick-latency", err)
+	}
+}

@@ -54,6 +54,8 @@ type config struct {
 	renderOnly          bool
 	sickDuration        time.Duration
 	sickDelayMS         int
+	sickLatency         time.Duration
+	standinsWorkers     int
 	sickWork            string
 	sickScenarios       map[string]bool
 	standinsProfile     bool
@@ -106,6 +108,7 @@ func parseFlags(args []string) (*config, error) {
 	fs.StringVar(&phases, "phases", strings.Join(phaseNames, ","), "phases to run: "+strings.Join(phaseNames, ","))
 	fs.DurationVar(&c.sickDuration, "sick-duration", 10*time.Second, "measured duration of each run of the sick phase (longer than the passive health checks' 5s fail_duration)")
 	fs.IntVar(&c.sickDelayMS, "sick-delay", 0, "pause in ms after each answer, per connection, in the sick phase (0: closed loop at full speed, which saturates the load CPU)")
+	fs.DurationVar(&c.sickLatency, "sick-latency", 15*time.Millisecond, "unhealthy_latency of gateway-health and caddy-lc-health in the slow scenario (the stand-in is 20 ms late; set it above the healthy stand-ins' tail latency on the machine)")
 	fs.StringVar(&c.sickWork, "sick-work", workCount, "stand-in work in the sick phase: count (the proxies' own cost shows most) or decode (each push decoded, nearer a distributor's work)")
 	var sick string
 	fs.StringVar(&sick, "sick-scenarios", "healthy,slow,503", "scenarios of the sick phase")
@@ -119,6 +122,7 @@ func parseFlags(args []string) (*config, error) {
 	fs.BoolVar(&c.standinsProfile, "standins-profile", false, "take a CPU profile of the stand-ins during each system's first run of every phase (standins-<phase>-<system>-<body>.pprof in the output directory)")
 	fs.IntVar(&c.standins, "standins", 3, "number of distributor stand-ins")
 	fs.StringVar(&c.standinsCodec, "standins-codec", codecMimir, "how the gRPC stand-ins decode requests: mimir (as a Mimir process does: power-of-two pooled buffers) or grpc (grpc-go's default codec, which gathers every push of 32 KiB to 1 MiB into a cleared 1 MiB buffer)")
+	fs.IntVar(&c.standinsWorkers, "standins-grpc-workers", mimirGRPCWorkers, "gRPC stream workers of each stand-in, as Mimir's -server.grpc.num-workers (Mimir's default 100; 0: a goroutine per call, dskit's default)")
 	fs.DurationVar(&c.maxTotal, "max-total", 30*time.Minute, "abort the whole benchmark after this long")
 	fs.StringVar(&c.goBenchFile, "gobench", "", "benchstat output of the Go benchmarks to include in the report")
 	fs.BoolVar(&c.renderOnly, "render-only", false, "measure nothing: rebuild results.md and chart.png from <out>/results.json (give the run's other flags too)")
@@ -160,6 +164,12 @@ func parseFlags(args []string) (*config, error) {
 	}
 	if _, err := standinGRPCOptions(c.standinsCodec); err != nil {
 		return nil, fmt.Errorf("-standins-codec: %w", err)
+	}
+	if c.standinsWorkers < 0 {
+		return nil, fmt.Errorf("-standins-grpc-workers: %d is negative", c.standinsWorkers)
+	}
+	if c.sickLatency <= 0 {
+		return nil, fmt.Errorf("-sick-latency: %s is not a positive duration", c.sickLatency)
 	}
 	if c.sickWork != workDecode && c.sickWork != workCount {
 		return nil, fmt.Errorf("-sick-work: %q is neither decode nor count", c.sickWork)
@@ -354,7 +364,7 @@ func (e *env) startStandins(ctx context.Context) (func(), error) {
 		return nil, err
 	}
 	cmd := exec.Command("taskset", "-c", strconv.Itoa(e.cfg.loadCPU), self, "standins",
-		"-n", strconv.Itoa(e.cfg.standins), "-codec", e.cfg.standinsCodec,
+		"-n", strconv.Itoa(e.cfg.standins), "-codec", e.cfg.standinsCodec, "-grpc-workers", strconv.Itoa(e.cfg.standinsWorkers),
 		"-max-lifetime", (e.cfg.maxTotal + time.Minute).String())
 	cmd.Stderr = os.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}

@@ -20,16 +20,21 @@ var sickSystems = []string{sysGateway, sysGatewayLC, sysGatewayHealth, sysNginxH
 // sickScenarios are the sick phase: all stand-ins healthy (what least_conn
 // and passive health cost), the second one 20 ms slow, the second one
 // answering 503 to everything.
-var sickScenarios = []struct {
+var sickScenarios = []sickScenario{
+	{"sick-healthy", sickNone, []string{sysGateway, sysGatewayLC, sysGatewayHealth}, false, ""},
+	{"sick-slow", sickSlow, sickSystems, true, nginxHealthText},
+	{"sick-503", sick503, sickSystems, false, nginxHealthText},
+}
+
+// A sickScenario is one sickness and the systems run against it.
+type sickScenario struct {
 	phase, sickness string
 	systems         []string
-	// health is the passive health check of gateway-health and
-	// caddy-lc-health in this scenario; nginxHealth says nginx's.
-	health, nginxHealth string
-}{
-	{"sick-healthy", sickNone, []string{sysGateway, sysGatewayLC, sysGatewayHealth}, statusHealth, ""},
-	{"sick-slow", sickSlow, sickSystems, latencyHealth, nginxHealthText},
-	{"sick-503", sick503, sickSystems, statusHealth, nginxHealthText},
+	// latency says the passive health check of gateway-health and
+	// caddy-lc-health judges latency (unhealthy_latency, -sick-latency)
+	// rather than status (unhealthy_status 5xx); nginxHealth says nginx's.
+	latency     bool
+	nginxHealth string
 }
 
 // The passive health checks of the sick phase.
@@ -38,12 +43,21 @@ const (
 				fail_duration     5s
 				max_fails         3
 				unhealthy_status  5xx`
-	latencyHealth = `
+	latencyHealthFormat = `
 				fail_duration     5s
 				max_fails         3
-				unhealthy_latency 15ms`
+				unhealthy_latency %s`
 	nginxHealthText = "`max_fails=3 fail_timeout=5s`, `proxy_next_upstream error timeout http_503 non_idempotent` (nginx has no latency rule)"
 )
+
+// passiveHealth is the passive health block of gateway-health and
+// caddy-lc-health in sc.
+func (c *config) passiveHealth(sc sickScenario) string {
+	if sc.latency {
+		return fmt.Sprintf(latencyHealthFormat, c.sickLatency)
+	}
+	return statusHealth
+}
 
 // runSick runs the sick phase: count-only stand-ins, -connections
 // keep-alive connections, -sick-duration per run, systems alternating.
@@ -63,7 +77,7 @@ func (e *env) runSick(ctx context.Context, rep *report, body int) error {
 		if err := e.setSick(ctx, sc.sickness); err != nil {
 			return err
 		}
-		e.passiveHealth = sc.health
+		e.passiveHealth = e.cfg.passiveHealth(sc)
 		for r := 1; r <= e.cfg.repeats; r++ {
 			for _, sys := range sc.systems {
 				rep.add(e.measure(ctx, runSpec{phase: sc.phase, system: sys, body: body, rep: r, work: e.cfg.sickWork, conns: e.cfg.connections, delayMS: e.cfg.sickDelayMS}))
@@ -97,7 +111,7 @@ func (r *report) sickMarkdown(body int) string {
 			continue
 		}
 		fmt.Fprintf(&b, "### %s\n\n", sickTitles[sc.phase])
-		fmt.Fprintf(&b, "Passive health of gateway-health and caddy-lc-health: `%s`", healthWords(sc.health))
+		fmt.Fprintf(&b, "Passive health of gateway-health and caddy-lc-health: `%s`", healthWords(r.cfg.passiveHealth(sc)))
 		if sc.nginxHealth != "" {
 			fmt.Fprintf(&b, "; nginx-health: %s", sc.nginxHealth)
 		}

@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"time"
 
+	"google.golang.org/grpc"
+
 	"github.com/metrics-gateway/metrics_gateway/examples/standin"
 )
 
@@ -66,6 +68,7 @@ func runStandins(args []string) int {
 	n := fs.Int("n", 3, "number of stand-ins (127.0.0.2 ...)")
 	work := fs.String("work", workDecode, "initial work mode: decode or count")
 	codec := fs.String("codec", codecMimir, "how the gRPC stand-ins decode requests: mimir (as a Mimir process does) or grpc (grpc-go's default proto codec)")
+	workers := fs.Int("grpc-workers", mimirGRPCWorkers, "gRPC stream workers of each stand-in (grpc.NumStreamWorkers; 0: a goroutine per call)")
 	maxLife := fs.Duration("max-lifetime", 40*time.Minute, "exit after this long whatever happens")
 	_ = fs.Parse(args)
 
@@ -74,12 +77,20 @@ func runStandins(args []string) int {
 		fmt.Fprintln(os.Stderr, "standins:", err)
 		return 2
 	}
+	if *workers > 0 {
+		grpcOpts = append(grpcOpts, standin.WithServerOptions(grpc.NumStreamWorkers(uint32(*workers))))
+	}
 	if err := serveStandins(*n, *work, *maxLife, grpcOpts); err != nil {
 		fmt.Fprintln(os.Stderr, "standins:", err)
 		return 1
 	}
 	return 0
 }
+
+// mimirGRPCWorkers is Mimir's -server.grpc.num-workers default: its gRPC
+// servers hand calls to 100 long-lived goroutines instead of starting one
+// per call (dskit's and grpc-go's default).
+const mimirGRPCWorkers = 100
 
 // Codecs of the gRPC stand-ins (-standins-codec).
 const (

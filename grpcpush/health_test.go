@@ -193,6 +193,61 @@ func TestOverlappingLateCallsCountOnce(t *testing.T) {
 	}
 }
 
+// TestLastEndpointInNotTakenOutForLatency: with every other endpoint out, a
+// late call of the last one in does not count (taking it out would put the
+// sick ones back in); a status failure still does.
+func TestLastEndpointInNotTakenOutForLatency(t *testing.T) {
+	c := startCluster(t, 2)
+	core, logs := zapobserver.New(zapcore.DebugLevel)
+	h := newHandler(t, c, Options{Logger: zap.New(core), Retries: Ptr(0), FailDuration: time.Minute, MaxFails: 1,
+		UnhealthyStatus: []int{503}, UnhealthyLatency: 100 * time.Millisecond})
+	waitReady(t, h, 2)
+	body := standin.RemoteWriteBody(10, 1)
+	healthy := func(addr string) (bool, string) {
+		for _, e := range h.Endpoints() {
+			if e.Address == addr {
+				return e.Healthy, e.LastFailure
+			}
+		}
+		t.Fatalf("no endpoint %s", addr)
+		return false, ""
+	}
+	c.Distributors[1].SetBehavior(func(w http.ResponseWriter, _ *http.Request) bool {
+		http.Error(w, "ingesters down", http.StatusServiceUnavailable)
+		return true
+	})
+	waitFor(t, 10*time.Second, "the 503 endpoint out", func() bool {
+		serve(h, pushRequest(body))
+		ok, _ := healthy(c.Addr(1))
+		return !ok
+	})
+
+	c.Distributors[0].SetBehavior(answerAfter(250 * time.Millisecond))
+	for range 3 {
+		if w := serve(h, pushRequest(body)); w.Code != http.StatusOK {
+			t.Fatalf("push to the last endpoint in: %d %s", w.Code, w.Body)
+		}
+	}
+	if ok, last := healthy(c.Addr(0)); !ok || last != "" {
+		t.Errorf("last endpoint in after 3 late calls: healthy %v, last failure %q; want none counted", ok, last)
+	}
+	if n := logs.FilterMessage("late call not counted: every other endpoint is out").Len(); n != 3 {
+		t.Errorf("%d debug lines for late calls not counted, want 3", n)
+	}
+	if ok, _ := healthy(c.Addr(1)); ok {
+		t.Error("the 503 endpoint came back within its minute")
+	}
+
+	c.Distributors[0].SetBehavior(func(w http.ResponseWriter, _ *http.Request) bool {
+		http.Error(w, "ingesters down", http.StatusServiceUnavailable)
+		return true
+	})
+	serve(h, pushRequest(body))
+	if ok, last := healthy(c.Addr(0)); ok || last != "status 503" {
+		t.Errorf("last endpoint in after a 503: healthy %v, last failure %q; want out", ok, last)
+	}
+}
+
 // holdUntil is a stand-in behaviour that counts each call in held, holds
 // it until release is closed, and then answers it normally.
 func holdUntil(release <-chan struct{}, held *atomic.Int64) standin.Behavior {

@@ -6,6 +6,7 @@ import (
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+	"google.golang.org/grpc/connectivity"
 )
 
 // The latency rule (UnhealthyLatency) judges an endpoint against its peers.
@@ -25,6 +26,14 @@ import (
 //     with max_fails at or below the calls in flight per endpoint, one such
 //     pause would take a healthy endpoint out, and taking it out only loads
 //     the others more.
+//
+// Nor does a late call count while every other endpoint is out: taking the
+// last endpoint in out as well would leave none in, and then nothing is left
+// out (never all out), so the sick endpoints would get calls again. Seen as
+// a cascade when distributors are loaded near their limit: the sick one is
+// out, a healthy one's tail passes the threshold and it goes out too, the
+// last one takes all the load, is late, and its failure puts every endpoint
+// back in.
 //
 // And late calls of one endpoint that were in flight together are one
 // failure: a late call counts only if it began after the last counted late
@@ -76,6 +85,8 @@ func (m *healthMonitor) callEnded(ep *endpoint, start time.Time, took time.Durat
 func (m *healthMonitor) lateCounts(ep *endpoint, start time.Time, took time.Duration) bool {
 	var msg string
 	switch {
+	case m.lastIn(ep):
+		msg = "late call not counted: every other endpoint is out"
 	case !m.slowOwnFault(ep, start):
 		msg = "late call not counted: the other endpoints were late too"
 	case !ep.health.calls.firstLate(m.clock(start), m.clock(start.Add(took))):
@@ -123,6 +134,25 @@ func (m *healthMonitor) slowOwnFault(ep *endpoint, start time.Time) bool {
 		}
 	}
 	return !peersBusy
+}
+
+// lastIn reports whether ep is in and every other READY endpoint, of at
+// least one, is out.
+func (m *healthMonitor) lastIn(ep *endpoint) bool {
+	if ep.health.out.Load() {
+		return false
+	}
+	othersOut := false
+	for _, other := range *m.t.bySubConn.Load() {
+		if other == ep || connectivity.State(other.state.Load()) != connectivity.Ready {
+			continue
+		}
+		if !other.health.out.Load() {
+			return false
+		}
+		othersOut = true
+	}
+	return othersOut
 }
 
 // storeMax raises v to n unless it is already higher (calls end

@@ -109,7 +109,8 @@ type Options struct {
 	UnhealthyStatus []int
 	// UnhealthyLatency makes a call that took longer count as a failure (0:
 	// latency does not count), unless the other endpoints were slow at the
-	// same time; late calls in flight together count once (latency.go).
+	// same time or are all out; late calls in flight together count once
+	// (latency.go).
 	// Only with FailDuration.
 	UnhealthyLatency time.Duration
 	// Logger receives endpoint-set changes (info) and failed requests (debug).
