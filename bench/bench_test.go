@@ -146,6 +146,7 @@ func TestSickTargets(t *testing.T) {
 		"caddy-lc-health 9.00 (100 % failed, not compared)",
 		"| below in 9 of 12; lost: round 1 caddy-lc 11.00 ms (gateway-health 12.00), round 2 caddy-lc 11.00 ms (gateway-health 12.00), round 3 caddy-lc 11.00 ms (gateway-health 12.00) | **no** |",
 		"| slow stand-in: no healthy stand-in taken out | taken out 0 / 6 / 3 times (per stand-in, 3 runs) | **no** |",
+		"| setting: unhealthy_latency (-sick-latency) above the healthy stand-ins' p99 (least_conn, healthy scenario) | 15ms vs 10.00 ms | yes |",
 		"| 503 stand-in: ≤ 1 % of requests fail | 0.25 % (15 of 6030) | yes |",
 		"| healthy stand-ins: least_conn max/mean ≤ 1.05 | 1.010 | yes |",
 		"| gateway-health | 0 | 0.00 | 12.00 | 0 | 0.00 |",
