@@ -237,8 +237,9 @@ type GRPCConfig struct {
 	// of its endpoint, unless the other endpoints were slow at the same
 	// time: while the call was overdue they had calls in flight or ending
 	// and answered none in time (then the gateway's node or the network
-	// paused, not the endpoint), or every other endpoint is out (taking the
-	// last one out would put them all back in). Late calls of one endpoint
+	// paused, not the endpoint), or every other endpoint is out and no
+	// later target takes over (taking the last one out would put them all
+	// back in). Late calls of one endpoint
 	// that were in flight together count as one failure. Default: 0
 	// (latency does not count).
 	UnhealthyLatency caddy.Duration `json:"unhealthy_latency,omitempty"`

@@ -162,6 +162,9 @@ type healthMonitor struct {
 	t      *tracker
 	logger *logRef
 	epoch  time.Time // the zero of clock (latency.go)
+	// failsOver says a later priority group takes this group's requests
+	// when none of its endpoints is in (set by NewPriority).
+	failsOver atomic.Bool
 
 	// kicks wakes the goroutine that reports health to the child balancer;
 	// it is the only one that calls the child's health listeners, so they

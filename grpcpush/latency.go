@@ -33,7 +33,9 @@ import (
 // a cascade when distributors are loaded near their limit: the sick one is
 // out, a healthy one's tail passes the threshold and it goes out too, the
 // last one takes all the load, is late, and its failure puts every endpoint
-// back in.
+// back in. Unless a later priority group takes over when none of this
+// group's endpoints is in (NewPriority): then taking the last one out moves
+// the requests to the next zone, which is what zones are for.
 //
 // And late calls of one endpoint that were in flight together are one
 // failure: a late call counts only if it began after the last counted late
@@ -137,9 +139,9 @@ func (m *healthMonitor) slowOwnFault(ep *endpoint, start time.Time) bool {
 }
 
 // lastIn reports whether ep is in and every other READY endpoint, of at
-// least one, is out.
+// least one, is out, and no later priority group would take over.
 func (m *healthMonitor) lastIn(ep *endpoint) bool {
-	if ep.health.out.Load() {
+	if m.failsOver.Load() || ep.health.out.Load() {
 		return false
 	}
 	othersOut := false

@@ -42,7 +42,19 @@ func NewPriority(groups []*Handler, minReady int, logger *zap.Logger) (*Priority
 	if logger == nil {
 		logger = zap.NewNop()
 	}
+	for i, g := range groups {
+		g.setFailsOver(i < len(groups)-1)
+	}
 	return &Priority{groups: groups, minReady: max(minReady, 1), logger: logger}, nil
+}
+
+// setFailsOver tells g's passive health check whether a later group takes
+// its requests when none of its endpoints is in: then its last endpoint in
+// may be taken out for latency too (latency.go).
+func (g *Handler) setFailsOver(v bool) {
+	if m := g.tracker.health; m != nil {
+		m.failsOver.Store(v)
+	}
 }
 
 // Groups returns the groups in order.

@@ -174,3 +174,45 @@ func BenchmarkPriorityServing(b *testing.B) {
 		}
 	})
 }
+
+// TestPriorityLastEndpointOutForLatency: in a group that a later group
+// backs, the last endpoint in is taken out for latency like any other, and
+// the requests move to the next group; in the last group it is not
+// (TestLastEndpointInNotTakenOutForLatency).
+func TestPriorityLastEndpointOutForLatency(t *testing.T) {
+	a, b := startCluster(t, 2), startCluster(t, 1)
+	health := Options{Retries: Ptr(0), FailDuration: time.Minute, MaxFails: 1,
+		UnhealthyStatus: []int{503}, UnhealthyLatency: 100 * time.Millisecond}
+	ha, hb := newHandler(t, a, health), newHandler(t, b, health)
+	waitReady(t, ha, 2)
+	waitReady(t, hb, 1)
+	p, err := NewPriority([]*Handler{ha, hb}, 1, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := standin.RemoteWriteBody(10, 1)
+	a.Distributors[1].SetBehavior(func(w http.ResponseWriter, _ *http.Request) bool {
+		http.Error(w, "ingesters down", http.StatusServiceUnavailable)
+		return true
+	})
+	waitFor(t, 10*time.Second, "the 503 endpoint of group a out", func() bool {
+		serve(p, pushRequest(body))
+		return ha.Serving() == 1
+	})
+	a.Distributors[0].SetBehavior(answerAfter(250 * time.Millisecond))
+	if w := serve(p, pushRequest(body)); w.Code != http.StatusOK {
+		t.Fatalf("late push: %d %s", w.Code, w.Body)
+	}
+	if n := ha.Serving(); n != 0 {
+		t.Fatalf("group a serves with %d endpoints after its last one was late, want 0", n)
+	}
+	before := b.Requests()[0]
+	for i := 0; i < 5; i++ {
+		if w := serve(p, pushRequest(body)); w.Code != http.StatusOK {
+			t.Fatalf("push %d: %d %s", i, w.Code, w.Body)
+		}
+	}
+	if got := b.Requests()[0] - before; got != 5 {
+		t.Errorf("group b got %d of 5 pushes after group a's last endpoint was out, want 5", got)
+	}
+}
