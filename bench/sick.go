@@ -192,9 +192,8 @@ func (r *report) sickTargets(body int) string {
 	if lc := m("sick-healthy", sysGatewayLC); lc != nil && r.cfg.sickScenarios["sick-slow"] {
 		// Not a target but the setting the slow scenario's targets rest on:
 		// a threshold inside the healthy tail takes healthy stand-ins out.
-		lat := float64(r.cfg.sickLatency) / float64(time.Millisecond)
 		fmt.Fprintf(&b, "| setting: unhealthy_latency (-sick-latency) above the healthy stand-ins' p99 (least_conn, healthy scenario) | %s vs %.2f ms | %s |\n",
-			r.cfg.sickLatency, lc.P99US/1000, verdict(lat > lc.P99US/1000))
+			r.cfg.sickLatency, lc.P99US/1000, verdict(r.cfg.sickLatency > time.Duration(lc.P99US*float64(time.Microsecond))))
 	}
 	if h := m("sick-503", sysGatewayHealth); h != nil {
 		fmt.Fprintf(&b, "| 503 stand-in: ≤ 1 %% of requests fail | %.2f %% (%d of %d) | %s |\n",

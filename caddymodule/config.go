@@ -239,9 +239,8 @@ type GRPCConfig struct {
 	// and answered none in time (then the gateway's node or the network
 	// paused, not the endpoint), or every other endpoint is out and no
 	// later target takes over (taking the last one out would put them all
-	// back in). Late calls of one endpoint
-	// that were in flight together count as one failure. Default: 0
-	// (latency does not count).
+	// back in). Late calls of one endpoint that were in flight together
+	// count as one failure. Default: 0 (latency does not count).
 	UnhealthyLatency caddy.Duration `json:"unhealthy_latency,omitempty"`
 
 	// MinReady applies to a backend with several `dns:` targets: a target

@@ -23,10 +23,7 @@ func TestPassiveHealthLogs(t *testing.T) {
 	h := newHandler(t, c, Options{Logger: zap.New(core), Retries: Ptr(0),
 		FailDuration: 300 * time.Millisecond, MaxFails: 1, UnhealthyStatus: []int{503}})
 	waitReady(t, h, 2)
-	c.Distributors[1].SetBehavior(func(w http.ResponseWriter, _ *http.Request) bool {
-		http.Error(w, "ingesters down", http.StatusServiceUnavailable)
-		return true
-	})
+	c.Distributors[1].SetBehavior(answer503)
 	body := standin.RemoteWriteBody(10, 1)
 	sick := c.Addr(1)
 	waitFor(t, 10*time.Second, "the out line", func() bool {
@@ -169,15 +166,7 @@ func TestOverlappingLateCallsCountOnce(t *testing.T) {
 	var held atomic.Int64
 	c.Distributors[1].SetBehavior(holdUntil(release, &held))
 	pushThroughPause(t, h, body, release, "three calls held", func() bool { return held.Load() == 3 })
-	status := func() EndpointStatus {
-		for _, e := range h.Endpoints() {
-			if e.Address == slow {
-				return e
-			}
-		}
-		t.Fatalf("no endpoint %s", slow)
-		return EndpointStatus{}
-	}
+	status := func() EndpointStatus { return endpointStatus(t, h, slow) }
 	if st := status(); !st.Healthy || !strings.Contains(st.LastFailure, "unhealthy_latency") {
 		t.Fatalf("after one pause with 3 late calls: healthy %v, last failure %q; want one failure counted (max_fails 2)", st.Healthy, st.LastFailure)
 	}
@@ -204,18 +193,10 @@ func TestLastEndpointInNotTakenOutForLatency(t *testing.T) {
 	waitReady(t, h, 2)
 	body := standin.RemoteWriteBody(10, 1)
 	healthy := func(addr string) (bool, string) {
-		for _, e := range h.Endpoints() {
-			if e.Address == addr {
-				return e.Healthy, e.LastFailure
-			}
-		}
-		t.Fatalf("no endpoint %s", addr)
-		return false, ""
+		st := endpointStatus(t, h, addr)
+		return st.Healthy, st.LastFailure
 	}
-	c.Distributors[1].SetBehavior(func(w http.ResponseWriter, _ *http.Request) bool {
-		http.Error(w, "ingesters down", http.StatusServiceUnavailable)
-		return true
-	})
+	c.Distributors[1].SetBehavior(answer503)
 	waitFor(t, 10*time.Second, "the 503 endpoint out", func() bool {
 		serve(h, pushRequest(body))
 		ok, _ := healthy(c.Addr(1))
@@ -238,10 +219,7 @@ func TestLastEndpointInNotTakenOutForLatency(t *testing.T) {
 		t.Error("the 503 endpoint came back within its minute")
 	}
 
-	c.Distributors[0].SetBehavior(func(w http.ResponseWriter, _ *http.Request) bool {
-		http.Error(w, "ingesters down", http.StatusServiceUnavailable)
-		return true
-	})
+	c.Distributors[0].SetBehavior(answer503)
 	serve(h, pushRequest(body))
 	if ok, last := healthy(c.Addr(0)); ok || last != "status 503" {
 		t.Errorf("last endpoint in after a 503: healthy %v, last failure %q; want out", ok, last)
@@ -256,6 +234,25 @@ func holdUntil(release <-chan struct{}, held *atomic.Int64) standin.Behavior {
 		<-release
 		return false
 	}
+}
+
+// answer503 is a stand-in behaviour that answers every call 503, as a
+// distributor whose ingesters are down.
+func answer503(w http.ResponseWriter, _ *http.Request) bool {
+	http.Error(w, "ingesters down", http.StatusServiceUnavailable)
+	return true
+}
+
+// endpointStatus is h's admin view of the endpoint addr.
+func endpointStatus(t *testing.T, h *Handler, addr string) EndpointStatus {
+	t.Helper()
+	for _, e := range h.Endpoints() {
+		if e.Address == addr {
+			return e
+		}
+	}
+	t.Fatalf("no endpoint %s", addr)
+	return EndpointStatus{}
 }
 
 // answerAfter is a stand-in behaviour that answers normally after d.

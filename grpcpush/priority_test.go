@@ -191,10 +191,7 @@ func TestPriorityLastEndpointOutForLatency(t *testing.T) {
 		t.Fatal(err)
 	}
 	body := standin.RemoteWriteBody(10, 1)
-	a.Distributors[1].SetBehavior(func(w http.ResponseWriter, _ *http.Request) bool {
-		http.Error(w, "ingesters down", http.StatusServiceUnavailable)
-		return true
-	})
+	a.Distributors[1].SetBehavior(answer503)
 	waitFor(t, 10*time.Second, "the 503 endpoint of group a out", func() bool {
 		serve(p, pushRequest(body))
 		return ha.Serving() == 1
