@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/grafana/dskit/grpcutil"
 	"github.com/grafana/dskit/httpgrpc"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -274,6 +275,11 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, c *call, start t
 	ctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
 	ctx = metadata.NewOutgoingContext(ctx, h.tenants.get(tenant))
+	// What dskit's own httpgrpc clients send: Mimir's gRPC push limiter
+	// (instance limits on in-flight pushes and bytes) reads these to refuse
+	// a push before receiving its message.
+	ctx = httpgrpc.AppendRequestMetadataToContext(ctx, &c.req.msg)
+	ctx = grpcutil.AppendMessageSizeToOutgoingContext(ctx, &c.req)
 	if err := h.invoke(ctx, c); err != nil {
 		return h.callError(w, r, c, err)
 	}
