@@ -203,12 +203,14 @@ func BenchmarkRequestBuild(b *testing.B) {
 	r := pushRequest(body)
 	rb := &rewindBody{}
 	r.Body = rb
+	budget := NewBudget(0, nil, "")
 	b.SetBytes(int64(len(body)))
 	b.ReportAllocs()
 	for i := 0; i < b.N; i++ {
 		rb.Reset(body)
 		c := getCall()
-		buf, n, err := readBody(r.Body, r.ContentLength, DefaultMaxRequestBody)
+		c.budget = budget
+		buf, n, err := readBody(r.Body, r.ContentLength, DefaultMaxRequestBody, budget)
 		if err != nil {
 			b.Fatal(err)
 		}

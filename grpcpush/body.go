@@ -12,26 +12,37 @@ import (
 // into which the encoded method, URL and headers are written right before the
 // body, so the whole message is one contiguous slice and the body is never
 // copied inside the gateway.
+//
+// A buffer grows as the body arrives, never ahead of it: Content-Length is
+// a hint that costs a client nothing to send, so it reserves at most
+// firstChunk. Every buffer is counted against a Budget from the moment it is
+// taken until gRPC drops its last reference to it.
 const (
 	// headroom is reserved in front of the body for the message prefix. It
 	// holds the prefix of every usual request; a larger one (huge headers)
 	// goes into a separate buffer instead.
 	headroom = 2 << 10
+	// firstChunk is the most of a body read before the buffer grows: with
+	// headroom it fills the 64 KiB class, which holds a Remote-Write push of
+	// Prometheus' default 2000 samples (about 40 KB) whole.
+	firstChunk = 64<<10 - headroom
 	// minClassShift and maxClassShift bound the pooled buffer sizes, 4 KiB
 	// to 16 MiB; larger buffers are allocated and dropped after use so that
 	// a rare huge push does not pin memory.
 	minClassShift = 12
 	maxClassShift = 24
-	// unknownLengthChunk is how much is read at a time when the client did
-	// not announce a Content-Length (chunked uploads).
-	unknownLengthChunk = 32 << 10
 )
 
-// errBodyTooLarge is returned when a body exceeds the limit.
-var errBodyTooLarge = errors.New("request body too large")
+// Errors of reading a body.
+var (
+	errBodyTooLarge = errors.New("request body too large")
+	errBudgetFull   = errors.New("request bodies held at max_buffered_bytes")
+)
 
 // bufferPool is a set of sync.Pools of *[]byte by power-of-two size class.
-// It implements grpc's mem.BufferPool so gRPC can hand buffers back to it.
+// grpc-go's tiered mem pool would do the same, but it clears the whole
+// buffer on every Get, which is wasted work for a buffer the body is about
+// to overwrite.
 type bufferPool struct {
 	classes [maxClassShift - minClassShift + 1]sync.Pool
 }
@@ -52,7 +63,15 @@ func classOf(n int) int {
 	return shift - minClassShift
 }
 
-// Get returns a buffer of length n (capacity at least n).
+// capFor returns the capacity of the buffer Get(n) returns.
+func capFor(n int) int {
+	if c := classOf(n); c >= 0 {
+		return 1 << (c + minClassShift)
+	}
+	return n
+}
+
+// Get returns a buffer of length n and capacity capFor(n).
 func (p *bufferPool) Get(n int) *[]byte {
 	c := classOf(n)
 	if c < 0 {
@@ -76,56 +95,53 @@ func (p *bufferPool) Put(b *[]byte) {
 	p.classes[classOf(c)].Put(b)
 }
 
-// readBody reads the request body into a pooled buffer after headroom bytes.
-// It returns the buffer and the body length; limit is the largest body
-// accepted (errBodyTooLarge beyond). The caller owns the buffer.
-func readBody(r io.Reader, contentLength, limit int64) (*[]byte, int, error) {
+// readBody reads a body of contentLength bytes (-1: unknown, read to EOF)
+// into a buffer from budget, after headroom bytes, growing it as the bytes
+// arrive. It returns the buffer and the body length; limit is the largest
+// body accepted (errBodyTooLarge beyond, before reading when announced).
+// When budget cannot hold the next buffer it stops reading and returns
+// errBudgetFull. The caller owns the buffer and gives it back to budget.
+func readBody(r io.Reader, contentLength, limit int64, budget *Budget) (*[]byte, int, error) {
 	if contentLength > limit {
 		return nil, 0, errBodyTooLarge
 	}
+	// want is the largest buffer the body may need: its length, or one
+	// byte over the limit to see an unknown length go over it.
+	want := headroom + int(limit) + 1
 	if contentLength >= 0 {
-		return readKnown(r, int(contentLength))
+		want = headroom + int(contentLength)
 	}
-	return readUnknown(r, limit)
-}
-
-// readKnown reads exactly n bytes (net/http already stops at Content-Length).
-func readKnown(r io.Reader, n int) (*[]byte, int, error) {
-	buf := bodyPool.Get(headroom + n)
-	if _, err := io.ReadFull(r, (*buf)[headroom:]); err != nil {
-		bodyPool.Put(buf)
+	buf, err := budget.take(min(want, headroom+firstChunk))
+	if err != nil {
 		return nil, 0, err
 	}
-	return buf, n, nil
-}
-
-// readUnknown reads until EOF, growing the buffer through the pool classes.
-func readUnknown(r io.Reader, limit int64) (*[]byte, int, error) {
-	buf := bodyPool.Get(headroom + unknownLengthChunk)
 	n := 0
-	for {
+	for headroom+n < want {
 		if headroom+n == len(*buf) {
-			if int64(n) > limit {
-				bodyPool.Put(buf)
-				return nil, 0, errBodyTooLarge
+			bigger, err := budget.take(min(2*len(*buf), want))
+			if err != nil {
+				budget.Put(buf)
+				return nil, 0, err
 			}
-			bigger := bodyPool.Get(int(min(2*int64(len(*buf)), headroom+limit+1)))
 			copy(*bigger, (*buf)[:headroom+n])
-			bodyPool.Put(buf)
+			budget.Put(buf)
 			buf = bigger
 		}
 		m, err := r.Read((*buf)[headroom+n:])
 		n += m
-		if err == io.EOF {
+		if err == io.EOF && contentLength < 0 {
 			break
 		}
-		if err != nil {
-			bodyPool.Put(buf)
+		if err == io.EOF && headroom+n < want {
+			err = io.ErrUnexpectedEOF
+		}
+		if err != nil && err != io.EOF {
+			budget.Put(buf)
 			return nil, 0, err
 		}
 	}
 	if int64(n) > limit {
-		bodyPool.Put(buf)
+		budget.Put(buf)
 		return nil, 0, errBodyTooLarge
 	}
 	*buf = (*buf)[:headroom+n]

@@ -32,11 +32,13 @@ func TestCodecMatchesDskit(t *testing.T) {
 			for i := 0; i < tc.headers; i++ {
 				r.Header.Set("X-Big-"+strings.Repeat("k", 3)+string(rune('a'+i%26))+string(rune('a'+i/26)), strings.Repeat("v", 100))
 			}
-			buf, n, err := readBody(r.Body, r.ContentLength, 1<<20)
+			budget := NewBudget(1<<20, nil, "")
+			buf, n, err := readBody(r.Body, r.ContentLength, 1<<20, budget)
 			if err != nil {
 				t.Fatal(err)
 			}
 			c := getCall()
+			c.budget = budget
 			c.setBody(buf, n)
 			c.setRequest(r, nil)
 
@@ -67,6 +69,9 @@ func TestCodecMatchesDskit(t *testing.T) {
 			out.Free()
 			c.releaseBody()
 			putCall(c)
+			if used := budget.Used(); used != 0 {
+				t.Errorf("%d bytes still counted once gRPC and the call let go of the buffer", used)
+			}
 		})
 	}
 }

@@ -49,6 +49,7 @@ type Handler struct {
 	conn    *grpc.ClientConn
 	tracker *tracker
 	metrics *backendMetrics
+	budget  *Budget // of requests made through Handle, not through a Priority
 	logger  *logRef
 	watch   *readinessWatch
 
@@ -69,6 +70,7 @@ func New(opts Options) (*Handler, error) {
 	h := &Handler{s: s, metrics: s.metrics.forBackend(s.backend, s.target.String()), logger: &logRef{backend: s.backend}}
 	h.logger.set(s.logger)
 	h.tracker = newTracker(h.metrics)
+	h.budget = NewBudget(s.maxBuffered, s.metrics, s.backend)
 	if s.health != nil {
 		h.tracker.health = newHealthMonitor(s.health, h.tracker, h.logger)
 	}
@@ -183,7 +185,7 @@ func (h *Handler) Target() Target { return h.s.target }
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	var e *Error
 	if errors.As(h.Handle(w, r), &e) {
-		e.Write(w)
+		e.Write(w, h.s.retryAfter.Value(r))
 	}
 }
 
@@ -193,20 +195,20 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // status. Whatever a component answered is written. It returns nil when
 // the answer was written or the client went away.
 func (h *Handler) Handle(w http.ResponseWriter, r *http.Request) error {
-	return h.handle(w, r, nil)
+	return h.handle(w, r, nil, h.budget)
 }
 
 // handle is Handle with the groups a call that fails UNAVAILABLE may spill
-// to (see Priority); the metrics and the endpoint's hold are those of the
-// group that made the last attempt.
-func (h *Handler) handle(w http.ResponseWriter, r *http.Request, spill []*Handler) error {
+// to (see Priority) and the Budget its body counts against; the metrics and
+// the endpoint's hold are those of the group that made the last attempt.
+func (h *Handler) handle(w http.ResponseWriter, r *http.Request, spill []*Handler, budget *Budget) error {
 	start := time.Now()
 	m := h.metrics
 	if m != nil {
 		m.inFlight.Inc()
 	}
 	c := getCall()
-	c.group, c.spill = h, spill
+	c.group, c.spill, c.budget = h, spill, budget
 	code, err := h.serve(w, r, c, start)
 	if err != nil {
 		code = err.Status
@@ -258,9 +260,9 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, c *call, start t
 	// The timeout runs from the start of the request: a slow upload uses
 	// it up as much as a slow answer does.
 	deadline := start.Add(h.s.timeout)
-	buf, n, err := h.readBody(w, r, deadline)
+	buf, n, err := h.readBody(w, r, deadline, c.budget)
 	if err != nil {
-		return h.bodyError(r, err)
+		return h.bodyError(r, err, c.budget)
 	}
 	c.setBody(buf, n)
 	defer c.releaseBody()
@@ -330,9 +332,9 @@ func nextGroup(c *call) *Handler {
 // connection's read deadline is set to it for the upload (where the server
 // supports it), unless the server's own read timeout (Caddy's read_body)
 // ends first and so stays in force; it is cleared afterwards.
-func (h *Handler) readBody(w http.ResponseWriter, r *http.Request, deadline time.Time) (*[]byte, int, error) {
+func (h *Handler) readBody(w http.ResponseWriter, r *http.Request, deadline time.Time, budget *Budget) (*[]byte, int, error) {
 	if r.ContentLength == 0 {
-		return readBody(r.Body, 0, h.s.maxBody)
+		return readBody(r.Body, 0, h.s.maxBody, budget)
 	}
 	var rc *http.ResponseController
 	if !serverReadsUntilBefore(r, deadline) {
@@ -340,11 +342,11 @@ func (h *Handler) readBody(w http.ResponseWriter, r *http.Request, deadline time
 			rc = nil // not supported: the server's own timeouts apply
 		}
 	}
-	buf, n, err := readBody(r.Body, r.ContentLength, h.s.maxBody)
+	buf, n, err := readBody(r.Body, r.ContentLength, h.s.maxBody, budget)
 	if rc != nil {
 		_ = rc.SetReadDeadline(time.Time{})
 	}
-	if err != nil && !errors.Is(err, errBodyTooLarge) && !time.Now().Before(deadline) {
+	if err != nil && !errors.Is(err, errBodyTooLarge) && !errors.Is(err, errBudgetFull) && !time.Now().Before(deadline) {
 		err = errBodyTimeout
 	}
 	return buf, n, err
@@ -361,11 +363,19 @@ func serverReadsUntilBefore(r *http.Request, deadline time.Time) bool {
 var errBodyTimeout = errors.New("request body not received in time")
 
 // bodyError answers a request whose body could not be read.
-func (h *Handler) bodyError(r *http.Request, err error) (int, *Error) {
+func (h *Handler) bodyError(r *http.Request, err error, budget *Budget) (int, *Error) {
+	var tooLarge *http.MaxBytesError
 	switch {
 	case errors.Is(err, errBodyTooLarge):
 		return 0, h.failed(r, http.StatusRequestEntityTooLarge,
 			fmt.Sprintf("request body larger than %d bytes", h.s.maxBody), nil)
+	case errors.As(err, &tooLarge):
+		// A request_body { max_size } before the gateway cut the body.
+		return 0, h.failed(r, http.StatusRequestEntityTooLarge,
+			fmt.Sprintf("request body larger than %d bytes (request_body max_size)", tooLarge.Limit), nil)
+	case errors.Is(err, errBudgetFull):
+		return 0, h.failed(r, http.StatusServiceUnavailable,
+			fmt.Sprintf("request bodies held at max_buffered_bytes (%d bytes); try again later", budget.Limit()), nil)
 	case errors.Is(err, errBodyTimeout):
 		return 0, h.failed(r, http.StatusRequestTimeout,
 			fmt.Sprintf("request body not received within %v", h.s.timeout), nil)
@@ -397,13 +407,21 @@ func (h *Handler) callError(w http.ResponseWriter, r *http.Request, c *call, err
 		// written it would send that client an empty 200. A client that is
 		// gone never reads this. Counted as 499 all the same: the client
 		// ended the call, not the backend.
-		h.failed(r, http.StatusServiceUnavailable, "call canceled: the client closed its side of the connection", ep).Write(w)
+		h.failed(r, http.StatusServiceUnavailable, "call canceled: the client closed its side of the connection", ep).Write(w, "")
 		return o.code, nil
 	}
 	if o.grpcCode == codes.Canceled && h.closed.Load() {
 		// Closed under a late request (e.g. a reload released it): the
 		// client should retry elsewhere, not read 499.
 		return 0, h.failed(r, http.StatusServiceUnavailable, "closed: "+o.msg, ep)
+	}
+	if o.grpcCode == codes.Canceled {
+		// The client is still there: the call was canceled on the way
+		// (RST_STREAM CANCEL from the endpoint or a proxy in between). A
+		// 4xx would make a remote-write client drop the batch; 503 makes
+		// it retry, and the passive health check counts it against the
+		// endpoint.
+		return 0, h.failed(r, http.StatusServiceUnavailable, "call canceled on the way to the endpoint: "+o.msg, ep)
 	}
 	if o.grpcCode == codes.ResourceExhausted && h.responseTooLarge(o.msg) {
 		return 0, h.failed(r, http.StatusBadGateway,
@@ -469,20 +487,14 @@ type Error struct {
 
 func (e *Error) Error() string { return e.Msg }
 
-// RetryAfter reports whether the answer carries "Retry-After: 1" (429, 503):
-// the failure is the gateway's or the cluster's, and a client should come
-// back soon.
-func (e *Error) RetryAfter() bool {
-	return e.Status == http.StatusTooManyRequests || e.Status == http.StatusServiceUnavailable
-}
-
-// Write writes e: text/plain, one line, and Retry-After when RetryAfter.
-func (e *Error) Write(w http.ResponseWriter) {
+// Write writes e: text/plain, one line, and on a 429 or 503 retryAfter as
+// Retry-After (none when ""; see RetryAfter).
+func (e *Error) Write(w http.ResponseWriter, retryAfter string) {
 	hdr := w.Header()
 	hdr["Content-Type"] = textPlain
 	hdr["X-Content-Type-Options"] = noSniff
-	if e.RetryAfter() {
-		hdr["Retry-After"] = retryAfter
+	if retryAfter != "" && retriable(e.Status) {
+		hdr["Retry-After"] = []string{retryAfter}
 	}
 	w.WriteHeader(e.Status)
 	_, _ = io.WriteString(w, e.Msg+"\n")
@@ -490,9 +502,8 @@ func (e *Error) Write(w http.ResponseWriter) {
 
 // Header values shared by every gateway-made error (never modified).
 var (
-	textPlain  = []string{"text/plain; charset=utf-8"}
-	noSniff    = []string{"nosniff"}
-	retryAfter = []string{"1"}
+	textPlain = []string{"text/plain; charset=utf-8"}
+	noSniff   = []string{"nosniff"}
 )
 
 // writeResponse writes a component's answer: status, headers (without

@@ -3,6 +3,7 @@ package grpcpush
 import (
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -33,6 +34,9 @@ type healthConfig struct {
 	maxFails     int
 	statuses     []int // exact codes, or 1-5 for a class
 	latency      time.Duration
+	// fairShare is the least time after its pick a call must have had for
+	// running out of it to count against the endpoint: half the timeout.
+	fairShare time.Duration
 }
 
 // healthConfig returns the passive health check of o, nil when it is off.
@@ -89,21 +93,45 @@ func (h *healthConfig) statusCounts(code int) bool {
 	return false
 }
 
-// failure says why a call that ended with err after took counts as a
-// failure, or "" if it does not; slow is true when the reason is only its
-// latency (which latency.go judges against the other endpoints). answered
-// is whether the component answered the call, with any status. A canceled
-// call (the client went away) is not the endpoint's fault.
-func (h *healthConfig) failure(err error, took time.Duration) (why string, slow, answered bool) {
+// callEnd is what the passive health check knows of a call that ended.
+type callEnd struct {
+	err  error         // the call's error, nil when it succeeded
+	took time.Duration // from the pick to the end
+	// share is the time the call had after its pick: what was left of the
+	// request's timeout once its body had arrived.
+	share time.Duration
+	// clientGone: the request's context was done when the call ended.
+	clientGone bool
+}
+
+// failure says why a call counts as a failure of its endpoint, or "" if it
+// does not; slow is true when the reason is only its latency (which
+// latency.go judges against the other endpoints). answered is whether the
+// component answered the call, with any status. What the endpoint could not
+// help does not count: a call canceled because the client went away, or one
+// that ran out of time because the upload had used up most of it (it had
+// less than fairShare after its pick), unless it was late by the latency
+// rule. A call canceled while the client was still there was canceled on
+// the way (RST_STREAM CANCEL from the endpoint or a proxy in between): that
+// counts.
+func (h *healthConfig) failure(e callEnd) (why string, slow, answered bool) {
 	answered = true
-	if err != nil {
-		switch c := status.Code(err); c {
+	if e.err != nil {
+		switch c := status.Code(e.err); c {
 		case codes.Canceled:
-			return "", false, false
-		case codes.Unavailable, codes.DeadlineExceeded:
+			if e.clientGone {
+				return "", false, false
+			}
+			return "canceled on the way (the client was still there)", false, false
+		case codes.DeadlineExceeded:
+			if e.share < h.fairShare {
+				return h.late(e.took), h.late(e.took) != "", false
+			}
+			return c.String(), false, false
+		case codes.Unavailable:
 			return c.String(), false, false
 		}
-		o := mapError(err)
+		o := mapError(e.err)
 		code := o.code
 		if o.resp != nil {
 			code = int(o.resp.Code)
@@ -113,10 +141,16 @@ func (h *healthConfig) failure(err error, took time.Duration) (why string, slow,
 			return fmt.Sprintf("status %d", code), false, answered
 		}
 	}
+	why = h.late(e.took)
+	return why, why != "", answered
+}
+
+// late says why a call that took took is late by the latency rule, or "".
+func (h *healthConfig) late(took time.Duration) string {
 	if h.latency > 0 && took > h.latency {
-		return fmt.Sprintf("took %v (unhealthy_latency %v)", took.Round(100*time.Microsecond), h.latency), true, answered
+		return fmt.Sprintf("took %v (unhealthy_latency %v)", took.Round(100*time.Microsecond), h.latency)
 	}
-	return "", false, answered
+	return ""
 }
 
 // endpointHealth is the passive health state of one endpoint.
@@ -162,9 +196,6 @@ type healthMonitor struct {
 	t      *tracker
 	logger *logRef
 	epoch  time.Time // the zero of clock (latency.go)
-	// failsOver says a later priority group takes this group's requests
-	// when none of its endpoints is in (set by NewPriority).
-	failsOver atomic.Bool
 
 	// kicks wakes the goroutine that reports health to the child balancer;
 	// it is the only one that calls the child's health listeners, so they
@@ -232,14 +263,19 @@ func (m *healthMonitor) pick(child balancer.Picker, t *tracker, info balancer.Pi
 	ep.requests.Add(1)
 	noteEndpoint(t, info, ep)
 	start := m.callStarted(ep)
+	share := time.Duration(math.MaxInt64)
+	if deadline, ok := info.Ctx.Deadline(); ok {
+		share = deadline.Sub(start)
+	}
+	failsOver := callFailsOver(info.Ctx)
 	childDone := res.Done
 	res.Done = func(di balancer.DoneInfo) {
 		if childDone != nil {
 			childDone(di)
 		}
 		took := time.Since(start)
-		why, slow, answered := m.cfg.failure(di.Err, took)
-		if slow && !m.lateCounts(ep, start, took) {
+		why, slow, answered := m.cfg.failure(callEnd{err: di.Err, took: took, share: share, clientGone: info.Ctx.Err() != nil})
+		if slow && !m.lateCounts(ep, start, took, failsOver) {
 			why = ""
 		}
 		m.callEnded(ep, start, took, answered)

@@ -1,6 +1,8 @@
 package grpcpush
 
 import (
+	"context"
+	"io"
 	"net/http"
 	"strings"
 	"sync"
@@ -11,6 +13,9 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	zapobserver "go.uber.org/zap/zaptest/observer"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/metrics-gateway/metrics_gateway/examples/standin"
 )
@@ -279,5 +284,103 @@ func pushThroughPause(t *testing.T, h *Handler, body []byte, release chan struct
 		if code := <-codes; code != http.StatusOK {
 			t.Fatalf("push through the pause: %d", code)
 		}
+	}
+}
+
+// lateBody is a request body that arrives whole at a given moment.
+type lateBody struct {
+	at   time.Time
+	body []byte
+	done bool
+}
+
+func (b *lateBody) Read(p []byte) (int, error) {
+	if b.done {
+		return 0, io.EOF
+	}
+	time.Sleep(time.Until(b.at))
+	b.done = true
+	return copy(p, b.body), io.EOF
+}
+
+// TestLateUploadDoesNotTakeEndpointOut: a push whose body arrives just
+// before the timeout leaves its call almost no time; the call running out
+// of time is then not the endpoint's failure (it had less than half the
+// timeout), though the client still gets 504. A call that had its fair
+// share and ran out still counts.
+func TestLateUploadDoesNotTakeEndpointOut(t *testing.T) {
+	c := startCluster(t, 1)
+	const timeout = 2 * time.Second
+	h := newHandler(t, c, Options{Timeout: timeout, Retries: Ptr(0), FailDuration: time.Minute, MaxFails: 1})
+	waitReady(t, h, 1)
+	c.Distributors[0].SetBehavior(answerAfter(100 * time.Millisecond))
+	body := standin.RemoteWriteBody(10, 1)
+
+	r := pushRequest(nil)
+	r.Body = io.NopCloser(&lateBody{at: time.Now().Add(timeout - 10*time.Millisecond), body: body})
+	r.ContentLength = int64(len(body))
+	if w := serve(h, r); w.Code != http.StatusGatewayTimeout {
+		t.Fatalf("late upload: %d %q, want 504", w.Code, w.Body)
+	}
+	if st := endpointStatus(t, h, c.Addr(0)); !st.Healthy {
+		t.Errorf("a healthy endpoint was taken out by a client's slow upload: %q", st.LastFailure)
+	}
+
+	c.Distributors[0].SetBehavior(answerAfter(2 * timeout))
+	if w := serve(h, pushRequest(body)); w.Code != http.StatusGatewayTimeout {
+		t.Fatalf("hung endpoint: %d %q, want 504", w.Code, w.Body)
+	}
+	if st := endpointStatus(t, h, c.Addr(0)); st.Healthy || st.LastFailure != "DeadlineExceeded" {
+		t.Errorf("an endpoint that had the whole timeout and did not answer: healthy %v, %q; want out", st.Healthy, st.LastFailure)
+	}
+}
+
+// TestCanceledOnTheWayIsRetriable: a call canceled by the endpoint or a
+// proxy in between (gRPC CANCELLED) while the client is still there is
+// answered 503, which remote-write clients retry, never 499, and counts
+// against the endpoint; a client that goes away does not.
+func TestCanceledOnTheWayIsRetriable(t *testing.T) {
+	var cancel atomic.Bool
+	c := startCluster(t, 2, standin.WithUnaryInterceptors(func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, next grpc.UnaryHandler) (any, error) {
+		if cancel.Load() {
+			return nil, status.Error(codes.Canceled, "stream reset by sidecar")
+		}
+		return next(ctx, req)
+	}))
+	h := newHandler(t, c, Options{Retries: Ptr(0), FailDuration: time.Minute, MaxFails: 1})
+	waitReady(t, h, 2)
+	body := standin.RemoteWriteBody(10, 1)
+
+	// The client goes away while its call is held: nothing counts.
+	release := make(chan struct{})
+	var held atomic.Int64
+	c.Distributors[0].SetBehavior(holdUntil(release, &held))
+	c.Distributors[1].SetBehavior(holdUntil(release, &held))
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan int)
+	go func() { done <- serve(h, pushRequest(body).WithContext(ctx)).Code }()
+	waitFor(t, 10*time.Second, "the call held", func() bool { return held.Load() == 1 })
+	stop()
+	<-done
+	close(release)
+	for i := range 2 {
+		if st := endpointStatus(t, h, c.Addr(i)); !st.Healthy {
+			t.Errorf("endpoint %d out after a client went away: %q", i, st.LastFailure)
+		}
+	}
+
+	cancel.Store(true)
+	w := serve(h, pushRequest(body))
+	if w.Code != http.StatusServiceUnavailable || w.Header().Get("Retry-After") == "" {
+		t.Fatalf("canceled on the way: %d %q Retry-After %q, want 503 with Retry-After", w.Code, w.Body, w.Header().Get("Retry-After"))
+	}
+	out := 0
+	for i := range 2 {
+		if st := endpointStatus(t, h, c.Addr(i)); !st.Healthy {
+			out++
+		}
+	}
+	if out != 1 {
+		t.Errorf("%d endpoints out after one canceled call, want 1", out)
 	}
 }

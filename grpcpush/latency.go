@@ -35,7 +35,9 @@ import (
 // last one takes all the load, is late, and its failure puts every endpoint
 // back in. Unless a later priority group takes over when none of this
 // group's endpoints is in (NewPriority): then taking the last one out moves
-// the requests to the next zone, which is what zones are for.
+// the requests to the next zone, which is what zones are for. Whether one
+// does is the request's (callFailsOver): a Handler can be a later group's
+// in one configuration and the last in another.
 //
 // And late calls of one endpoint that were in flight together are one
 // failure: a late call counts only if it began after the last counted late
@@ -84,10 +86,10 @@ func (m *healthMonitor) callEnded(ep *endpoint, start time.Time, took time.Durat
 // lateCounts reports whether a call to ep that began at start and ended
 // late, after took, counts as a failure (the rules above); it logs at debug
 // why one does not.
-func (m *healthMonitor) lateCounts(ep *endpoint, start time.Time, took time.Duration) bool {
+func (m *healthMonitor) lateCounts(ep *endpoint, start time.Time, took time.Duration, failsOver bool) bool {
 	var msg string
 	switch {
-	case m.lastIn(ep):
+	case !failsOver && m.lastIn(ep):
 		msg = "late call not counted: every other endpoint is out"
 	case !m.slowOwnFault(ep, start):
 		msg = "late call not counted: the other endpoints were late too"
@@ -139,9 +141,9 @@ func (m *healthMonitor) slowOwnFault(ep *endpoint, start time.Time) bool {
 }
 
 // lastIn reports whether ep is in and every other READY endpoint, of at
-// least one, is out, and no later priority group would take over.
+// least one, is out.
 func (m *healthMonitor) lastIn(ep *endpoint) bool {
-	if m.failsOver.Load() || ep.health.out.Load() {
+	if ep.health.out.Load() {
 		return false
 	}
 	othersOut := false

@@ -13,11 +13,13 @@ import (
 // Collectors() wherever the caller keeps its metrics, and pass the same
 // Metrics to every Handler.
 type Metrics struct {
-	requests *prometheus.CounterVec   // backend, target, endpoint, code
-	duration *prometheus.HistogramVec // backend
-	inFlight *prometheus.GaugeVec     // backend
-	ready    *prometheus.GaugeVec     // backend
-	healthy  *prometheus.GaugeVec     // backend, endpoint
+	requests   *prometheus.CounterVec   // backend, target, endpoint, code
+	duration   *prometheus.HistogramVec // backend
+	inFlight   *prometheus.GaugeVec     // backend
+	ready      *prometheus.GaugeVec     // backend
+	healthy    *prometheus.GaugeVec     // backend, endpoint
+	buffered   *prometheus.GaugeVec     // backend
+	bufferFull *prometheus.CounterVec   // backend
 
 	// users counts the Handlers that have an endpoint, by backend and
 	// address: Handlers of one backend name can overlap (a reload that
@@ -62,12 +64,20 @@ func NewMetrics() *Metrics {
 			Namespace: ns, Subsystem: sub, Name: "endpoint_healthy",
 			Help: "1 while the passive health check keeps an endpoint in (always without passive health checks), 0 while it is out.",
 		}, []string{"backend", "endpoint"}),
+		buffered: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: ns, Subsystem: sub, Name: "buffered_bytes",
+			Help: "Bytes of request body buffers held, by backend (bounded by max_buffered_bytes).",
+		}, []string{"backend"}),
+		bufferFull: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "buffer_full_total",
+			Help: "Requests answered 503 because their body would have taken the backend's buffered bytes over max_buffered_bytes.",
+		}, []string{"backend"}),
 	}
 }
 
 // Collectors returns the collectors to register.
 func (m *Metrics) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.requests, m.duration, m.inFlight, m.ready, m.healthy}
+	return []prometheus.Collector{m.requests, m.duration, m.inFlight, m.ready, m.healthy, m.buffered, m.bufferFull}
 }
 
 // backendMetrics are the children of one backend, looked up once so that the

@@ -84,6 +84,12 @@ type Options struct {
 	// MaxRequestBody is the largest body accepted (default 100 MiB); larger
 	// ones get 413 without any RPC. It also sets the gRPC send limit.
 	MaxRequestBody int64
+	// MaxBufferedBytes bounds the request body bytes the Handler holds at
+	// once, when it is used on its own (a Priority has its own Budget):
+	// bodies being read and bodies waiting for or in their call. A request
+	// whose body would go over it is answered 503. Default:
+	// DefaultMaxBufferedBytes; at least MaxRequestBody.
+	MaxBufferedBytes int64
 	// MaxResponseBody is the largest answer body accepted from an endpoint
 	// (default 100 MiB); a larger answer is the backend's failure: 502.
 	MaxResponseBody int64
@@ -113,6 +119,10 @@ type Options struct {
 	// (latency.go).
 	// Only with FailDuration.
 	UnhealthyLatency time.Duration
+	// RetryAfter is the Retry-After ServeHTTP sends with its own 429 and
+	// 503 answers (zero value: Mimir's 6s to 96s). Handle leaves the
+	// writing, and so this choice, to its caller.
+	RetryAfter RetryAfter
 	// Logger receives endpoint-set changes (info) and failed requests (debug).
 	// nil means no logging.
 	Logger *zap.Logger
@@ -164,12 +174,14 @@ type settings struct {
 	timeout          time.Duration
 	retries          int
 	maxBody          int64
+	maxBuffered      int64
 	maxResponse      int64
 	tls              *tls.Config
 	keepaliveTime    time.Duration
 	keepaliveTimeout time.Duration
 	compression      string
 	lbPolicy         string
+	retryAfter       RetryAfter
 	health           *healthConfig // nil: passive health checks off
 	logger           *zap.Logger
 	metrics          *Metrics
@@ -212,11 +224,13 @@ func (o Options) checked() (settings, error) {
 		timeout:          orDefault(o.Timeout, DefaultTimeout),
 		retries:          DefaultRetries,
 		maxBody:          orDefault(o.MaxRequestBody, DefaultMaxRequestBody),
+		maxBuffered:      o.MaxBufferedBytes,
 		maxResponse:      orDefault(o.MaxResponseBody, DefaultMaxResponseBody),
 		keepaliveTime:    orDefault(o.KeepaliveTime, DefaultKeepaliveTime),
 		keepaliveTimeout: orDefault(o.KeepaliveTimeout, DefaultKeepaliveTimeout),
 		compression:      o.Compression,
 		lbPolicy:         orDefault(o.LBPolicy, LBRoundRobin),
+		retryAfter:       o.RetryAfter,
 		health:           o.healthConfig(),
 		logger:           o.Logger,
 		metrics:          o.Metrics,
@@ -233,6 +247,12 @@ func (o Options) checked() (settings, error) {
 	}
 	if s.backend == "" {
 		s.backend = DefaultBackendName
+	}
+	if s.health != nil {
+		s.health.fairShare = s.timeout / 2
+	}
+	if s.maxBuffered == 0 {
+		s.maxBuffered = DefaultMaxBufferedBytes(s.maxBody)
 	}
 	if err := s.check(o); err != nil {
 		return settings{}, err
@@ -255,6 +275,9 @@ func (s *settings) check(o Options) error {
 	if o.MaxRequestBody < 0 || s.maxBody > 2<<30-MaxMessageOverhead {
 		errs = append(errs, fmt.Errorf("max_request_body %d: must be 1 byte to 2 GiB-1 MiB", o.MaxRequestBody))
 	}
+	if o.MaxBufferedBytes < 0 || (o.MaxBufferedBytes > 0 && o.MaxBufferedBytes < s.maxBody) {
+		errs = append(errs, fmt.Errorf("max_buffered_bytes %d: must be at least max_request_body (%d), or the largest body accepted could never be held", o.MaxBufferedBytes, s.maxBody))
+	}
 	if o.MaxResponseBody < 0 || s.maxResponse > 2<<30-MaxMessageOverhead {
 		errs = append(errs, fmt.Errorf("max_response_body %d: must be 1 byte to 2 GiB-1 MiB", o.MaxResponseBody))
 	}
@@ -271,6 +294,9 @@ func (s *settings) check(o Options) error {
 		errs = append(errs, fmt.Errorf("lb_policy %q: must be %s or %s", s.lbPolicy, LBRoundRobin, LBLeastConn))
 	}
 	errs = append(errs, o.checkHealth()...)
+	if err := o.RetryAfter.Check(); err != nil {
+		errs = append(errs, err)
+	}
 	if o.TLS != nil && (o.TLS.CertFile == "") != (o.TLS.KeyFile == "") {
 		errs = append(errs, errors.New("tls: cert and key must be given together"))
 	}
@@ -334,8 +360,8 @@ func (o Options) Key() (string, error) {
 	if o.TLS != nil {
 		t = *o.TLS
 	}
-	return fmt.Sprintf("%s|refresh=%v|timeout=%v|retries=%d|max_body=%d|max_response=%d|keepalive=%v/%v|compression=%s|backend=%s|tls=%t,%q,%q,%q,%q,%t,%s|lb=%s|health=%s",
-		s.target, s.refresh, s.timeout, s.retries, s.maxBody, s.maxResponse, s.keepaliveTime, s.keepaliveTimeout,
+	return fmt.Sprintf("%s|refresh=%v|timeout=%v|retries=%d|max_body=%d|max_buffered=%d|max_response=%d|keepalive=%v/%v|compression=%s|backend=%s|tls=%t,%q,%q,%q,%q,%t,%s|lb=%s|health=%s",
+		s.target, s.refresh, s.timeout, s.retries, s.maxBody, s.maxBuffered, s.maxResponse, s.keepaliveTime, s.keepaliveTimeout,
 		s.compression, s.backend, o.TLS != nil, t.CAFile, t.CertFile, t.KeyFile, t.ServerName, t.InsecureSkipVerify,
 		filesDigest(t.CAFile, t.CertFile, t.KeyFile), s.lbPolicy, s.health.key()), nil
 }

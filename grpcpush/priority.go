@@ -1,6 +1,7 @@
 package grpcpush
 
 import (
+	"context"
 	"errors"
 	"net/http"
 	"sync/atomic"
@@ -24,37 +25,52 @@ import (
 // retries 0 nothing is retried.
 //
 // The Handlers stay owned by the caller: Priority neither creates nor
-// closes them.
+// closes them. What is the caller's and not the groups' (min_ready, the
+// body budget, which group comes after which) lives in the Priority and
+// travels with each request, so that Handlers shared between
+// configurations never hold one configuration's settings.
 type Priority struct {
 	groups   []*Handler
 	minReady int
+	budget   *Budget
 	logger   *zap.Logger
 
 	serving atomic.Int32 // the group that served last, for the change log
 }
 
-// NewPriority makes a Priority over groups, in order. minReady below 1 is
-// 1; a nil logger logs nothing.
-func NewPriority(groups []*Handler, minReady int, logger *zap.Logger) (*Priority, error) {
+// PriorityOptions configure a Priority.
+type PriorityOptions struct {
+	// MinReady is how many READY endpoints, in by the passive health
+	// check, a group needs to serve (below 1: 1).
+	MinReady int
+	// Budget bounds the request body bytes the Priority's requests hold
+	// at once; nil: the first group's own (Options.MaxBufferedBytes).
+	Budget *Budget
+	// Logger receives the changes of the serving group; nil logs nothing.
+	Logger *zap.Logger
+}
+
+// NewPriority makes a Priority over groups, in order.
+func NewPriority(groups []*Handler, o PriorityOptions) (*Priority, error) {
 	if len(groups) == 0 {
 		return nil, errors.New("no groups")
 	}
-	if logger == nil {
-		logger = zap.NewNop()
+	p := &Priority{groups: groups, minReady: max(o.MinReady, 1), budget: o.Budget, logger: o.Logger}
+	if p.logger == nil {
+		p.logger = zap.NewNop()
 	}
-	for i, g := range groups {
-		g.setFailsOver(i < len(groups)-1)
+	if p.budget == nil {
+		p.budget = groups[0].budget
 	}
-	return &Priority{groups: groups, minReady: max(minReady, 1), logger: logger}, nil
+	return p, nil
 }
 
-// setFailsOver tells g's passive health check whether a later group takes
-// its requests when none of its endpoints is in: then its last endpoint in
-// may be taken out for latency too (latency.go).
-func (g *Handler) setFailsOver(v bool) {
-	if m := g.tracker.health; m != nil {
-		m.failsOver.Store(v)
-	}
+// callFailsOver reports whether the call of ctx has a later group to take
+// its group's requests when none of its endpoints is in: then the group's
+// last endpoint in may be taken out for latency too (latency.go).
+func callFailsOver(ctx context.Context) bool {
+	c, ok := ctx.Value(callKey{}).(*call)
+	return ok && len(c.spill) > 0
 }
 
 // Groups returns the groups in order.
@@ -79,18 +95,18 @@ func (p *Priority) Serving() int {
 func (p *Priority) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	var e *Error
 	if errors.As(p.Handle(w, r), &e) {
-		e.Write(w)
+		e.Write(w, p.groups[0].s.retryAfter.Value(r))
 	}
 }
 
 // Handle serves r like Handler.Handle, in the serving group.
 func (p *Priority) Handle(w http.ResponseWriter, r *http.Request) error {
 	if len(p.groups) == 1 { // one target: nothing to choose, no cost
-		return p.groups[0].handle(w, r, nil)
+		return p.groups[0].handle(w, r, nil, p.budget)
 	}
 	i := p.Serving()
 	p.note(i)
-	return p.groups[i].handle(w, r, p.groups[i+1:])
+	return p.groups[i].handle(w, r, p.groups[i+1:], p.budget)
 }
 
 // note logs when the serving group changes.

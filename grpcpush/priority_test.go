@@ -57,7 +57,7 @@ func TestPrioritySpillsUnavailable(t *testing.T) {
 	ha, hb := newHandler(t, a.cluster, Options{}), newHandler(t, b, Options{})
 	waitReady(t, ha, 2)
 	waitReady(t, hb, 2)
-	p, err := NewPriority([]*Handler{ha, hb}, 1, nil)
+	p, err := NewPriority([]*Handler{ha, hb}, PriorityOptions{MinReady: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,7 +100,7 @@ func TestPrioritySpillsUnavailable(t *testing.T) {
 	ha0 := newHandler(t, a.cluster, Options{Retries: Ptr(0)})
 	hb0 := newHandler(t, b, Options{Retries: Ptr(0)})
 	waitReady(t, ha0, 2)
-	p0, _ := NewPriority([]*Handler{ha0, hb0}, 1, nil)
+	p0, _ := NewPriority([]*Handler{ha0, hb0}, PriorityOptions{MinReady: 1})
 	if w := serve(p0, pushRequest(body)); w.Code != http.StatusServiceUnavailable {
 		t.Errorf("retries 0: %d %s, want 503", w.Code, w.Body)
 	}
@@ -117,7 +117,7 @@ func TestPriorityLogsGroupChanges(t *testing.T) {
 	waitReady(t, ha, 1)
 	waitReady(t, hb, 1)
 	core, logs := zapobserver.New(zapcore.InfoLevel)
-	p, _ := NewPriority([]*Handler{ha, hb}, 1, zap.New(core))
+	p, _ := NewPriority([]*Handler{ha, hb}, PriorityOptions{MinReady: 1, Logger: zap.New(core)})
 	body := standin.RemoteWriteBody(10, 1)
 	push := func() {
 		t.Helper()
@@ -160,7 +160,7 @@ func BenchmarkPriorityServing(b *testing.B) {
 	waitReady(b, ha, 3)
 	waitReady(b, hc, 3)
 	b.Run("first-group-serving", func(b *testing.B) {
-		p, _ := NewPriority([]*Handler{ha, hc}, 1, nil)
+		p, _ := NewPriority([]*Handler{ha, hc}, PriorityOptions{MinReady: 1})
 		for b.Loop() {
 			if p.Serving() != 0 {
 				b.Fatal("first group not serving")
@@ -168,7 +168,7 @@ func BenchmarkPriorityServing(b *testing.B) {
 		}
 	})
 	b.Run("first-group-below-min-ready", func(b *testing.B) {
-		p, _ := NewPriority([]*Handler{ha, hc}, 4, nil) // 3 ready < 4: the fallback scan
+		p, _ := NewPriority([]*Handler{ha, hc}, PriorityOptions{MinReady: 4}) // 3 ready < 4: the fallback scan
 		for b.Loop() {
 			p.Serving()
 		}
@@ -186,7 +186,7 @@ func TestPriorityLastEndpointOutForLatency(t *testing.T) {
 	ha, hb := newHandler(t, a, health), newHandler(t, b, health)
 	waitReady(t, ha, 2)
 	waitReady(t, hb, 1)
-	p, err := NewPriority([]*Handler{ha, hb}, 1, nil)
+	p, err := NewPriority([]*Handler{ha, hb}, PriorityOptions{MinReady: 1})
 	if err != nil {
 		t.Fatal(err)
 	}

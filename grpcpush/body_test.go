@@ -1,0 +1,132 @@
+package grpcpush
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"testing"
+	"testing/iotest"
+	"time"
+)
+
+// stalledRead starts readBody on a body announced as contentLength of
+// which nothing arrives, and returns a func that ends the upload with err
+// and returns what readBody returned.
+func stalledRead(t *testing.T, contentLength int64, budget *Budget) (end func(err error) error) {
+	t.Helper()
+	pr, pw := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		buf, _, err := readBody(pr, contentLength, DefaultMaxRequestBody, budget)
+		if buf != nil {
+			budget.Put(buf)
+		}
+		done <- err
+	}()
+	return func(err error) error {
+		_ = pw.CloseWithError(err)
+		select {
+		case err := <-done:
+			return err
+		case <-time.After(10 * time.Second):
+			t.Fatal("readBody did not return after the upload ended")
+			return nil
+		}
+	}
+}
+
+// TestContentLengthReservesNoMoreThanTheFirstChunk: a body announced as
+// 100 MiB of which nothing arrives holds one 64 KiB buffer, not 100 MiB.
+func TestContentLengthReservesNoMoreThanTheFirstChunk(t *testing.T) {
+	budget := NewBudget(1<<30, nil, "")
+	end := stalledRead(t, 100<<20, budget)
+	waitFor(t, 10*time.Second, "the first buffer taken", func() bool { return budget.Used() > 0 })
+	if used := budget.Used(); used != headroom+firstChunk {
+		t.Errorf("a stalled 100 MiB upload holds %d bytes, want %d", used, headroom+firstChunk)
+	}
+	if err := end(io.ErrUnexpectedEOF); !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Errorf("readBody = %v, want the upload's error", err)
+	}
+	if used := budget.Used(); used != 0 {
+		t.Errorf("%d bytes still held after the failed upload", used)
+	}
+}
+
+// TestBudgetFullStopsBeforeReading: once the budget holds all it may, the
+// next body is refused before a byte of it is read, and the bytes held
+// come back when the uploads end.
+func TestBudgetFullStopsBeforeReading(t *testing.T) {
+	budget := NewBudget(2*(headroom+firstChunk), nil, "")
+	end1 := stalledRead(t, 1<<20, budget)
+	end2 := stalledRead(t, 1<<20, budget)
+	waitFor(t, 10*time.Second, "two first buffers taken", func() bool { return budget.Used() == budget.Limit() })
+	body := &countingReader{r: bytes.NewReader(make([]byte, 100))}
+	if _, _, err := readBody(body, 100, DefaultMaxRequestBody, budget); !errors.Is(err, errBudgetFull) {
+		t.Fatalf("third body: %v, want errBudgetFull", err)
+	}
+	if body.n != 0 {
+		t.Errorf("%d bytes of the refused body were read", body.n)
+	}
+	end1(io.ErrUnexpectedEOF)
+	end2(io.ErrUnexpectedEOF)
+	if used := budget.Used(); used != 0 {
+		t.Errorf("%d bytes still held", used)
+	}
+}
+
+// TestBodyGrowsAsItArrives: bodies of every size, known and unknown
+// length, arriving a few bytes at a time, are read whole; the budget
+// holds exactly the final buffer.
+func TestBodyGrowsAsItArrives(t *testing.T) {
+	for _, size := range []int{0, 1, firstChunk, firstChunk + 1, 3 << 20} {
+		body := bytes.Repeat([]byte("0123456789abcdef"), size/16+1)[:size]
+		for _, contentLength := range []int64{int64(size), -1} {
+			budget := NewBudget(1<<30, nil, "")
+			buf, n, err := readBody(iotest.HalfReader(bytes.NewReader(body)), contentLength, 4<<20, budget)
+			if err != nil {
+				t.Fatalf("%d bytes, Content-Length %d: %v", size, contentLength, err)
+			}
+			if n != size || !bytes.Equal((*buf)[headroom:], body) {
+				t.Errorf("%d bytes, Content-Length %d: read %d bytes, not the body", size, contentLength, n)
+			}
+			if used := budget.Used(); used != int64(cap(*buf)) {
+				t.Errorf("%d bytes: budget holds %d, the buffer is %d", size, used, cap(*buf))
+			}
+			budget.Put(buf)
+		}
+	}
+}
+
+// TestBodyLimits: over the limit (announced or not) is errBodyTooLarge,
+// a body shorter than announced is io.ErrUnexpectedEOF; nothing stays held.
+func TestBodyLimits(t *testing.T) {
+	budget := NewBudget(1<<30, nil, "")
+	for _, tc := range []struct {
+		size          int
+		contentLength int64
+		want          error
+	}{
+		{1001, 1001, errBodyTooLarge},
+		{1001, -1, errBodyTooLarge},
+		{500, 1000, io.ErrUnexpectedEOF},
+	} {
+		_, _, err := readBody(bytes.NewReader(make([]byte, tc.size)), tc.contentLength, 1000, budget)
+		if !errors.Is(err, tc.want) {
+			t.Errorf("%d bytes, Content-Length %d: %v, want %v", tc.size, tc.contentLength, err, tc.want)
+		}
+	}
+	if used := budget.Used(); used != 0 {
+		t.Errorf("%d bytes still held", used)
+	}
+}
+
+type countingReader struct {
+	r io.Reader
+	n int
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += n
+	return n, err
+}
