@@ -209,7 +209,7 @@ func BenchmarkRequestBuild(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		rb.Reset(body)
 		c := getCall()
-		c.budget = budget
+		c.site = &site{budget: budget}
 		buf, n, err := readBody(r.Body, r.ContentLength, DefaultMaxRequestBody, budget)
 		if err != nil {
 			b.Fatal(err)

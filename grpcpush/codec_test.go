@@ -38,7 +38,7 @@ func TestCodecMatchesDskit(t *testing.T) {
 				t.Fatal(err)
 			}
 			c := getCall()
-			c.budget = budget
+			c.site = &site{budget: budget}
 			c.setBody(buf, n)
 			c.setRequest(r, nil)
 

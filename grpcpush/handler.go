@@ -17,7 +17,6 @@ import (
 	"github.com/grafana/dskit/httpgrpc"
 	"github.com/metrics-gateway/metrics_gateway/orgid"
 	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
@@ -45,13 +44,14 @@ const tenantMetadataKey = "x-scope-orgid"
 // spreading them round-robin, one call per request. Create it with New; it is
 // safe for concurrent use; Close releases its connections.
 type Handler struct {
-	s       settings
-	conn    *grpc.ClientConn
-	tracker *tracker
-	metrics *backendMetrics
-	budget  *Budget // of requests made through Handle, not through a Priority
-	logger  *logRef
-	watch   *readinessWatch
+	s        settings
+	conn     *grpc.ClientConn
+	tracker  *tracker
+	metrics  *backendMetrics
+	own      site // of requests made through Handle, not through a Priority
+	logger   *logRef
+	failures failureLimit // of the failed-request lines
+	watch    *readinessWatch
 
 	closeOnce sync.Once
 	closeErr  error
@@ -67,10 +67,9 @@ func New(opts Options) (*Handler, error) {
 	if err != nil {
 		return nil, err
 	}
-	h := &Handler{s: s, metrics: s.metrics.forBackend(s.backend, s.target.String()), logger: &logRef{backend: s.backend}}
-	h.logger.set(s.logger)
+	h := &Handler{s: s, metrics: s.metrics.forBackend(s.backend, s.target.String()), logger: newLogRef(s.backend, s.logger)}
 	h.tracker = newTracker(h.metrics)
-	h.budget = NewBudget(s.maxBuffered, s.metrics, s.backend)
+	h.own.budget = NewBudget(s.maxBuffered, s.metrics, s.backend)
 	if s.health != nil {
 		h.tracker.health = newHealthMonitor(s.health, h.tracker, h.logger)
 	}
@@ -154,25 +153,13 @@ func (h *Handler) Close() error {
 	return h.closeErr
 }
 
-// SetLogger replaces the logger, e.g. when a Handler shared across
-// configuration reloads should log the way the newest configuration says.
-func (h *Handler) SetLogger(l *zap.Logger) { h.logger.set(l) }
-
-// logRef is a logger that can be replaced while it is in use. Every line
-// it writes names the backend.
-type logRef struct {
-	p       atomic.Pointer[zap.Logger]
-	backend string
-}
-
-func (l *logRef) get() *zap.Logger { return l.p.Load() }
-
-func (l *logRef) set(z *zap.Logger) {
-	if z == nil {
-		z = zap.NewNop()
-	}
-	l.p.Store(z.With(zap.String("backend", l.backend)))
-}
+// UseLogger makes l the logger of the Handler's own lines (endpoint
+// changes, passive health, DNS and readiness) until release is called. A
+// Handler shared by several configurations logs through the newest one
+// still using it, so that a configuration that failed to load, or was
+// unloaded, leaves it logging as one that is loaded says; with none, as
+// Options.Logger says.
+func (h *Handler) UseLogger(l *zap.Logger) (release func()) { return h.logger.use(l) }
 
 // Endpoints returns the current endpoints, sorted by address.
 func (h *Handler) Endpoints() []EndpointStatus { return h.tracker.statuses() }
@@ -195,20 +182,29 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // status. Whatever a component answered is written. It returns nil when
 // the answer was written or the client went away.
 func (h *Handler) Handle(w http.ResponseWriter, r *http.Request) error {
-	return h.handle(w, r, nil, h.budget)
+	return h.handle(w, r, nil, &h.own)
+}
+
+// site is what a request brings from the configuration that sent it: a
+// Priority's, or the Handler's own when it is used alone. It never lives on
+// a Handler shared between configurations, so that what one configuration
+// says (or a reload that failed) changes nothing for another.
+type site struct {
+	budget *Budget     // holds the request's body
+	logger *zap.Logger // receives its failure; nil: the Handler's
 }
 
 // handle is Handle with the groups a call that fails UNAVAILABLE may spill
-// to (see Priority) and the Budget its body counts against; the metrics and
-// the endpoint's hold are those of the group that made the last attempt.
-func (h *Handler) handle(w http.ResponseWriter, r *http.Request, spill []*Handler, budget *Budget) error {
+// to (see Priority) and the site of the request; the metrics and the
+// endpoint's hold are those of the group that made the last attempt.
+func (h *Handler) handle(w http.ResponseWriter, r *http.Request, spill []*Handler, st *site) error {
 	start := time.Now()
 	m := h.metrics
 	if m != nil {
 		m.inFlight.Inc()
 	}
 	c := getCall()
-	c.group, c.spill, c.budget = h, spill, budget
+	c.group, c.spill, c.site = h, spill, st
 	code, err := h.serve(w, r, c, start)
 	if err != nil {
 		code = err.Status
@@ -252,17 +248,17 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, c *call, start t
 		tenant = v[0]
 	}
 	if tenant == "" {
-		return 0, h.newError(r, http.StatusUnauthorized, "no org id", nil) // Mimir's exact text
+		return 0, h.newError(c, r, http.StatusUnauthorized, "no org id") // Mimir's exact text
 	}
 	if err := orgid.Check(tenant); err != nil {
-		return 0, h.newError(r, http.StatusBadRequest, "invalid X-Scope-OrgID: "+err.Error(), nil)
+		return 0, h.newError(c, r, http.StatusBadRequest, "invalid X-Scope-OrgID: "+err.Error())
 	}
 	// The timeout runs from the start of the request: a slow upload uses
 	// it up as much as a slow answer does.
 	deadline := start.Add(h.s.timeout)
-	buf, n, err := h.readBody(w, r, deadline, c.budget)
+	buf, n, err := h.readBody(w, r, deadline, c.site.budget)
 	if err != nil {
-		return h.bodyError(r, err, c.budget)
+		return h.bodyError(c, r, err)
 	}
 	c.setBody(buf, n)
 	defer c.releaseBody()
@@ -288,7 +284,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, c *call, start t
 		hm.answered(c.endpoint.Load(), int(c.resp.Code))
 	}
 	if !validStatus(int(c.resp.Code)) {
-		return 0, h.failed(r, http.StatusBadGateway, fmt.Sprintf("invalid status %d", c.resp.Code), c.endpoint.Load())
+		return 0, h.failed(c, r, http.StatusBadGateway, fmt.Sprintf("invalid status %d", c.resp.Code))
 	}
 	h.answering(r, c.endpoint.Load())
 	return writeResponse(w, &c.resp), nil
@@ -363,32 +359,32 @@ func serverReadsUntilBefore(r *http.Request, deadline time.Time) bool {
 var errBodyTimeout = errors.New("request body not received in time")
 
 // bodyError answers a request whose body could not be read.
-func (h *Handler) bodyError(r *http.Request, err error, budget *Budget) (int, *Error) {
+func (h *Handler) bodyError(c *call, r *http.Request, err error) (int, *Error) {
 	var tooLarge *http.MaxBytesError
 	switch {
 	case errors.Is(err, errBodyTooLarge):
-		return 0, h.failed(r, http.StatusRequestEntityTooLarge,
-			fmt.Sprintf("request body larger than %d bytes", h.s.maxBody), nil)
+		return 0, h.failed(c, r, http.StatusRequestEntityTooLarge,
+			fmt.Sprintf("request body larger than %d bytes", h.s.maxBody))
 	case errors.As(err, &tooLarge):
 		// A request_body { max_size } before the gateway cut the body.
-		return 0, h.failed(r, http.StatusRequestEntityTooLarge,
-			fmt.Sprintf("request body larger than %d bytes (request_body max_size)", tooLarge.Limit), nil)
+		return 0, h.failed(c, r, http.StatusRequestEntityTooLarge,
+			fmt.Sprintf("request body larger than %d bytes (request_body max_size)", tooLarge.Limit))
 	case errors.Is(err, errBudgetFull):
-		return 0, h.failed(r, http.StatusServiceUnavailable,
-			fmt.Sprintf("request bodies held at max_buffered_bytes (%d bytes); try again later", budget.Limit()), nil)
+		return 0, h.failed(c, r, http.StatusServiceUnavailable,
+			fmt.Sprintf("request bodies held at max_buffered_bytes (%d bytes); try again later", c.site.budget.Limit()))
 	case errors.Is(err, errBodyTimeout):
-		return 0, h.failed(r, http.StatusRequestTimeout,
-			fmt.Sprintf("request body not received within %v", h.s.timeout), nil)
+		return 0, h.failed(c, r, http.StatusRequestTimeout,
+			fmt.Sprintf("request body not received within %v", h.s.timeout))
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		// The server's read timeout (Caddy's read_body) passed first.
-		return 0, h.failed(r, http.StatusRequestTimeout, "the request body did not arrive within the server's read timeout", nil)
+		return 0, h.failed(c, r, http.StatusRequestTimeout, "the request body did not arrive within the server's read timeout")
 	default:
 		// Answered even when the request's context is done: net/http
 		// cancels it on any read error of the connection, also when the
 		// client only half-closed it or its read timeout passed, and with
 		// nothing written it would send such a client an empty 200. A
 		// client that is gone never reads this.
-		return 0, h.failed(r, http.StatusBadRequest, "reading request body: "+err.Error(), nil)
+		return 0, h.failed(c, r, http.StatusBadRequest, "reading request body: "+err.Error())
 	}
 }
 
@@ -401,19 +397,19 @@ func (h *Handler) callError(w http.ResponseWriter, r *http.Request, c *call, err
 		return writeResponse(w, o.resp), nil
 	}
 	if o.code == StatusClientClosedRequest && r.Context().Err() != nil {
-		h.debug("client went away", r, ep, err)
+		h.logFailure(c, r, StatusClientClosedRequest, "client went away: "+o.msg)
 		// Answered all the same: net/http also cancels the context of a
 		// client that only half-closed its connection, and with nothing
 		// written it would send that client an empty 200. A client that is
 		// gone never reads this. Counted as 499 all the same: the client
-		// ended the call, not the backend.
-		h.failed(r, http.StatusServiceUnavailable, "call canceled: the client closed its side of the connection", ep).Write(w, "")
+		// ended the call, not the backend; not an answer for OnAnswer.
+		(&Error{Status: http.StatusServiceUnavailable, Msg: h.s.backend + ": call canceled: the client closed its side of the connection"}).Write(w, "")
 		return o.code, nil
 	}
 	if o.grpcCode == codes.Canceled && h.closed.Load() {
 		// Closed under a late request (e.g. a reload released it): the
 		// client should retry elsewhere, not read 499.
-		return 0, h.failed(r, http.StatusServiceUnavailable, "closed: "+o.msg, ep)
+		return 0, h.failed(c, r, http.StatusServiceUnavailable, "closed: "+o.msg)
 	}
 	if o.grpcCode == codes.Canceled {
 		// The client is still there: the call was canceled on the way
@@ -421,13 +417,13 @@ func (h *Handler) callError(w http.ResponseWriter, r *http.Request, c *call, err
 		// 4xx would make a remote-write client drop the batch; 503 makes
 		// it retry, and the passive health check counts it against the
 		// endpoint.
-		return 0, h.failed(r, http.StatusServiceUnavailable, "call canceled on the way to the endpoint: "+o.msg, ep)
+		return 0, h.failed(c, r, http.StatusServiceUnavailable, "call canceled on the way to the endpoint: "+o.msg)
 	}
 	if o.grpcCode == codes.ResourceExhausted && h.responseTooLarge(o.msg) {
-		return 0, h.failed(r, http.StatusBadGateway,
-			fmt.Sprintf("response larger than %d bytes (max_response_body)", h.s.maxResponse), ep)
+		return 0, h.failed(c, r, http.StatusBadGateway,
+			fmt.Sprintf("response larger than %d bytes (max_response_body)", h.s.maxResponse))
 	}
-	return 0, h.failed(r, o.code, describe(o, h.s.timeout), ep)
+	return 0, h.failed(c, r, o.code, describe(o, h.s.timeout))
 }
 
 // responseTooLarge reports whether a RESOURCE_EXHAUSTED message is gRPC's
@@ -454,20 +450,21 @@ func describe(o outcome, timeout time.Duration) string {
 }
 
 // failed makes a gateway-made error whose line names the backend (and
-// endpoint) and what failed.
-func (h *Handler) failed(r *http.Request, code int, msg string, ep *endpoint) *Error {
+// the endpoint of c's last attempt) and what failed.
+func (h *Handler) failed(c *call, r *http.Request, code int, msg string) *Error {
 	where := h.s.backend
-	if ep != nil {
+	if ep := c.endpoint.Load(); ep != nil {
 		where += " " + ep.addr
 	}
-	return h.newError(r, code, where+": "+msg, ep)
+	return h.newError(c, r, code, where+": "+msg)
 }
 
-// newError makes a gateway-made error of one line and logs it at debug.
-func (h *Handler) newError(r *http.Request, code int, line string, ep *endpoint) *Error {
+// newError makes a gateway-made error of one line, logs it (logFailure)
+// and tells OnAnswer.
+func (h *Handler) newError(c *call, r *http.Request, code int, line string) *Error {
 	line = strings.ReplaceAll(line, "\n", " ")
-	h.debug("request failed", r, ep, errors.New(line), zap.Int("status", code))
-	h.answering(r, ep)
+	h.logFailure(c, r, code, line)
+	h.answering(r, c.endpoint.Load())
 	return &Error{Status: code, Msg: line}
 }
 
@@ -530,18 +527,4 @@ func writeResponse(w http.ResponseWriter, resp *httpgrpc.HTTPResponse) int {
 		_, _ = w.Write(resp.Body)
 	}
 	return code
-}
-
-// debug logs a failed request at debug level, without cost when disabled.
-func (h *Handler) debug(msg string, r *http.Request, ep *endpoint, err error, fields ...zap.Field) {
-	ce := h.logger.get().Check(zapcore.DebugLevel, msg)
-	if ce == nil {
-		return
-	}
-	addr := ""
-	if ep != nil {
-		addr = ep.addr
-	}
-	ce.Write(append(fields, zap.String("endpoint", addr),
-		zap.String("method", r.Method), zap.String("uri", r.RequestURI), zap.Error(err))...)
 }

@@ -350,7 +350,8 @@ func orDefault[T comparable](v, def T) T {
 // of it by content, read now: after a certificate rotation the same paths
 // give another key, hence new connections. Logger, Metrics and the hooks
 // are not part of it: a shared Handler keeps the Metrics and hooks of its
-// creator; SetLogger replaces its Logger.
+// creator; UseLogger changes its Logger. RetryAfter is not part of it
+// either: only ServeHTTP reads it.
 func (o Options) Key() (string, error) {
 	s, err := o.settings()
 	if err != nil {

@@ -32,7 +32,7 @@ import (
 type Priority struct {
 	groups   []*Handler
 	minReady int
-	budget   *Budget
+	site     site
 	logger   *zap.Logger
 
 	serving atomic.Int32 // the group that served last, for the change log
@@ -46,7 +46,8 @@ type PriorityOptions struct {
 	// Budget bounds the request body bytes the Priority's requests hold
 	// at once; nil: the first group's own (Options.MaxBufferedBytes).
 	Budget *Budget
-	// Logger receives the changes of the serving group; nil logs nothing.
+	// Logger receives the changes of the serving group and the requests
+	// that failed; nil: the groups' own loggers.
 	Logger *zap.Logger
 }
 
@@ -55,12 +56,12 @@ func NewPriority(groups []*Handler, o PriorityOptions) (*Priority, error) {
 	if len(groups) == 0 {
 		return nil, errors.New("no groups")
 	}
-	p := &Priority{groups: groups, minReady: max(o.MinReady, 1), budget: o.Budget, logger: o.Logger}
+	p := &Priority{groups: groups, minReady: max(o.MinReady, 1), site: site{budget: o.Budget, logger: o.Logger}, logger: o.Logger}
 	if p.logger == nil {
-		p.logger = zap.NewNop()
+		p.logger = groups[0].logger.get()
 	}
-	if p.budget == nil {
-		p.budget = groups[0].budget
+	if p.site.budget == nil {
+		p.site.budget = groups[0].own.budget
 	}
 	return p, nil
 }
@@ -102,11 +103,11 @@ func (p *Priority) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // Handle serves r like Handler.Handle, in the serving group.
 func (p *Priority) Handle(w http.ResponseWriter, r *http.Request) error {
 	if len(p.groups) == 1 { // one target: nothing to choose, no cost
-		return p.groups[0].handle(w, r, nil, p.budget)
+		return p.groups[0].handle(w, r, nil, &p.site)
 	}
 	i := p.Serving()
 	p.note(i)
-	return p.groups[i].handle(w, r, p.groups[i+1:], p.budget)
+	return p.groups[i].handle(w, r, p.groups[i+1:], &p.site)
 }
 
 // note logs when the serving group changes.

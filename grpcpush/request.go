@@ -26,8 +26,7 @@ type call struct {
 	// the groups still to try if it fails UNAVAILABLE (see Priority).
 	group *Handler
 	spill []*Handler
-	// budget holds the body's buffer (Handle's or the Priority's).
-	budget *Budget
+	site  *site
 }
 
 var callPool = sync.Pool{New: func() any { return new(call) }}
@@ -52,7 +51,7 @@ func putCall(c *call) {
 	c.host[0] = ""
 	c.tenant[0] = ""
 	c.endpoint.Store(nil)
-	c.group, c.spill, c.budget = nil, nil, nil
+	c.group, c.spill, c.site = nil, nil, nil
 	callPool.Put(c)
 }
 
@@ -73,7 +72,7 @@ func (c *call) tenantMD(tenant string) metadata.MD {
 func (c *call) setBody(buf *[]byte, n int) {
 	*buf = (*buf)[:headroom+n]
 	c.req.buf, c.req.bodyLen = buf, n
-	c.req.root = mem.NewBuffer(buf, c.budget)
+	c.req.root = mem.NewBuffer(buf, c.site.budget)
 }
 
 // releaseBody drops the call's reference to the body; the buffer returns to
