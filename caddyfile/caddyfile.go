@@ -13,6 +13,7 @@
 //	            timeout          <duration>
 //	            retries          <n>
 //	            max_request_body <size>
+//	            max_buffered_bytes <size>
 //	            max_response_body <size>
 //	            keepalive        <time> [<timeout>]
 //	            compression      gzip|none
@@ -35,6 +36,7 @@
 //	    alertmanager_http_prefix <path>
 //	    default_tenant           <tenant>
 //	    tenant                   <value with placeholders>
+//	    retry_after              <min> <max> | off
 //	}
 package caddyfile
 
@@ -107,6 +109,12 @@ func unmarshalGateway(h httpcaddyfile.Helper, g *caddymodule.Gateway) error {
 			if !d.AllArgs(&g.Tenant) {
 				return d.ArgErr()
 			}
+		case "retry_after":
+			ra, err := retryAfterArgs(d)
+			if err != nil {
+				return d.Errf("retry_after: %v", err)
+			}
+			g.RetryAfter = ra
 		default:
 			return d.Errf("unrecognized metrics_gateway option %q", opt)
 		}
@@ -218,6 +226,8 @@ func unmarshalGRPC(d *parser.Dispenser, c caddymodule.Component, cfg *caddymodul
 			cfg.MaxRequestBody, err = sizeArg(d)
 		case "max_response_body":
 			cfg.MaxResponseBody, err = sizeArg(d)
+		case "max_buffered_bytes":
+			cfg.MaxBufferedBytes, err = sizeArg(d)
 		case "keepalive":
 			args := d.RemainingArgs()
 			if len(args) < 1 || len(args) > 2 {
@@ -277,13 +287,33 @@ func unmarshalGRPC(d *parser.Dispenser, c caddymodule.Component, cfg *caddymodul
 				err = fmt.Errorf("%d: must be at least 1", cfg.MinReady)
 			}
 		default:
-			return d.Errf("proxy.%s: unrecognized option %q for a dns: backend (refresh, timeout, retries, max_request_body, max_response_body, keepalive, compression, tls, lb_policy, fail_duration, max_fails, unhealthy_status, unhealthy_latency, min_ready)", c, opt)
+			return d.Errf("proxy.%s: unrecognized option %q for a dns: backend (refresh, timeout, retries, max_request_body, max_buffered_bytes, max_response_body, keepalive, compression, tls, lb_policy, fail_duration, max_fails, unhealthy_status, unhealthy_latency, min_ready)", c, opt)
 		}
 		if err != nil {
 			return d.Errf("%s: %v", field, err)
 		}
 	}
 	return nil
+}
+
+// retryAfterArgs reads `retry_after <min> <max>` or `retry_after off`.
+func retryAfterArgs(d *parser.Dispenser) (*caddymodule.RetryAfterConfig, error) {
+	args := d.RemainingArgs()
+	switch {
+	case len(args) == 1 && args[0] == "off":
+		return &caddymodule.RetryAfterConfig{Off: true}, nil
+	case len(args) != 2:
+		return nil, fmt.Errorf("want <min> <max> (e.g. 6s 96s) or off")
+	}
+	lo, err := parseDuration(args[0])
+	if err != nil {
+		return nil, err
+	}
+	hi, err := parseDuration(args[1])
+	if err != nil {
+		return nil, err
+	}
+	return &caddymodule.RetryAfterConfig{Min: lo, Max: hi}, nil
 }
 
 // sizeArg reads one size argument ("100MiB", "1000").

@@ -84,6 +84,7 @@ func TestDirectiveAdapts(t *testing.T) {
 				timeout 5s
 				retries 0
 				max_request_body 10MiB
+				max_buffered_bytes 256MiB
 				keepalive 30s 5s
 				compression gzip
 				tls {
@@ -101,6 +102,7 @@ func TestDirectiveAdapts(t *testing.T) {
 		alertmanager_http_prefix /am
 		default_tenant           anonymous
 		tenant                   {http.auth.user.id}
+		retry_after              2s 30s
 	}
 }`)
 	want := map[string]any{
@@ -111,7 +113,7 @@ func TestDirectiveAdapts(t *testing.T) {
 				"url": "dns:///distributor-headless.mimir.svc.cluster.local:9095 dns:///distributor-zone-b.mimir.svc.cluster.local:9095",
 				"grpc": map[string]any{
 					"refresh": float64(10e9), "min_ready": float64(2), "timeout": float64(5e9), "retries": float64(0),
-					"max_request_body": float64(10 << 20), "keepalive_time": float64(30e9),
+					"max_request_body": float64(10 << 20), "max_buffered_bytes": float64(256 << 20), "keepalive_time": float64(30e9),
 					"keepalive_timeout": float64(5e9), "compression": "gzip",
 					"tls": map[string]any{"ca": "/etc/ca.pem", "server_name": "distributor"},
 				},
@@ -129,6 +131,7 @@ func TestDirectiveAdapts(t *testing.T) {
 		"alertmanager_http_prefix": "/am",
 		"default_tenant":           "anonymous",
 		"tenant":                   "{http.auth.user.id}",
+		"retry_after":              map[string]any{"min": float64(2e9), "max": float64(30e9)},
 	}
 	if !reflect.DeepEqual(h, want) {
 		got, _ := json.MarshalIndent(h, "", "  ")
@@ -186,6 +189,8 @@ func TestLoadTimeErrors(t *testing.T) {
 		{"bad unhealthy_latency", "default http://a:1\n distributor dns:///d:9095 {\n fail_duration 5s\n unhealthy_latency 0s\n }", "proxy.distributor.grpc.unhealthy_latency: duration 0s must be positive"},
 		{"too many retries", "default http://a:1\n distributor dns:///d:9095 {\n retries 7\n }", "proxy.distributor.grpc: retries 7: must be 0-4"},
 		{"cert without key", "default http://a:1\n distributor dns:///d:9095 {\n tls {\n cert c.pem\n }\n }\n }", "proxy.distributor.grpc: tls: cert and key must be given together"},
+		{"buffered bytes below the body limit", "default http://a:1\n distributor dns:///d:9095 {\n max_request_body 16MiB\n max_buffered_bytes 8MiB\n }", "proxy.distributor.grpc: max_buffered_bytes 8388608: must be at least max_request_body (16777216)"},
+		{"bad buffered bytes", "default http://a:1\n distributor dns:///d:9095 {\n max_buffered_bytes lots\n }", "proxy.distributor.grpc.max_buffered_bytes:"},
 		{"negative response limit", "default http://a:1\n distributor dns:///d:9095 {\n max_response_body 3GiB\n }", "proxy.distributor.grpc: max_response_body 3221225472: must be 1 byte to 2 GiB-1 MiB"},
 	}
 	for _, c := range cases {
@@ -213,6 +218,10 @@ func TestLoadTimeErrors(t *testing.T) {
 		{"federated literal tenant", "tenant a|b", `tenant: tenant ID 'a|b' contains unsupported character '|'`},
 		{"literal tenant with a bad character", "tenant team/1", `tenant: tenant ID 'team/1' contains unsupported character '/'`},
 		{"invalid default tenant", "default_tenant ..", `default_tenant: tenant ID is '.' or '..'`},
+		{"retry_after one bound", "retry_after 6s", "retry_after: want <min> <max> (e.g. 6s 96s) or off"},
+		{"retry_after below a second", "retry_after 500ms 10s", "retry_after min 500ms: must be at least 1s"},
+		{"retry_after max below min", "retry_after 10s 5s", "retry_after max 5s: must be at least min (10s)"},
+		{"retry_after not a duration", "retry_after soon 10s", `retry_after: time: invalid duration "soon"`},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			_, err := adapt(t, ":8000 {\n metrics_gateway {\n proxy {\n default http://a:1\n }\n "+c.option+"\n }\n}")
@@ -221,6 +230,12 @@ func TestLoadTimeErrors(t *testing.T) {
 			}
 		})
 	}
+	t.Run("retry_after off", func(t *testing.T) {
+		h := gatewayHandler(t, ":8000 {\n metrics_gateway {\n proxy {\n default http://a:1\n }\n retry_after off\n }\n}")
+		if got := h["retry_after"]; !reflect.DeepEqual(got, map[string]any{"off": true}) {
+			t.Errorf("retry_after off adapted to %v", got)
+		}
+	})
 	t.Run("tenant with placeholders", func(t *testing.T) {
 		// Only known per request, so adapting accepts it.
 		if _, err := adapt(t, ":8000 {\n metrics_gateway {\n proxy {\n default http://a:1\n }\n tenant team-{http.auth.user.id}\n }\n}"); err != nil {

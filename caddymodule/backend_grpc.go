@@ -2,7 +2,9 @@ package caddymodule
 
 import (
 	"errors"
+	"fmt"
 	"net/http"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -55,7 +57,19 @@ type grpcBackend struct {
 	target   string
 	handlers []*pooledHandler
 	priority *grpcpush.Priority
+	budget   *grpcpush.Budget
+	answer   func(http.ResponseWriter, *http.Request, int, string) error
 }
+
+// budgets holds one grpcpush.Budget per gRPC backend (component, URL and
+// bound), shared like the Handlers, so that a reload does not start a
+// second bound next to the one the old config's requests still fill.
+var budgets = caddy.NewUsagePool()
+
+// pooledBudget is a Budget in the usage pool; it has nothing to close.
+type pooledBudget struct{ *grpcpush.Budget }
+
+func (pooledBudget) Destruct() error { return nil }
 
 // drainTime is how long a retired Handler waits for its requests.
 func drainTime(timeout time.Duration) time.Duration {
@@ -70,7 +84,7 @@ func (g *Gateway) newGRPCBackend(ctx caddy.Context, c Component, b *Backend, u *
 		return nil, err
 	}
 	logger := g.logger.Named("grpc")
-	gb := &grpcBackend{name: c, target: b.URL}
+	gb := &grpcBackend{name: c, target: b.URL, answer: g.answerError}
 	groups := make([]*grpcpush.Handler, 0, len(u.Targets))
 	for _, target := range u.Targets {
 		h, err := g.pooledGRPCHandler(grpcOptions(c, b, target, logger))
@@ -80,13 +94,38 @@ func (g *Gateway) newGRPCBackend(ctx caddy.Context, c Component, b *Backend, u *
 		gb.handlers = append(gb.handlers, h)
 		groups = append(groups, h.Handler)
 	}
-	minReady := 0
-	if b.GRPC != nil {
-		minReady = b.GRPC.MinReady
+	cfg := b.GRPC
+	if cfg == nil {
+		cfg = new(GRPCConfig)
 	}
 	var err error
-	gb.priority, err = grpcpush.NewPriority(groups, minReady, logger.With(zap.String("backend", string(c))))
+	if gb.budget, err = g.pooledBudget(c, b.URL, cfg); err != nil {
+		return nil, err
+	}
+	gb.priority, err = grpcpush.NewPriority(groups, grpcpush.PriorityOptions{
+		MinReady: cfg.MinReady,
+		Budget:   gb.budget,
+		Logger:   logger.With(zap.String("backend", string(c))),
+	})
 	return gb, err
+}
+
+// pooledBudget gets the Budget of a backend, creating it if no config has
+// it yet, and records that this config holds it.
+func (g *Gateway) pooledBudget(c Component, url string, cfg *GRPCConfig) (*grpcpush.Budget, error) {
+	limit := cfg.MaxBufferedBytes
+	if limit == 0 {
+		limit = grpcpush.DefaultMaxBufferedBytes(orDefault(cfg.MaxRequestBody, grpcpush.DefaultMaxRequestBody))
+	}
+	key := fmt.Sprintf("metrics_gateway.budget:%s|%s|%d", c, url, limit)
+	val, _, err := budgets.LoadOrNew(key, func() (caddy.Destructor, error) {
+		return pooledBudget{grpcpush.NewBudget(limit, grpcMetrics, string(c))}, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	g.pooled = append(g.pooled, key)
+	return val.(pooledBudget).Budget, nil
 }
 
 // pooledGRPCHandler gets the pooled Handler of opts, creating it if no
@@ -108,8 +147,10 @@ func (g *Gateway) pooledGRPCHandler(opts grpcpush.Options) (*pooledHandler, erro
 	}
 	g.pooled = append(g.pooled, key)
 	h := val.(*pooledHandler)
-	// A Handler kept from an earlier config logs as this config says.
-	h.SetLogger(opts.Logger)
+	// A Handler kept from an earlier config logs as the newest config
+	// using it says, until that config is cleaned up (also when it fails
+	// to load).
+	g.released = append(g.released, h.UseLogger(opts.Logger))
 	return h, nil
 }
 
@@ -126,6 +167,7 @@ func grpcOptions(c Component, b *Backend, target string, logger *zap.Logger) grp
 		Refresh:          time.Duration(cfg.Refresh),
 		Timeout:          time.Duration(cfg.Timeout),
 		MaxRequestBody:   cfg.MaxRequestBody,
+		MaxBufferedBytes: cfg.MaxBufferedBytes,
 		MaxResponseBody:  cfg.MaxResponseBody,
 		KeepaliveTime:    time.Duration(cfg.KeepaliveTime),
 		KeepaliveTimeout: time.Duration(cfg.KeepaliveTimeout),
@@ -188,14 +230,15 @@ func (g *grpcBackend) serve(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	}()
 	var e *grpcpush.Error
 	if err := g.priority.Handle(w, r); errors.As(err, &e) {
-		return gatewayError(w, r, e.Status, e.Msg)
+		return g.answer(w, r, e.Status, e.Msg)
 	}
 	return nil
 }
 
 // status lists every endpoint, and by group (target) which one serves.
 func (g *grpcBackend) status() BackendStatus {
-	st := BackendStatus{Component: g.name, Kind: KindGRPC, Target: g.target, Endpoints: []EndpointStatus{}}
+	st := BackendStatus{Component: g.name, Kind: KindGRPC, Target: g.target, Endpoints: []EndpointStatus{},
+		BufferedBytes: g.budget.Used(), MaxBufferedBytes: g.budget.Limit()}
 	serving := g.priority.Serving()
 	for i, h := range g.handlers {
 		grp := GroupStatus{Target: h.Target().String(), Serving: i == serving, Ready: h.Serving(),
@@ -210,14 +253,27 @@ func (g *grpcBackend) status() BackendStatus {
 	return st
 }
 
-// releaseGRPCBackends gives back this config's references to pooled gRPC
-// upstreams; the last reference closes one.
-func releaseGRPCBackends(keys []string) error {
+// releasePooled gives back this config's references to pooled gRPC
+// upstreams and budgets; the last reference closes an upstream.
+func releasePooled(keys []string) error {
 	var errs []error
 	for _, k := range keys {
-		if _, err := grpcUpstreams.Delete(k); err != nil {
+		pool := grpcUpstreams
+		if strings.HasPrefix(k, "metrics_gateway.budget:") {
+			pool = budgets
+		}
+		if _, err := pool.Delete(k); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// orDefault returns v, or def when v is the zero value.
+func orDefault[T comparable](v, def T) T {
+	var zero T
+	if v == zero {
+		return def
+	}
+	return v
 }

@@ -18,6 +18,7 @@ type httpBackend struct {
 	target string
 	rp     *reverseproxy.Handler
 	logger *zap.Logger
+	answer func(http.ResponseWriter, *http.Request, int, string) error
 
 	// inflight and retired let a handler retired by a config reload close
 	// its idle upstream connections once its last request is done.
@@ -31,7 +32,7 @@ type httpBackend struct {
 // newHTTPBackend loads a reverse_proxy handler for b the way Caddy loads any
 // module, through ctx: Caddy provisions and validates it now and cleans it up
 // with this config, so nothing outlives a reload.
-func newHTTPBackend(ctx caddy.Context, name Component, b *Backend, u *ParsedURL, logger *zap.Logger) (*httpBackend, error) {
+func newHTTPBackend(ctx caddy.Context, name Component, b *Backend, u *ParsedURL, g *Gateway) (*httpBackend, error) {
 	raw, err := reverseProxyConfig(b.ReverseProxy, u)
 	if err != nil {
 		return nil, err
@@ -40,7 +41,7 @@ func newHTTPBackend(ctx caddy.Context, name Component, b *Backend, u *ParsedURL,
 	if err != nil {
 		return nil, fmt.Errorf("reverse_proxy: %v", err)
 	}
-	return &httpBackend{name: name, target: b.URL, rp: mod.(*reverseproxy.Handler), logger: logger}, nil
+	return &httpBackend{name: name, target: b.URL, rp: mod.(*reverseproxy.Handler), logger: g.logger, answer: g.answerError}, nil
 }
 
 // reverseProxyConfig merges the backend's URL into its reverse_proxy config:
@@ -116,7 +117,7 @@ func (h *httpBackend) serve(w http.ResponseWriter, r *http.Request, next caddyht
 	code, cause := handlerError(err)
 	h.logger.Error("backend failed", zap.String("backend", string(h.name)), zap.String("target", h.target),
 		zap.Int("status", code), zap.Error(cause), zap.String("uri", r.RequestURI))
-	return gatewayError(w, r, code, string(h.name)+" "+h.target+": "+cause.Error())
+	return h.answer(w, r, code, string(h.name)+" "+h.target+": "+cause.Error())
 }
 
 // responseStarted reports whether a status was already written through w

@@ -186,6 +186,17 @@ type GRPCConfig struct {
 	// -server.grpc-max-recv-msg-size-bytes; Cortex's default is 4 MiB).
 	MaxRequestBody int64 `json:"max_request_body,omitempty"`
 
+	// MaxBufferedBytes bounds the request body bytes this backend holds at
+	// once, over all its requests and targets: bodies being read and bodies
+	// waiting for or in their call. A buffer grows as the body arrives (a
+	// Content-Length reserves at most 64 KiB), and a request whose body
+	// would take the backend over the bound is answered 503 with
+	// Retry-After before more of it is read: the client retries, nothing is
+	// lost. At least max_request_body. Default: half the Go memory limit
+	// (GOMEMLIMIT, which Caddy sets to 90 % of the container's memory
+	// limit) or 1 GiB without one, and at least max_request_body.
+	MaxBufferedBytes int64 `json:"max_buffered_bytes,omitempty"`
+
 	// MaxResponseBody is the largest response body, in bytes, accepted
 	// from an endpoint; a larger answer is the backend's failure and the
 	// client gets 502 naming the backend. Default: 104857600 (100 MiB,

@@ -2,33 +2,30 @@ package caddymodule
 
 import (
 	"errors"
-	"io"
 	"net/http"
 	"strings"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/metrics-gateway/metrics_gateway/grpcpush"
 )
 
-// gatewayError answers an error the gateway makes itself (no tenant, a
-// gRPC backend's failure, ...) the way Caddy answers a handler's error, so
-// that `handle_errors` sees gRPC backends' errors as it sees reverse_proxy's:
+// answerError answers an error the gateway makes itself (no tenant, a
+// backend's failure, ...) the way Caddy answers a handler's error, so that
+// `handle_errors` sees gRPC backends' errors as it sees reverse_proxy's:
 // with error routes in the server the error is returned as a caddyhttp.Error
 // (status and cause; {err.status_code}, {err.message} ...) for them to
 // answer. Without error routes, Caddy would write the status with an empty
-// body, so the one-line body saying what failed is written here instead.
-// 429 and 503 carry "Retry-After: 1" either way.
-func gatewayError(w http.ResponseWriter, r *http.Request, status int, msg string) error {
-	if status == http.StatusTooManyRequests || status == http.StatusServiceUnavailable {
-		w.Header().Set("Retry-After", "1")
-	}
+// body, so grpcpush's one-line text answer is written here instead. 429
+// and 503 carry the Retry-After of retry_after either way.
+func (g *Gateway) answerError(w http.ResponseWriter, r *http.Request, status int, msg string) error {
+	e := &grpcpush.Error{Status: status, Msg: strings.ReplaceAll(msg, "\n", " ")}
+	retryAfter := g.retryAfter.Value(r)
 	if hasErrorRoutes(r) {
-		return caddyhttp.Error(status, errors.New(msg))
+		e.SetRetryAfter(w.Header(), retryAfter)
+		return caddyhttp.Error(status, errors.New(e.Msg))
 	}
-	h := w.Header()
-	h.Set("Content-Type", "text/plain; charset=utf-8")
-	h.Set("X-Content-Type-Options", "nosniff")
-	w.WriteHeader(status)
-	_, _ = io.WriteString(w, strings.ReplaceAll(msg, "\n", " ")+"\n")
+	e.Write(w, retryAfter)
 	return nil
 }
 

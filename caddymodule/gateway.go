@@ -9,10 +9,13 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
+
+	"github.com/metrics-gateway/metrics_gateway/grpcpush"
 )
 
 func init() {
@@ -50,12 +53,43 @@ type Gateway struct {
 	// answered 401. Takes precedence over DefaultTenant. Default: none.
 	Tenant string `json:"tenant,omitempty"`
 
+	// RetryAfter is the Retry-After of the gateway's own 429 and 503
+	// answers, computed as Mimir's distributor does: the client's
+	// Retry-Attempt header n gives min·2^(n-1), at most max, ±50 % jitter,
+	// within [min, max], in whole seconds, so that retrying clients back off
+	// and spread out. Answers relayed from a component keep their own.
+	// Default: min 6s, max 96s (Mimir's).
+	RetryAfter *RetryAfterConfig `json:"retry_after,omitempty"`
+
 	routes   *Routes
 	backends map[Component]upstream
 	// pooled are the keys of the gRPC upstreams this instance holds in the
 	// usage pool, released on Cleanup.
 	pooled []string
-	logger *zap.Logger
+	// released undoes what this instance changed on shared things (the
+	// loggers it registered on pooled Handlers), on Cleanup.
+	released   []func()
+	retryAfter grpcpush.RetryAfter
+	logger     *zap.Logger
+}
+
+// RetryAfterConfig sets the Retry-After of the gateway's own 429 and 503
+// answers.
+type RetryAfterConfig struct {
+	// Min is the delay of a first attempt, before jitter. Default: 6s.
+	Min caddy.Duration `json:"min,omitempty"`
+	// Max caps the delay. Default: 96s.
+	Max caddy.Duration `json:"max,omitempty"`
+	// Off sends no Retry-After: clients use their own backoff.
+	Off bool `json:"off,omitempty"`
+}
+
+// value is c as grpcpush computes it (nil: the defaults).
+func (c *RetryAfterConfig) value() grpcpush.RetryAfter {
+	if c == nil {
+		return grpcpush.RetryAfter{}
+	}
+	return grpcpush.RetryAfter{Min: time.Duration(c.Min), Max: time.Duration(c.Max), Off: c.Off}
 }
 
 // upstream is one backend, whatever serves it.
@@ -86,6 +120,7 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
+	g.retryAfter = g.RetryAfter.value()
 	if err := registerCollectors(ctx, requestDuration, inflightRequests); err != nil {
 		return err
 	}
@@ -159,6 +194,9 @@ func (g *Gateway) checkConfig() (map[Component]*ParsedURL, error) {
 			return nil, fmt.Errorf("tenant: %v", err)
 		}
 	}
+	if err := g.RetryAfter.value().Check(); err != nil {
+		return nil, err // names retry_after
+	}
 	parsed := make(map[Component]*ParsedURL, len(backends))
 	for c, b := range backends {
 		u, err := ParseBackendURL(b.URL)
@@ -212,7 +250,7 @@ func (g *Gateway) newUpstream(ctx caddy.Context, c Component, b *Backend, u *Par
 	if u.Kind == KindGRPC {
 		return g.newGRPCBackend(ctx, c, b, u)
 	}
-	return newHTTPBackend(ctx, c, b, u, g.logger)
+	return newHTTPBackend(ctx, c, b, u, g)
 }
 
 // ServeHTTP routes the request: one table lookup, the tenant header, one
@@ -242,7 +280,7 @@ func (g *Gateway) serveRoute(w http.ResponseWriter, r *http.Request, next caddyh
 		return serveLocal(w, route, repl)
 	}
 	if status, msg := g.setTenant(r, repl); status != 0 {
-		return gatewayError(w, r, status, msg)
+		return g.answerError(w, r, status, msg)
 	}
 	return g.backends[route.Component].serve(w, r, next)
 }
@@ -300,7 +338,12 @@ func (g *Gateway) Cleanup() error {
 			h.retire()
 		}
 	}
-	return releaseGRPCBackends(g.pooled)
+	for _, release := range g.released {
+		release()
+	}
+	pooled := g.pooled
+	g.pooled, g.released = nil, nil // Cleanup may be called twice
+	return releasePooled(pooled)
 }
 
 // Interface guards.

@@ -159,6 +159,13 @@ func waitForWithin(t *testing.T, timeout time.Duration, what string, cond func()
 	}
 }
 
+// firstRetryAfter reports whether v is the gateway's Retry-After for a
+// first attempt with the default retry_after: 6s ±50 %, at least 6.
+func firstRetryAfter(v string) bool {
+	n, err := strconv.Atoi(v)
+	return err == nil && n >= 6 && n <= 9
+}
+
 func maxOverMean(counts []int64) float64 {
 	var sum, max int64
 	for _, n := range counts {
@@ -286,6 +293,7 @@ func TestGRPCErrorContract(t *testing.T) {
 		{name: "mimir ErrorDetails bad data", raw: raw(standin.ErrorDetailsStatus(codes.InvalidArgument, standin.CauseBadData, "bad")), wantCode: 400},
 		{name: "mimir ErrorDetails tsdb unavailable", raw: raw(standin.ErrorDetailsStatus(codes.Internal, standin.CauseTSDBUnavailable, "tsdb")), wantCode: 503},
 		{name: "grpc unavailable", raw: raw(status.Error(codes.Unavailable, "going away")), wantCode: 503, wantHeader: map[string]string{"Retry-After": ""}},
+		{name: "grpc canceled on the way", raw: raw(status.Error(codes.Canceled, "stream reset by a sidecar")), wantCode: 503, wantHeader: map[string]string{"Retry-After": ""}, wantBody: "canceled on the way"},
 		{name: "grpc deadline", raw: raw(status.Error(codes.DeadlineExceeded, "slow")), wantCode: 504},
 		{name: "grpc message too large", raw: raw(status.Error(codes.ResourceExhausted, "grpc: received message larger than max (5 vs. 4)")), wantCode: 413},
 		{name: "grpc resource exhausted", raw: raw(status.Error(codes.ResourceExhausted, "too many")), wantCode: 429},

@@ -13,6 +13,10 @@ type BackendStatus struct {
 	// Groups are a gRPC backend's targets (priority groups) in order, each
 	// with its endpoints; Serving marks the one requests go to now.
 	Groups []GroupStatus `json:"groups,omitempty"`
+	// BufferedBytes are the request body bytes a gRPC backend holds now,
+	// of at most MaxBufferedBytes.
+	BufferedBytes    int64 `json:"buffered_bytes,omitempty"`
+	MaxBufferedBytes int64 `json:"max_buffered_bytes,omitempty"`
 }
 
 // GroupStatus is one target (priority group) of a gRPC backend.
