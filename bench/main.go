@@ -98,7 +98,7 @@ func parseFlags(args []string) (*config, error) {
 	fs.StringVar(&capBodies, "capacity-bodies", "2000", "bodies of the capacity run")
 	fs.StringVar(&systems, "systems", strings.Join(allSystems, ","), "systems under test, in the order they alternate (besides these: gateway-base, with -caddy-base)")
 	fs.IntVar(&c.repeats, "repeats", 3, "rounds of A B C D alternation; medians are reported")
-	fs.StringVar(&c.out, "out", "bench/out", "output directory (bench/results holds the committed results)")
+	fs.StringVar(&c.out, "out", "bench/out", "output directory (bench/results/<scenario>/ holds the committed results)")
 	fs.StringVar(&c.caddy, "caddy", "", "caddy binary built from ./cmd/caddy (required for caddy-rp and gateway)")
 	fs.StringVar(&c.caddyBase, "caddy-base", "", "another build of ./cmd/caddy (e.g. an older commit) for the system gateway-base: the gateway's configuration, to compare two builds in one run")
 	fs.StringVar(&c.nginx, "nginx", "nginx", "nginx binary")
@@ -125,7 +125,7 @@ func parseFlags(args []string) (*config, error) {
 	fs.IntVar(&c.standinsWorkers, "standins-grpc-workers", mimirGRPCWorkers, "gRPC stream workers of each stand-in, as Mimir's -server.grpc.num-workers (Mimir's default 100; 0: a goroutine per call, dskit's default)")
 	fs.DurationVar(&c.maxTotal, "max-total", 30*time.Minute, "abort the whole benchmark after this long")
 	fs.StringVar(&c.goBenchFile, "gobench", "", "benchstat output of the Go benchmarks to include in the report")
-	fs.BoolVar(&c.renderOnly, "render-only", false, "measure nothing: rebuild results.md and chart.png from <out>/results.json (give the run's other flags too)")
+	fs.BoolVar(&c.renderOnly, "render-only", false, "measure nothing: rebuild results.md from <out>/results.json (give the run's other flags too)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}

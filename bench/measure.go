@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -89,7 +88,7 @@ func (e *env) measure(ctx context.Context, s runSpec) sample {
 		defer r.stop()
 		spec.url = r.url
 		if r.pid > 0 {
-			res.IdleRSSMiB = float64(treeStatusKiB(r.pid, "VmRSS:")) / 1024
+			res.IdleRSSMiB = float64(treeMemKiB(r.pid).rss) / 1024
 		}
 		if e.cfg.warmup > 0 {
 			spec.duration = e.cfg.warmup
@@ -146,8 +145,8 @@ func (e *env) measure(ctx context.Context, s runSpec) sample {
 	res.P50US, res.P90US, res.P99US, res.MaxUS = w.P50US, w.P90US, w.P99US, w.MaxUS
 	res.Non2xx = w.ErrStatus
 	res.SocketErrors = w.ErrConnect + w.ErrRead + w.ErrWrite + w.ErrTimeout
-	res.LoadCorePct = busyPct(ct0, ct1, "cpu"+strconv.Itoa(e.cfg.loadCPU))
-	res.ProxyCorePct = busyPct(ct0, ct1, "cpu"+strconv.Itoa(e.cfg.proxyCPU))
+	res.LoadCorePct = busyPct(ct0, ct1, e.cfg.loadCPU)
+	res.ProxyCorePct = busyPct(ct0, ct1, e.cfg.proxyCPU)
 
 	var samples int64
 	for i := range after.Standins {
@@ -174,9 +173,10 @@ func (e *env) measure(ctx context.Context, s runSpec) sample {
 			res.CPUPer1k = res.ProxyCPUSeconds / float64(w.Requests) * 1000
 		}
 		res.ProxyCPUPct = 100 * res.ProxyCPUSeconds / res.Seconds
-		res.PeakRSSMiB = float64(treePeakRSSKiB(r.pid)) / 1024
-		res.AnonRSSMiB = float64(treeStatusKiB(r.pid, "RssAnon:")) / 1024
-		res.FileRSSMiB = float64(treeStatusKiB(r.pid, "RssFile:")) / 1024
+		m := treeMemKiB(r.pid)
+		res.PeakRSSMiB = float64(m.peak) / 1024
+		res.AnonRSSMiB = float64(m.anon) / 1024
+		res.FileRSSMiB = float64(m.file) / 1024
 	}
 	if s.system == sysGatewayHealth {
 		res.TakenOut, res.OutFailures = takenOut(r.logPath, e.info.IPs)

@@ -192,7 +192,7 @@ func (r *report) failures(phase, system string, body int) int {
 	return n
 }
 
-// write saves results.json, results.md and chart.png and prints the markdown.
+// write saves results.json and results.md and prints the markdown.
 func (r *report) write() error {
 	b, err := json.MarshalIndent(r, "", "  ")
 	if err != nil {
@@ -204,9 +204,6 @@ func (r *report) write() error {
 	md := r.markdown()
 	if err := os.WriteFile(filepath.Join(r.cfg.out, "results.md"), []byte(md), 0o644); err != nil {
 		return err
-	}
-	if err := r.chart(filepath.Join(r.cfg.out, "chart.png")); err != nil {
-		return fmt.Errorf("chart: %w", err)
 	}
 	fmt.Print(md)
 	return nil

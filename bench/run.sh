@@ -15,11 +15,12 @@
 #    under test to CPU 1 itself).
 #
 # Everything listens on loopback only; every load run is bounded in time.
-# Results (results.md, results.json, chart.png, pprof-*.txt, gobench.txt) go
-# to a new folder bench/out/run-<date>-<time>/ (not tracked by git). The
-# committed results in bench/results/ are only replaced when asked for:
+# Results (results.md with the tables, results.json, pprof-*.txt, gobench.txt)
+# go to a new folder bench/out/run-<date>-<time>/ (not tracked by git). The
+# committed results, one folder per scenario in bench/results/ (BENCHMARKS.md
+# lists them with their commands), are only replaced when asked for, e.g.:
 #
-#   BENCH_OUT=bench/results bash bench/run.sh
+#   BENCH_GO=0 BENCH_OUT=bench/results/sick bash bench/run.sh -phases sick -repeats 3 -sick-latency 20ms
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
