@@ -341,6 +341,36 @@ func TestTenant(t *testing.T) {
 		}
 	})
 
+	t.Run("invalid tenants are refused on every route", func(t *testing.T) {
+		cl := startCluster(t, 1)
+		c := testcaddy.Start(t, fmt.Sprintf(`[{"handler": "metrics_gateway", "proxy": {
+			"default": {"url": %q}, "distributor": {"url": %q}}}]`, def.URL(), cl.Target()))
+		before := def.served.Load()
+		for _, tc := range []struct{ tenant, rule string }{
+			{strings.Repeat("t", 200), "too long: max 150 characters"},
+			{"team/a", "unsupported character '/'"},
+			{"team-a|team/b", "unsupported character '/'"},
+		} {
+			for _, path := range []string{"/api/v1/push", "/prometheus/api/v1/query", "/config"} {
+				req, _ := http.NewRequest("POST", "http://gateway"+path, strings.NewReader("x"))
+				req.Header.Set("X-Scope-OrgID", tc.tenant)
+				resp, body, err := c.Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if resp.StatusCode != 400 || !strings.Contains(string(body), tc.rule) {
+					t.Errorf("%s as %q: %s %q, want 400 naming %q", path, tc.tenant, resp.Status, body, tc.rule)
+				}
+			}
+		}
+		if n := def.served.Load() - before; n != 0 {
+			t.Errorf("%d requests with invalid tenants reached the HTTP backend", n)
+		}
+		if n := cl.Distributors[0].Requests(); n != 0 {
+			t.Errorf("%d requests with invalid tenants reached the distributor", n)
+		}
+	})
+
 	t.Run("tenant from basic_auth", func(t *testing.T) {
 		// "secret", hashed with bcrypt (cost 4, to keep the test fast).
 		const hash = "$2a$04$ZKWzJYTyklPUCVglD2MNBexnWXWTra73SM0xp9OGjueFAsywQd4W2"

@@ -8,13 +8,16 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/grafana/dskit/tenant"
+
+	"github.com/metrics-gateway/metrics_gateway/orgid"
 )
 
 // FuzzTenant drives the tenant handling with arbitrary client headers,
 // tenant templates and placeholder output (what basic_auth or forward_auth
 // would put in {http.auth.user.id}). The request reaches a backend only with
 // exactly one X-Scope-OrgID; with `tenant` set that is the template's value,
-// one ID valid by dskit's own rules, never the client's; CheckTenantID agrees
+// one ID valid by dskit's own rules, never the client's; without it a client
+// value that breaks the rules is answered 400; CheckTenantID agrees
 // with dskit's tenant.ValidTenantID everywhere.
 func FuzzTenant(f *testing.F) {
 	f.Add("{http.auth.user.id}", "alice", "mallory", "")
@@ -56,6 +59,10 @@ func FuzzTenant(f *testing.F) {
 			}
 			if len(got) != 1 || got[0] != want || tenant.ValidTenantID(got[0]) != nil {
 				t.Fatalf("template %q, user %q, client %q: X-Scope-OrgID %q", template, user, clientTenant, got)
+			}
+		case clientTenant != "" && orgid.Check(clientTenant) != nil:
+			if code != http.StatusBadRequest {
+				t.Fatalf("client %q breaks the tenant rules, but setTenant answered %d", clientTenant, code)
 			}
 		case !ok:
 			t.Fatalf("no template but setTenant refused (client %q, default %q)", clientTenant, defaultTenant)

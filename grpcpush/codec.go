@@ -70,13 +70,28 @@ type tunnelRequest struct {
 	root    mem.Buffer // owns buf; the call holds one reference
 }
 
+// Size returns the length of the marshalled message, as dskit's generated
+// HTTPRequest.Size does for the same request (for the message-size
+// metadata).
+func (m *tunnelRequest) Size() int {
+	n, p := m.prefixSize()
+	return n + p + m.bodyLen
+}
+
+// prefixSize returns the length n of fields 1-3 and p of the body field's
+// tag and length.
+func (m *tunnelRequest) prefixSize() (n, p int) {
+	n = m.msg.Size()
+	if m.bodyLen > 0 { // proto3 omits an empty bytes field, as gogo does
+		p = 1 + protowire.SizeVarint(uint64(m.bodyLen))
+	}
+	return n, p
+}
+
 // marshal encodes m as described on tunnelCodec.Marshal.
 func (m *tunnelRequest) marshal() (mem.BufferSlice, error) {
-	n := m.msg.Size()
-	p := n
-	if m.bodyLen > 0 { // proto3 omits an empty bytes field, as gogo does
-		p += 1 + protowire.SizeVarint(uint64(m.bodyLen))
-	}
+	n, p := m.prefixSize()
+	p += n
 	if p <= headroom {
 		start := headroom - p
 		if err := m.encodePrefix((*m.buf)[start:headroom], n); err != nil {

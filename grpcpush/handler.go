@@ -13,7 +13,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/grafana/dskit/grpcutil"
 	"github.com/grafana/dskit/httpgrpc"
+	"github.com/metrics-gateway/metrics_gateway/orgid"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"google.golang.org/grpc"
@@ -33,12 +35,11 @@ const writeBufferSize = 256 << 10
 // handleMethod is the one RPC every Mimir and Cortex component serves.
 const handleMethod = "/httpgrpc.HTTP/Handle"
 
-// tenantHeader is X-Scope-OrgID in canonical form; tenantMetadataKey the
-// gRPC metadata key dskit's server interceptor reads.
-const (
-	tenantHeader      = "X-Scope-Orgid"
-	tenantMetadataKey = "x-scope-orgid"
-)
+// tenantHeader is X-Scope-OrgID in canonical form (an http.Header key);
+// tenantMetadataKey the gRPC metadata key dskit's server interceptor reads.
+var tenantHeader = http.CanonicalHeaderKey(orgid.Header)
+
+const tenantMetadataKey = "x-scope-orgid"
 
 // Handler tunnels HTTP requests to the endpoints of one target over gRPC,
 // spreading them round-robin, one call per request. Create it with New; it is
@@ -48,7 +49,6 @@ type Handler struct {
 	conn    *grpc.ClientConn
 	tracker *tracker
 	metrics *backendMetrics
-	tenants tenantCache
 	logger  *logRef
 	watch   *readinessWatch
 
@@ -252,8 +252,8 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, c *call, start t
 	if tenant == "" {
 		return 0, h.newError(r, http.StatusUnauthorized, "no org id", nil) // Mimir's exact text
 	}
-	if !printableTenant(tenant) {
-		return 0, h.newError(r, http.StatusBadRequest, "invalid X-Scope-OrgID: only printable ASCII can be sent to "+h.s.backend, nil)
+	if err := orgid.Check(tenant); err != nil {
+		return 0, h.newError(r, http.StatusBadRequest, "invalid X-Scope-OrgID: "+err.Error(), nil)
 	}
 	// The timeout runs from the start of the request: a slow upload uses
 	// it up as much as a slow answer does.
@@ -273,7 +273,12 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, c *call, start t
 	ctx := context.WithValue(r.Context(), callKey{}, c)
 	ctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
-	ctx = metadata.NewOutgoingContext(ctx, h.tenants.get(tenant))
+	ctx = metadata.NewOutgoingContext(ctx, c.tenantMD(tenant))
+	// What dskit's own httpgrpc clients send: Mimir's gRPC push limiter
+	// (instance limits on in-flight pushes and bytes) reads these to refuse
+	// a push before receiving its message.
+	ctx = httpgrpc.AppendRequestMetadataToContext(ctx, &c.req.msg)
+	ctx = grpcutil.AppendMessageSizeToOutgoingContext(ctx, &c.req)
 	if err := h.invoke(ctx, c); err != nil {
 		return h.callError(w, r, c, err)
 	}
@@ -528,39 +533,4 @@ func (h *Handler) debug(msg string, r *http.Request, ep *endpoint, err error, fi
 	}
 	ce.Write(append(fields, zap.String("endpoint", addr),
 		zap.String("method", r.Method), zap.String("uri", r.RequestURI), zap.Error(err))...)
-}
-
-// maxCachedTenants bounds the tenant metadata cache.
-const maxCachedTenants = 1024
-
-// tenantCache keeps the outgoing metadata of recent tenants so that a
-// request does not allocate it. Reads are lock-free (copy-on-write map).
-type tenantCache struct {
-	mu sync.Mutex
-	m  atomic.Pointer[map[string]metadata.MD]
-}
-
-// get returns {x-scope-orgid: [tenant]}; callers must not modify it.
-func (t *tenantCache) get(tenant string) metadata.MD {
-	if m := t.m.Load(); m != nil {
-		if md, ok := (*m)[tenant]; ok {
-			return md
-		}
-	}
-	md := metadata.MD{tenantMetadataKey: []string{tenant}}
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	old := t.m.Load()
-	if old != nil && len(*old) >= maxCachedTenants {
-		return md
-	}
-	next := make(map[string]metadata.MD, 1)
-	if old != nil {
-		for k, v := range *old {
-			next[k] = v
-		}
-	}
-	next[tenant] = md
-	t.m.Store(&next)
-	return md
 }

@@ -13,9 +13,10 @@ import (
 // failing loudly: DNS still answers, connections are refused or time out and
 // gRPC keeps retrying them in the background. watchReadiness makes that
 // visible: once a Handler has had no READY endpoint for longer than its
-// refresh interval it logs a warning (again every refresh while it lasts)
-// naming the target, the addresses and the last connection error, and an
-// info line when an endpoint is READY again.
+// refresh interval it logs a warning (again every minute, or every refresh
+// if that is longer, while it lasts) naming the target, the addresses and
+// the last connection error, and an info line when an endpoint is READY
+// again.
 
 // readinessWatch is the goroutine behind watchReadiness.
 type readinessWatch struct {
@@ -54,7 +55,7 @@ func (h *Handler) watchReadiness() *readinessWatch {
 					unreadySince, lastWarn = now, time.Time{}
 					continue
 				}
-				if now.Sub(unreadySince) > h.s.refresh && now.Sub(lastWarn) >= h.s.refresh {
+				if now.Sub(unreadySince) > h.s.refresh && now.Sub(lastWarn) >= max(h.s.refresh, warnEvery) {
 					lastWarn = now
 					h.warnUnready(now.Sub(unreadySince))
 				}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/grafana/dskit/httpgrpc"
 	"google.golang.org/grpc/mem"
+	"google.golang.org/grpc/metadata"
 )
 
 // call is the per-request state. It is pooled so that a request allocates
@@ -18,6 +19,8 @@ type call struct {
 	headers  []httpgrpc.Header  // backing array of req.msg.Headers
 	hptrs    []*httpgrpc.Header // req.msg.Headers
 	host     [1]string          // Values of the Host header
+	md       metadata.MD        // the outgoing tenant metadata, see tenantMD
+	tenant   [1]string          // its one value
 	endpoint atomic.Pointer[endpoint]
 	// group is the Handler whose endpoint the last attempt went to; spill
 	// the groups still to try if it fails UNAVAILABLE (see Priority).
@@ -45,9 +48,22 @@ func putCall(c *call) {
 	}
 	c.resp = httpgrpc.HTTPResponse{Body: body}
 	c.host[0] = ""
+	c.tenant[0] = ""
 	c.endpoint.Store(nil)
 	c.group, c.spill = nil, nil
 	callPool.Put(c)
+}
+
+// tenantMD returns the outgoing metadata {x-scope-orgid: [tenant]}, kept in
+// the pooled call so that a request allocates none. gRPC reads it only
+// while the call is made (its attempts included), before the call is
+// pooled again.
+func (c *call) tenantMD(tenant string) metadata.MD {
+	if c.md == nil {
+		c.md = metadata.MD{tenantMetadataKey: c.tenant[:]}
+	}
+	c.tenant[0] = tenant
+	return c.md
 }
 
 // setBody hands the body buffer (from readBody) to the call. The call holds

@@ -21,6 +21,11 @@ const (
 	// minResolveNowInterval rate-limits the re-resolutions gRPC asks for
 	// (ResolveNow, e.g. when a connection fails) between periodic ones.
 	minResolveNowInterval = time.Second
+	// warnEvery is how often a lasting fault (failed lookups, no READY
+	// endpoint) is logged at warn level at most; failed lookups in between
+	// are logged at debug, so that a name that does not exist, or a DNS
+	// server that fails every other time, cannot flood the log.
+	warnEvery = time.Minute
 )
 
 // dnsBuilder builds the resolver of one Handler's ClientConn. It is passed
@@ -90,8 +95,11 @@ type dnsResolver struct {
 	wg     sync.WaitGroup
 
 	// Owned by the loop goroutine (or Build for fixed addresses).
-	current []string // sorted ip:port of the last good answer
-	good    bool     // a good answer was reported
+	current   []string  // sorted ip:port of the last good answer
+	good      bool      // a good answer was reported
+	failures  int       // failed lookups since the last good one
+	warned    time.Time // when a failure was last logged at warn
+	warnedRun bool      // a failure since the last good lookup was
 }
 
 // ResolveNow asks for a resolution soon; extra requests are merged.
@@ -131,9 +139,9 @@ func (r *dnsResolver) loop() {
 		last = time.Now()
 		r.resolve()
 		wait := r.b.refresh
-		if !r.good { // no endpoints yet: try again sooner, backing off
+		if !r.good { // no endpoints yet: try again sooner, backing off up to refresh
 			wait = min(retry, wait)
-			retry *= 2
+			retry = min(2*retry, r.b.refresh)
 		}
 		next = time.Now().Add(wait)
 		timer.Reset(wait)
@@ -162,14 +170,27 @@ func (r *dnsResolver) resolve() {
 // were any, so that calls fail fast with UNAVAILABLE instead of hanging.
 func (r *dnsResolver) fail(err error) {
 	err = fmt.Errorf("resolving %s: %w", r.b.target.Host, err)
+	r.failures++
+	msg, fields := "DNS resolution failed, no endpoints yet", []zap.Field{
+		zap.String("target", r.b.target.String()), zap.Int("failures", r.failures), zap.Error(err)}
 	if r.good {
-		r.b.logger.get().Warn("DNS resolution failed, keeping the last endpoints",
-			zap.String("target", r.b.target.String()), zap.Strings("endpoints", r.current), zap.Error(err))
+		msg, fields = "DNS resolution failed, keeping the last endpoints", append(fields, zap.Strings("endpoints", r.current))
+	}
+	r.logFailure(msg, fields)
+	if !r.good {
+		r.cc.ReportError(err)
+	}
+}
+
+// logFailure logs a failure at warn level, one a warnEvery at
+// most, and the others at debug.
+func (r *dnsResolver) logFailure(msg string, fields []zap.Field) {
+	if now := time.Now(); now.Sub(r.warned) >= warnEvery {
+		r.warned, r.warnedRun = now, true
+		r.b.logger.get().Warn(msg, fields...)
 		return
 	}
-	r.b.logger.get().Warn("DNS resolution failed, no endpoints yet",
-		zap.String("target", r.b.target.String()), zap.Error(err))
-	r.cc.ReportError(err)
+	r.b.logger.get().Debug(msg, fields...)
 }
 
 // update reports the endpoint set if it changed and logs the change.
@@ -180,6 +201,11 @@ func (r *dnsResolver) update(ips []netip.Addr) {
 	}
 	slices.Sort(addrs)
 	addrs = slices.Compact(addrs)
+	if r.warnedRun { // say that what the warning said is over
+		r.b.logger.get().Info("DNS resolution works again",
+			zap.String("target", r.b.target.String()), zap.Int("failures", r.failures))
+	}
+	r.failures, r.warnedRun = 0, false
 	if r.good && slices.Equal(addrs, r.current) {
 		return
 	}

@@ -27,6 +27,7 @@ type DNSServer struct {
 
 	mu      sync.RWMutex
 	records map[string][]netip.Addr // by fully qualified, lower-case name
+	asked   map[string]int64        // A questions by fully qualified, lower-case name
 
 	stopOnce sync.Once
 	stopErr  error
@@ -34,7 +35,7 @@ type DNSServer struct {
 
 // StartDNS starts a DNSServer on 127.0.0.1 with an ephemeral port.
 func StartDNS() (*DNSServer, error) {
-	s := &DNSServer{records: map[string][]netip.Addr{}}
+	s := &DNSServer{records: map[string][]netip.Addr{}, asked: map[string]int64{}}
 	var lastErr error
 	for attempt := 0; attempt < groupAttempts; attempt++ {
 		pc, l, err := listenUDPAndTCP()
@@ -99,6 +100,14 @@ func (s *DNSServer) Addr() string { return s.addr }
 // Queries returns how many questions were answered.
 func (s *DNSServer) Queries() int64 { return s.queries.Load() }
 
+// Lookups returns how many A questions were asked for name: one per lookup
+// of its IPv4 and IPv6 addresses (the AAAA question travels with it).
+func (s *DNSServer) Lookups(name string) int64 {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.asked[dns.CanonicalName(name)]
+}
+
 // SetA makes name resolve to ips (IPv4 addresses answer A, IPv6 addresses
 // answer AAAA queries). With no ips the name exists but has no records.
 // It panics on an address that does not parse: that is a bug in the test.
@@ -139,9 +148,13 @@ func (s *DNSServer) answer(w dns.ResponseWriter, req *dns.Msg) {
 		return
 	}
 	q := req.Question[0]
-	s.mu.RLock()
-	addrs, ok := s.records[strings.ToLower(q.Name)]
-	s.mu.RUnlock()
+	name := strings.ToLower(q.Name)
+	s.mu.Lock()
+	addrs, ok := s.records[name]
+	if q.Qtype == dns.TypeA {
+		s.asked[name]++
+	}
+	s.mu.Unlock()
 	if !ok {
 		m.Rcode = dns.RcodeNameError
 		_ = w.WriteMsg(m)
