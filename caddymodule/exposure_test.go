@@ -449,4 +449,6 @@ func logContent(c *testcaddy.Caddy, name string) string {
 	return string(b)
 }
 
-func logHas(c *testcaddy.Caddy, name, msg string) bool { return strings.Contains(logContent(c, name), msg) }
+func logHas(c *testcaddy.Caddy, name, msg string) bool {
+	return strings.Contains(logContent(c, name), msg)
+}

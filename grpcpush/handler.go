@@ -490,11 +490,18 @@ func (e *Error) Write(w http.ResponseWriter, retryAfter string) {
 	hdr := w.Header()
 	hdr["Content-Type"] = textPlain
 	hdr["X-Content-Type-Options"] = noSniff
-	if retryAfter != "" && retriable(e.Status) {
-		hdr["Retry-After"] = []string{retryAfter}
-	}
+	e.SetRetryAfter(hdr, retryAfter)
 	w.WriteHeader(e.Status)
 	_, _ = io.WriteString(w, e.Msg+"\n")
+}
+
+// SetRetryAfter sets value as Retry-After in h if e is a 429 or 503 (the
+// failure is the gateway's or the cluster's, the client should come back)
+// and value is not "".
+func (e *Error) SetRetryAfter(h http.Header, value string) {
+	if value != "" && (e.Status == http.StatusTooManyRequests || e.Status == http.StatusServiceUnavailable) {
+		h["Retry-After"] = []string{value}
+	}
 }
 
 // Header values shared by every gateway-made error (never modified).

@@ -70,10 +70,3 @@ func (ra RetryAfter) Value(r *http.Request) string {
 	delay = max(lo.Seconds(), min(hi.Seconds(), delay))
 	return strconv.FormatInt(int64(delay), 10)
 }
-
-// retriable reports whether a gateway-made answer of this status carries
-// Retry-After: the failure is the gateway's or the cluster's, and the
-// client should come back.
-func retriable(status int) bool {
-	return status == http.StatusTooManyRequests || status == http.StatusServiceUnavailable
-}
