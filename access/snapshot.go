@@ -1,0 +1,193 @@
+package access
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Sources of a policy in the status view.
+const (
+	SourceInline = "inline"
+	SourceFile   = "file"
+)
+
+// result is a decision's outcome, the result label of the metric.
+type result uint8
+
+const (
+	resultAllowed result = iota
+	resultUnauthenticated
+	resultForbidden
+	resultBadRequest
+	resultUnavailable
+	numResults
+)
+
+var resultNames = [numResults]string{
+	resultAllowed:         "allowed",
+	resultUnauthenticated: "unauthenticated",
+	resultForbidden:       "forbidden",
+	resultBadRequest:      "bad_request",
+	resultUnavailable:     "unavailable",
+}
+
+// counters holds a policy's counter of each result, looked up once so that
+// a decision counts without hashing label values.
+type counters [numResults]prometheus.Counter
+
+func newCounters(vec *prometheus.CounterVec, policy string) *counters {
+	if vec == nil {
+		return nil
+	}
+	var c counters
+	for i, name := range resultNames {
+		c[i] = vec.WithLabelValues(policy, name)
+	}
+	return &c
+}
+
+// grant is what a credential grants: one compiled policy, or for an OIDC
+// token that names several, their union.
+type grant struct {
+	name    string // policy name; "a+b" for a union
+	tenants map[string]struct{}
+	all     bool   // "*"
+	only    string // the one tenant when exactly one (not "*") is granted
+	scopes  scopeMask
+	ctr     *counters // nil without metrics, or for a union
+	// parts are the policies of a union. A union grants a scope on a
+	// tenant when one of its policies does: the scopes of one policy do
+	// not extend to the tenants of another.
+	parts []*grant
+}
+
+// hasTenant reports whether the grant gives scope on tenant t; the caller
+// has checked that it has the scope.
+func (g *grant) hasTenant(t string, scope scopeMask) bool {
+	if g.parts != nil {
+		for _, p := range g.parts {
+			if p.scopes&scope != 0 && p.hasTenant(t, scope) {
+				return true
+			}
+		}
+		return false
+	}
+	if g.all {
+		return true
+	}
+	_, ok := g.tenants[t]
+	return ok
+}
+
+// setOnly sets only from all and tenants.
+func (g *grant) setOnly() {
+	g.only = ""
+	if !g.all && len(g.tenants) == 1 {
+		for t := range g.tenants {
+			g.only = t
+		}
+	}
+}
+
+// compiledPolicy is a validated policy ready for decisions.
+type compiledPolicy struct {
+	grant
+	source  string
+	cfg     Policy
+	expires []time.Time // of each token; zero: never
+}
+
+// tokenEntry is what the map of token hashes holds.
+type tokenEntry struct {
+	policy  *compiledPolicy
+	expires time.Time // zero: never
+}
+
+// snapshot is an immutable set of policies; the guard swaps whole snapshots.
+type snapshot struct {
+	byHash   map[[32]byte]tokenEntry
+	byName   map[string]*compiledPolicy
+	policies []*compiledPolicy // inline ones first, then the file's, in order
+}
+
+// compile builds a snapshot from validated policies (Validate and LoadFile
+// have checked them: compile does not check again).
+func compile(inline, file []Policy, vec *prometheus.CounterVec) *snapshot {
+	s := &snapshot{
+		byHash: map[[32]byte]tokenEntry{},
+		byName: map[string]*compiledPolicy{},
+	}
+	add := func(ps []Policy, source string) {
+		for _, p := range ps {
+			cp := &compiledPolicy{
+				grant: grant{
+					name:    p.Name,
+					tenants: map[string]struct{}{},
+					ctr:     newCounters(vec, p.Name),
+				},
+				source: source,
+				cfg:    p,
+			}
+			for _, t := range p.Tenants {
+				if t == AllTenants {
+					cp.all = true
+				} else {
+					cp.tenants[t] = struct{}{}
+				}
+			}
+			cp.setOnly()
+			for _, sc := range p.Scopes {
+				cp.scopes |= Scope(sc).bit()
+			}
+			for _, t := range p.Tokens {
+				sum, _ := parseHash(t.Hash)
+				exp, _ := parseExpires(t.Expires)
+				cp.expires = append(cp.expires, exp)
+				s.byHash[sum] = tokenEntry{policy: cp, expires: exp}
+			}
+			s.byName[p.Name] = cp
+			s.policies = append(s.policies, cp)
+		}
+	}
+	add(inline, SourceInline)
+	add(file, SourceFile)
+	return s
+}
+
+// union returns the grant of several policies, in the snapshot's order, or
+// nil when names has no configured policy.
+func (s *snapshot) union(names []string) *grant {
+	want := make(map[string]bool, len(names))
+	for _, n := range names {
+		if _, ok := s.byName[n]; ok {
+			want[n] = true
+		}
+	}
+	switch len(want) {
+	case 0:
+		return nil
+	case 1:
+		for n := range want {
+			return &s.byName[n].grant
+		}
+	}
+	u := &grant{tenants: map[string]struct{}{}}
+	for _, p := range s.policies {
+		if !want[p.name] {
+			continue
+		}
+		if u.name != "" {
+			u.name += "+"
+		}
+		u.name += p.name
+		u.all = u.all || p.all
+		for t := range p.tenants {
+			u.tenants[t] = struct{}{}
+		}
+		u.scopes |= p.scopes
+		u.parts = append(u.parts, &p.grant)
+	}
+	u.setOnly()
+	return u
+}
