@@ -190,6 +190,12 @@ func TestPriorityLastEndpointOutForLatency(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Another configuration (a second site) lists the same targets the
+	// other way round: there group a is the last. That must change nothing
+	// for p, whose requests have group b after a.
+	if _, err := NewPriority([]*Handler{hb, ha}, PriorityOptions{MinReady: 1}); err != nil {
+		t.Fatal(err)
+	}
 	body := standin.RemoteWriteBody(10, 1)
 	a.Distributors[1].SetBehavior(answer503)
 	waitFor(t, 10*time.Second, "the 503 endpoint of group a out", func() bool {
