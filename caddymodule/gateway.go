@@ -1,8 +1,9 @@
 // Package caddymodule is the metrics_gateway Caddy HTTP handler: the front
 // door of a Grafana Mimir, Cortex or Grafana Enterprise Metrics cluster. It
 // routes each request by path to the component that serves it, through
-// Caddy's reverse_proxy for HTTP backends or through a gRPC round-robin
-// upstream (package grpcpush) for dns: backends.
+// Caddy's reverse_proxy for HTTP backends or through a gRPC upstream that
+// balances every request over all resolved endpoints (package grpcpush) for
+// dns: backends.
 package caddymodule
 
 import (

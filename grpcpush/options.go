@@ -33,8 +33,9 @@ const (
 	// defaults; Mimir's server accepts pings every 10s, even without streams.
 	DefaultKeepaliveTime    = 20 * time.Second
 	DefaultKeepaliveTimeout = 10 * time.Second
-	// DefaultBackendName labels the metrics when Options.BackendName is empty.
-	DefaultBackendName = "distributor"
+	// DefaultBackendName labels the metrics and error lines when
+	// Options.BackendName is empty.
+	DefaultBackendName = "backend"
 	// DefaultMaxFails is how many failures within FailDuration take an
 	// endpoint out, as in Caddy's reverse_proxy.
 	DefaultMaxFails = 1
