@@ -289,7 +289,7 @@ func (s *settings) check(o Options) error {
 		errs = append(errs, fmt.Errorf("keepalive timeout %v: must be positive", o.KeepaliveTimeout))
 	}
 	if s.compression != "" && s.compression != "gzip" {
-		errs = append(errs, fmt.Errorf("compression %q: must be \"\" or \"gzip\"", s.compression))
+		errs = append(errs, fmt.Errorf("compression %q: must be gzip or none", s.compression))
 	}
 	if s.lbPolicy != LBRoundRobin && s.lbPolicy != LBLeastConn {
 		errs = append(errs, fmt.Errorf("lb_policy %q: must be %s or %s", s.lbPolicy, LBRoundRobin, LBLeastConn))
