@@ -25,7 +25,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/metrics-gateway/metrics_gateway/examples/standin"
+	"github.com/metrics-gateway/metrics_gateway/internal/standin"
 )
 
 type config struct {

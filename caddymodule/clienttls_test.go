@@ -15,7 +15,7 @@ import (
 
 	"golang.org/x/net/http2"
 
-	"github.com/metrics-gateway/metrics_gateway/examples/standin"
+	"github.com/metrics-gateway/metrics_gateway/internal/standin"
 	"github.com/metrics-gateway/metrics_gateway/internal/testcaddy"
 	"github.com/metrics-gateway/metrics_gateway/internal/testpki"
 )
@@ -136,7 +136,7 @@ func pushStreamed(client *http.Client, body []byte) error {
 	if err != nil {
 		return err
 	}
-	setPushHeaders(req.Header)
+	standin.SetPushHeaders(req.Header, "tenant-1")
 	resp, err := client.Do(req)
 	if err != nil {
 		pr.CloseWithError(err)

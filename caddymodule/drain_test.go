@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/metrics-gateway/metrics_gateway/examples/standin"
+	"github.com/metrics-gateway/metrics_gateway/internal/standin"
 	"github.com/metrics-gateway/metrics_gateway/internal/testcaddy"
 )
 
@@ -85,7 +85,7 @@ func TestGracefulDrain(t *testing.T) {
 		resp.Body.Close()
 		return resp.StatusCode
 	}
-	waitFor(t, "the gateway to be ready", func() bool { return ready() == http.StatusOK })
+	standin.WaitFor(t, 20*time.Second, "the gateway to be ready", func() bool { return ready() == http.StatusOK })
 
 	pushClient := &http.Client{Transport: testcaddy.UnixTransport(httpSock), Timeout: 30 * time.Second}
 	t.Cleanup(pushClient.CloseIdleConnections)
@@ -123,7 +123,7 @@ func TestGracefulDrain(t *testing.T) {
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "/ready to answer 503", func() bool { return ready() == http.StatusServiceUnavailable })
+	standin.WaitFor(t, 20*time.Second, "/ready to answer 503", func() bool { return ready() == http.StatusServiceUnavailable })
 	if since := time.Since(sigterm); since >= delay {
 		t.Errorf("/ready answered 503 only after %v, not within the shutdown delay %v", since, delay)
 	}

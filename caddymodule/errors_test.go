@@ -20,9 +20,10 @@ import (
 	"google.golang.org/grpc/stats"
 	"google.golang.org/grpc/status"
 
-	"github.com/metrics-gateway/metrics_gateway/examples/standin"
+	"github.com/metrics-gateway/metrics_gateway/internal/standin"
 	"github.com/metrics-gateway/metrics_gateway/internal/testcaddy"
 	"github.com/metrics-gateway/metrics_gateway/internal/testpki"
+	"time"
 )
 
 // errorsCaddyfile has a gRPC distributor, response headers from the
@@ -136,7 +137,7 @@ func TestGRPCSeriesAfterChurn(t *testing.T) {
 	}
 	c := testcaddy.Start(t, cl.handlerJSON(`"refresh": "100ms"`))
 	body := standin.RemoteWriteBody(10, 1)
-	waitFor(t, "traffic on all three", func() bool {
+	standin.WaitFor(t, 20*time.Second, "traffic on all three", func() bool {
 		_, _, _ = push(c.Client, body)
 		return cl.Distributors[0].Requests() > 0 && cl.Distributors[1].Requests() > 0 && cl.Distributors[2].Requests() > 0
 	})
@@ -169,10 +170,10 @@ func TestGRPCSeriesAfterChurn(t *testing.T) {
 		}
 		wg.Wait()
 	}()
-	waitFor(t, "calls in flight on all endpoints", func() bool { return held.Load() == inFlight })
+	standin.WaitFor(t, 20*time.Second, "calls in flight on all endpoints", func() bool { return held.Load() == inFlight })
 
 	cl.List(1)
-	waitFor(t, "two endpoints to leave the backend", func() bool {
+	standin.WaitFor(t, 20*time.Second, "two endpoints to leave the backend", func() bool {
 		_, b, _ := c.AdminGet("/metrics_gateway/backends")
 		return !strings.Contains(string(b), cl.Addr(1)) && !strings.Contains(string(b), cl.Addr(2))
 	})

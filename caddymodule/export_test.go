@@ -14,3 +14,6 @@ func LiveGateways() int {
 	live.Range(func(any, any) bool { n++; return true })
 	return n
 }
+
+// Rows returns the table a Routes was built from.
+func (rs *Routes) Rows() []Route { return rs.rows }

@@ -21,7 +21,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/metrics-gateway/metrics_gateway/caddymodule"
-	"github.com/metrics-gateway/metrics_gateway/examples/standin"
+	"github.com/metrics-gateway/metrics_gateway/internal/standin"
 	"github.com/metrics-gateway/metrics_gateway/internal/testcaddy"
 )
 
@@ -124,7 +124,7 @@ func stalledH2C(client *http.Client, contentLength int64) (status chan int) {
 	pr, pw := io.Pipe()
 	req, _ := http.NewRequest(http.MethodPost, "http://gateway/api/v1/push", pr)
 	req.ContentLength = contentLength
-	setPushHeaders(req.Header)
+	standin.SetPushHeaders(req.Header, "tenant-1")
 	go func() {
 		defer pw.Close()
 		resp, err := client.Do(req)
@@ -163,7 +163,7 @@ func TestStalledUploadsBoundMemory(t *testing.T) {
 		statuses = append(statuses, stalledH1(t, c, 100<<20, 0), stalledH2C(h2c, 100<<20))
 	}
 	const firstBuffer = 64 << 10
-	waitFor(t, "every stalled request holding its first buffer", func() bool {
+	standin.WaitFor(t, 20*time.Second, "every stalled request holding its first buffer", func() bool {
 		held, _ := distributorBuffered(t, c)
 		return held == 2*stalled*firstBuffer
 	})
@@ -189,7 +189,7 @@ func TestStalledUploadsBoundMemory(t *testing.T) {
 	if took < timeout {
 		t.Errorf("stalled requests ended after %v, before their timeout %v", took, timeout)
 	}
-	waitFor(t, "every buffer given back", func() bool {
+	standin.WaitFor(t, 20*time.Second, "every buffer given back", func() bool {
 		held, _ := distributorBuffered(t, c)
 		return held == 0
 	})
@@ -216,7 +216,7 @@ func TestMaxBufferedBytes(t *testing.T) {
 	var stalled []chan int
 	for i := 1; i <= 3; i++ {
 		stalled = append(stalled, stalledH1(t, c, size, sent))
-		waitFor(t, fmt.Sprintf("%d stalled uploads holding their buffers", i), func() bool {
+		standin.WaitFor(t, 20*time.Second, fmt.Sprintf("%d stalled uploads holding their buffers", i), func() bool {
 			held, _ := distributorBuffered(t, c)
 			return held == int64(i)*size // 15 MiB and the headroom fill a 16 MiB buffer
 		})
@@ -308,7 +308,7 @@ func TestRetryAfterLikeMimir(t *testing.T) {
 		seen := map[int]int{}
 		for i := 0; i < 40; i++ {
 			req, _ := http.NewRequest(http.MethodPost, "http://gateway/api/v1/push", strings.NewReader("x"))
-			setPushHeaders(req.Header)
+			standin.SetPushHeaders(req.Header, "tenant-1")
 			req.Header.Set("Retry-Attempt", strconv.Itoa(attempt))
 			resp, _, err := c.Do(req)
 			if err != nil || resp.StatusCode != 503 {
@@ -368,7 +368,7 @@ func TestRetryAfterLikeMimir(t *testing.T) {
 		t.Fatal(err)
 	}
 	req, _ := http.NewRequest(http.MethodPost, "http://gateway/api/v1/push", strings.NewReader("x"))
-	setPushHeaders(req.Header)
+	standin.SetPushHeaders(req.Header, "tenant-1")
 	req.Header.Set("Retry-Attempt", "5")
 	resp, _, err = c.Do(req)
 	if err != nil || resp.StatusCode != 429 || resp.Header.Get("Retry-After") != "7" {
@@ -396,7 +396,7 @@ http://gateway {
 }`, cl.Target()))
 	body := standin.RemoteWriteBody(100, 1)
 	req, _ := http.NewRequest(http.MethodPost, "http://gateway/api/v1/push", io.MultiReader(bytes.NewReader(body)))
-	setPushHeaders(req.Header)
+	standin.SetPushHeaders(req.Header, "tenant-1")
 	resp, b, err := c.Do(req)
 	if err != nil || resp.StatusCode != http.StatusRequestEntityTooLarge || !strings.Contains(string(b), "max_size") {
 		t.Errorf("chunked: %v %v %q, want 413 naming max_size", err, resp, b)
@@ -416,7 +416,7 @@ http://gateway {
 func TestFailedReloadLeavesLogger(t *testing.T) {
 	cl := startCluster(t, 1)
 	c := testcaddy.StartJSON(t, func(tc *testcaddy.Caddy) string { return loggedConfig(tc, cl, "a.log", "") })
-	waitFor(t, "the first endpoint line in a.log", func() bool { return logHas(c, "a.log", "endpoints changed") })
+	standin.WaitFor(t, 20*time.Second, "the first endpoint line in a.log", func() bool { return logHas(c, "a.log", "endpoints changed") })
 	// The ingester's CA file does not exist: adapting accepts it, Provision
 	// fails after the distributor's pooled upstream was taken.
 	bad := loggedConfig(c, cl, "b.log", `, "ingester": {"url": "dns:///127.0.0.1:9", "grpc": {"tls": {"ca": "/nonexistent/ca.pem"}}}`)
@@ -424,7 +424,7 @@ func TestFailedReloadLeavesLogger(t *testing.T) {
 		t.Fatal("the config with a missing CA file loaded")
 	}
 	cl.DNS.SetA(distributorName, standin.GroupIP(0), "127.0.0.99")
-	waitFor(t, "the endpoint change in a.log", func() bool {
+	standin.WaitFor(t, 20*time.Second, "the endpoint change in a.log", func() bool {
 		return strings.Count(logContent(c, "a.log"), "endpoints changed") >= 2
 	})
 	if logHas(c, "b.log", "endpoints changed") {

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/metrics-gateway/metrics_gateway/caddymodule"
+	"github.com/metrics-gateway/metrics_gateway/internal/standin"
 	"github.com/metrics-gateway/metrics_gateway/internal/testcaddy"
 )
 
@@ -441,7 +442,7 @@ func TestReloadSwitchesBackends(t *testing.T) {
 		t.Fatalf("before reload: %q %v", b, err)
 	}
 	c.Client.CloseIdleConnections()
-	goroutinesBefore := testcaddy.Goroutines()
+	goroutinesBefore := standin.NumGoroutines()
 	servedBefore := oldDef.served.Load() + newDef.served.Load()
 
 	// Load in the background for the whole reload sequence.
@@ -492,7 +493,7 @@ func TestReloadSwitchesBackends(t *testing.T) {
 		t.Errorf("after reload: %q %v, want new", b, err)
 	}
 	c.Client.CloseIdleConnections()
-	testcaddy.WaitGoroutines(t, goroutinesBefore, 10)
+	standin.WaitGoroutines(t, goroutinesBefore, 10)
 }
 
 // TestExampleCaddyfileRuns starts the gateway from examples/Caddyfile (its

@@ -22,7 +22,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/metrics-gateway/metrics_gateway/caddymodule"
-	"github.com/metrics-gateway/metrics_gateway/examples/standin"
+	"github.com/metrics-gateway/metrics_gateway/internal/standin"
 	"github.com/metrics-gateway/metrics_gateway/internal/testcaddy"
 )
 
@@ -98,7 +98,7 @@ func push(client *http.Client, body []byte) (*http.Response, []byte, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	setPushHeaders(req.Header)
+	standin.SetPushHeaders(req.Header, "tenant-1")
 	resp, err := client.Do(req)
 	if err != nil {
 		return nil, nil, err
@@ -106,15 +106,6 @@ func push(client *http.Client, body []byte) (*http.Response, []byte, error) {
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	return resp, b, err
-}
-
-// setPushHeaders sets what a Remote-Write 1.0 client sends with a push, as
-// tenant-1.
-func setPushHeaders(h http.Header) {
-	h.Set("Content-Type", standin.ContentTypeRW1)
-	h.Set("Content-Encoding", "snappy")
-	h.Set("X-Prometheus-Remote-Write-Version", "0.1.0")
-	h.Set("X-Scope-OrgID", "tenant-1")
 }
 
 // pushRetrying is push with a remote-write client's retries of network
@@ -139,24 +130,6 @@ func oneConnClient(t *testing.T, c *testcaddy.Caddy) *http.Client {
 	tr.MaxConnsPerHost, tr.MaxIdleConnsPerHost = 1, 1
 	t.Cleanup(tr.CloseIdleConnections)
 	return &http.Client{Transport: tr, Timeout: 60 * time.Second}
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	waitForWithin(t, 20*time.Second, what, cond)
-}
-
-// waitForWithin is waitFor with its own deadline, for conditions that take
-// a lot of work (many pushes) on a machine that may be very busy.
-func waitForWithin(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 // firstRetryAfter reports whether v is the gateway's Retry-After for a
@@ -195,7 +168,7 @@ func TestGRPCPushBalanced(t *testing.T) {
 
 	// Let all three connections come up first, as they would in a running
 	// gateway, so the balance measures round-robin and not connection setup.
-	waitFor(t, "3 gRPC connections", func() bool {
+	standin.WaitFor(t, 20*time.Second, "3 gRPC connections", func() bool {
 		_, _, _ = push(c.Client, body)
 		return cl.conns.Load() == 3
 	})
@@ -386,7 +359,7 @@ func TestGRPCEndpointDiesUnderLoad(t *testing.T) {
 	// Small bodies: the point is the kill, not the decoding, and a busy
 	// machine must still get through the pushes in time.
 	body := standin.RemoteWriteBody(200, 1)
-	waitFor(t, "3 connections", func() bool { _, _, _ = push(c.Client, body); return cl.conns.Load() == 3 })
+	standin.WaitFor(t, 20*time.Second, "3 connections", func() bool { _, _, _ = push(c.Client, body); return cl.conns.Load() == 3 })
 	for _, d := range cl.Distributors {
 		d.Reset()
 	}
@@ -401,10 +374,10 @@ func TestGRPCEndpointDiesUnderLoad(t *testing.T) {
 			failed.Add(1)
 		}
 	})
-	waitForWithin(t, time.Minute, "traffic before the kill", func() bool { return acked.Load() >= 300 })
+	standin.WaitFor(t, time.Minute, "traffic before the kill", func() bool { return acked.Load() >= 300 })
 	cl.Servers[2].Stop()
 	afterKill := acked.Load()
-	waitForWithin(t, time.Minute, "traffic after the kill", func() bool { return acked.Load() >= afterKill+600 })
+	standin.WaitFor(t, time.Minute, "traffic after the kill", func() bool { return acked.Load() >= afterKill+600 })
 	stop()
 
 	var received int64
@@ -438,7 +411,7 @@ func TestGRPCDiscovery(t *testing.T) {
 
 	cl.List(3)
 	added := time.Now()
-	waitFor(t, "the new distributor to get traffic", func() bool {
+	standin.WaitFor(t, 20*time.Second, "the new distributor to get traffic", func() bool {
 		_, _, _ = push(c.Client, body)
 		return cl.Distributors[2].Requests() > 0
 	})
@@ -461,7 +434,7 @@ func TestGRPCReloadsKeepConnections(t *testing.T) {
 	handler := cl.handlerJSON("")
 	c := testcaddy.Start(t, handler)
 	body := standin.RemoteWriteBody(500, 1)
-	waitFor(t, "3 connections", func() bool { _, _, _ = push(c.Client, body); return cl.conns.Load() == 3 })
+	standin.WaitFor(t, 20*time.Second, "3 connections", func() bool { _, _, _ = push(c.Client, body); return cl.conns.Load() == 3 })
 
 	for _, d := range cl.Distributors {
 		d.Reset()
@@ -533,7 +506,7 @@ func TestAdminBackendsView(t *testing.T) {
 		}
 		return out
 	}
-	waitFor(t, "3 READY endpoints", func() bool {
+	standin.WaitFor(t, 20*time.Second, "3 READY endpoints", func() bool {
 		_, _, _ = push(c.Client, body)
 		n := 0
 		for _, e := range states() {
@@ -545,7 +518,7 @@ func TestAdminBackendsView(t *testing.T) {
 	})
 	victim := standin.GroupIP(1) + ":" + cl.Port
 	cl.Servers[1].Stop()
-	waitFor(t, "the stopped endpoint to leave READY", func() bool {
+	standin.WaitFor(t, 20*time.Second, "the stopped endpoint to leave READY", func() bool {
 		return states()[victim].State != "READY"
 	})
 	var served uint64
@@ -563,7 +536,7 @@ func TestGRPCRemovedRecord(t *testing.T) {
 	cl := startCluster(t, 3)
 	c := testcaddy.Start(t, cl.handlerJSON(`"refresh": "200ms"`))
 	body := standin.RemoteWriteBody(10, 1)
-	waitFor(t, "traffic on all three", func() bool {
+	standin.WaitFor(t, 20*time.Second, "traffic on all three", func() bool {
 		_, _, _ = push(c.Client, body)
 		return cl.Distributors[2].Requests() > 0 && cl.Distributors[1].Requests() > 0
 	})
@@ -571,7 +544,7 @@ func TestGRPCRemovedRecord(t *testing.T) {
 	cl.List(2)
 	removed := standin.GroupIP(2) + ":" + cl.Port
 	start := time.Now()
-	waitFor(t, "the removed endpoint to leave the backend", func() bool {
+	standin.WaitFor(t, 20*time.Second, "the removed endpoint to leave the backend", func() bool {
 		_, b, _ := c.AdminGet("/metrics_gateway/backends")
 		return !strings.Contains(string(b), removed)
 	})
@@ -598,7 +571,7 @@ func TestGRPCHungEndpointAndDisconnect(t *testing.T) {
 	if resp, b, err := push(c.Client, body); err != nil || resp.StatusCode != 200 {
 		t.Fatalf("push: %v %q", err, b)
 	}
-	baseline := testcaddy.Goroutines()
+	baseline := standin.NumGoroutines()
 
 	// A hung distributor answers nothing until released (not even when its
 	// own deadline passes: it would race the gateway's timeout with a 200).
@@ -635,7 +608,7 @@ func TestGRPCHungEndpointAndDisconnect(t *testing.T) {
 	}
 	close(release)
 	c.Client.Transport.(*http.Transport).CloseIdleConnections()
-	testcaddy.WaitGoroutines(t, baseline, 10)
+	standin.WaitGoroutines(t, baseline, 10)
 
 	// A client that goes away: the distributor's request context ends.
 	var canceled atomic.Int64
@@ -658,10 +631,10 @@ func TestGRPCHungEndpointAndDisconnect(t *testing.T) {
 		}
 		done <- err
 	}()
-	waitFor(t, "the request to reach the distributor", func() bool { return cl.Distributors[0].Requests() > served })
+	standin.WaitFor(t, 20*time.Second, "the request to reach the distributor", func() bool { return cl.Distributors[0].Requests() > served })
 	cancel()
 	<-done
-	waitFor(t, "the distributor to see the cancellation", func() bool { return canceled.Load() == 1 })
+	standin.WaitFor(t, 20*time.Second, "the distributor to see the cancellation", func() bool { return canceled.Load() == 1 })
 }
 
 // TestGRPCReloadDrainsChangedBackend reloads to a config that changes the
@@ -690,7 +663,7 @@ func TestGRPCReloadDrainsChangedBackend(t *testing.T) {
 		}
 		result <- fmt.Sprintf("%d %s", resp.StatusCode, b)
 	}()
-	waitFor(t, "the push to reach the distributor", func() bool { return cl.Distributors[0].Requests() > served })
+	standin.WaitFor(t, 20*time.Second, "the push to reach the distributor", func() bool { return cl.Distributors[0].Requests() > served })
 	if err := c.Reload(cl.handlerJSON(`"timeout": "11s"`)); err != nil {
 		t.Fatal(err)
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net/http"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -15,7 +14,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/metrics-gateway/metrics_gateway/caddymodule"
-	"github.com/metrics-gateway/metrics_gateway/examples/standin"
+	"github.com/metrics-gateway/metrics_gateway/internal/standin"
 	"github.com/metrics-gateway/metrics_gateway/internal/testcaddy"
 )
 
@@ -64,26 +63,11 @@ func healthyMetric(t *testing.T, c *testcaddy.Caddy, addr string) string {
 	return ""
 }
 
-// answer503 makes a stand-in answer every request with 503, as Mimir's
-// distributor does when its ingesters are down.
-func answer503(w http.ResponseWriter, _ *http.Request) bool {
-	http.Error(w, "ingesters down", http.StatusServiceUnavailable)
-	return true
-}
-
-// sleep makes a stand-in answer normally after d.
-func sleep(d time.Duration) standin.Behavior {
-	return func(http.ResponseWriter, *http.Request) bool {
-		time.Sleep(d)
-		return false
-	}
-}
-
 // warmUp pushes until all n endpoints are READY, then zeroes the counters.
 func warmUp(t *testing.T, cl *cluster, c *testcaddy.Caddy, n int) {
 	t.Helper()
 	body := standin.RemoteWriteBody(10, 1)
-	waitFor(t, fmt.Sprintf("%d READY endpoints", n), func() bool {
+	standin.WaitFor(t, 20*time.Second, fmt.Sprintf("%d READY endpoints", n), func() bool {
 		_, _, _ = push(c.Client, body)
 		ready := 0
 		for _, e := range endpoints(t, c) {
@@ -107,7 +91,7 @@ func TestGRPCLeastConnSlowEndpoint(t *testing.T) {
 	cl := startCluster(t, 3)
 	c := testcaddy.Start(t, cl.handlerJSON(`"lb_policy": "least_conn"`))
 	warmUp(t, cl, c, 3)
-	cl.Distributors[2].SetBehavior(sleep(100 * time.Millisecond))
+	cl.Distributors[2].SetBehavior(standin.AnswerAfter(100 * time.Millisecond))
 	body := standin.RemoteWriteBody(100, 1)
 
 	var done, failed atomic.Int64
@@ -117,7 +101,7 @@ func TestGRPCLeastConnSlowEndpoint(t *testing.T) {
 		}
 		done.Add(1)
 	})
-	waitFor(t, "1200 pushes", func() bool { return done.Load() >= 1200 })
+	standin.WaitFor(t, 20*time.Second, "1200 pushes", func() bool { return done.Load() >= 1200 })
 	stop()
 	counts := cl.Requests()
 	if failed.Load() > 0 {
@@ -137,10 +121,10 @@ func TestGRPCPassiveHealthLatency(t *testing.T) {
 	c := testcaddy.Start(t, cl.handlerJSON(`"fail_duration": "60s", "max_fails": 2, "unhealthy_latency": "250ms"`))
 	warmUp(t, cl, c, 3)
 	slow := cl.Addr(1)
-	cl.Distributors[1].SetBehavior(sleep(500 * time.Millisecond))
+	cl.Distributors[1].SetBehavior(standin.AnswerAfter(500 * time.Millisecond))
 	body := standin.RemoteWriteBody(10, 1)
 
-	waitFor(t, "the slow endpoint to be out", func() bool {
+	standin.WaitFor(t, 20*time.Second, "the slow endpoint to be out", func() bool {
 		if resp, b, err := push(c.Client, body); err != nil || resp.StatusCode != 200 {
 			t.Fatalf("push: %v %q", err, b)
 		}
@@ -179,11 +163,11 @@ func TestGRPCPassiveHealthStatus(t *testing.T) {
 	if v := healthyMetric(t, c, sick); v != "1" {
 		t.Fatalf("endpoint_healthy of a healthy endpoint = %q, want 1", v)
 	}
-	cl.Distributors[2].SetBehavior(answer503)
+	cl.Distributors[2].SetBehavior(standin.Answer503)
 	body := standin.RemoteWriteBody(10, 1)
 
 	var status503 int
-	waitFor(t, "the 503 endpoint to be out", func() bool {
+	standin.WaitFor(t, 20*time.Second, "the 503 endpoint to be out", func() bool {
 		resp, _, err := push(c.Client, body)
 		if err != nil {
 			t.Fatal(err)
@@ -216,11 +200,11 @@ func TestGRPCPassiveHealthStatus(t *testing.T) {
 
 	// Back after fail_duration: it gets calls again.
 	cl.Distributors[2].SetBehavior(nil)
-	waitFor(t, "the endpoint to come back", func() bool { return endpoints(t, c)[sick].Healthy })
+	standin.WaitFor(t, 20*time.Second, "the endpoint to come back", func() bool { return endpoints(t, c)[sick].Healthy })
 	if time.Now().Before(*st.UnhealthyUntil) {
 		t.Errorf("endpoint came back before %v", st.UnhealthyUntil)
 	}
-	waitFor(t, "calls to the endpoint that came back", func() bool {
+	standin.WaitFor(t, 20*time.Second, "calls to the endpoint that came back", func() bool {
 		_, _, _ = push(c.Client, body)
 		return cl.Distributors[2].Requests() > 3
 	})
@@ -236,10 +220,10 @@ func TestGRPCPassiveHealthAllOut(t *testing.T) {
 	c := testcaddy.Start(t, cl.handlerJSON(`"retries": 0, "fail_duration": "60s", "unhealthy_status": [503]`))
 	warmUp(t, cl, c, 2)
 	for _, d := range cl.Distributors {
-		d.SetBehavior(answer503)
+		d.SetBehavior(standin.Answer503)
 	}
 	body := standin.RemoteWriteBody(10, 1)
-	waitFor(t, "both endpoints out", func() bool {
+	standin.WaitFor(t, 20*time.Second, "both endpoints out", func() bool {
 		_, _, _ = push(c.Client, body)
 		eps := endpoints(t, c)
 		return !eps[cl.Addr(0)].Healthy && !eps[cl.Addr(1)].Healthy
@@ -269,8 +253,8 @@ func TestGRPCRetrySkipsEndpointOut(t *testing.T) {
 
 	// The second endpoint is out: it answers 503.
 	out := cl.Addr(1)
-	cl.Distributors[1].SetBehavior(answer503)
-	waitFor(t, "the 503 endpoint to be out", func() bool {
+	cl.Distributors[1].SetBehavior(standin.Answer503)
+	standin.WaitFor(t, 20*time.Second, "the 503 endpoint to be out", func() bool {
 		_, _, _ = push(c.Client, body)
 		return !endpoints(t, c)[out].Healthy
 	})

@@ -20,7 +20,7 @@ import (
 
 	"golang.org/x/net/http2"
 
-	"github.com/metrics-gateway/metrics_gateway/examples/standin"
+	"github.com/metrics-gateway/metrics_gateway/internal/standin"
 	"github.com/metrics-gateway/metrics_gateway/internal/testcaddy"
 )
 
@@ -86,7 +86,7 @@ func openFDs(t *testing.T) int {
 // their baselines.
 func waitBaseline(t *testing.T, goroutines, fds, gTol, fdTol int) {
 	t.Helper()
-	testcaddy.WaitGoroutines(t, goroutines, gTol)
+	standin.WaitGoroutines(t, goroutines, gTol)
 	deadline := time.Now().Add(30 * time.Second)
 	for openFDs(t) > fds+fdTol {
 		if time.Now().After(deadline) {
@@ -95,7 +95,7 @@ func waitBaseline(t *testing.T, goroutines, fds, gTol, fdTol int) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	t.Logf("back to baseline: %d goroutines (baseline %d, +%d allowed), %d fds (baseline %d, +%d allowed)",
-		testcaddy.Goroutines(), goroutines, gTol, openFDs(t), fds, fdTol)
+		standin.NumGoroutines(), goroutines, gTol, openFDs(t), fds, fdTol)
 }
 
 // raiseFDLimit makes room for n more descriptors.
@@ -221,12 +221,12 @@ func TestHostileClients(t *testing.T) {
 	c, lim := startExample(t, cl)
 	t.Logf("server limits from examples/Caddyfile: %+v", lim)
 	body := standin.RemoteWriteBody(100, 1)
-	waitFor(t, "3 gRPC connections", func() bool {
+	standin.WaitFor(t, 20*time.Second, "3 gRPC connections", func() bool {
 		_, _, _ = push(c.Client, body)
 		return cl.conns.Load() == 3
 	})
 	c.Client.CloseIdleConnections()
-	goroutines, fds := testcaddy.Goroutines(), openFDs(t)
+	goroutines, fds := standin.NumGoroutines(), openFDs(t)
 	stop := wellBehaved(t, c)
 	t.Logf("set up after %v", time.Since(began).Round(time.Millisecond))
 

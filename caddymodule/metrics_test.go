@@ -9,8 +9,9 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/metrics-gateway/metrics_gateway/examples/standin"
+	"github.com/metrics-gateway/metrics_gateway/internal/standin"
 	"github.com/metrics-gateway/metrics_gateway/internal/testcaddy"
+	"time"
 )
 
 // scrape returns the admin /metrics exposition.
@@ -152,7 +153,7 @@ func TestAccessLogFields(t *testing.T) {
 	want["/prometheus/api/v1/query?query=up"] = entry{Route: "prometheus_api_v1_query", Backend: "query_frontend"}
 
 	got := map[string]entry{}
-	waitFor(t, "both access log entries", func() bool {
+	standin.WaitFor(t, 20*time.Second, "both access log entries", func() bool {
 		f, err := os.Open(c.AccessLog)
 		if err != nil {
 			return false

@@ -20,7 +20,7 @@ import (
 	"time"
 
 	"github.com/metrics-gateway/metrics_gateway/caddymodule"
-	"github.com/metrics-gateway/metrics_gateway/examples/standin"
+	"github.com/metrics-gateway/metrics_gateway/internal/standin"
 	"github.com/metrics-gateway/metrics_gateway/internal/testcaddy"
 )
 
@@ -221,7 +221,7 @@ func startMimirGateway(t *testing.T, dnsAddr, name string, grpcPort, want int) *
 	}
 }
 `, dnsAddr, name, grpcPort))
-	waitForWithin(t, 30*time.Second, fmt.Sprintf("%d READY endpoints", want), func() bool {
+	standin.WaitFor(t, 30*time.Second, fmt.Sprintf("%d READY endpoints", want), func() bool {
 		n := 0
 		for _, bs := range backendStatuses(t, c) {
 			for _, e := range bs.Endpoints {

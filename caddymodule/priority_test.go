@@ -10,7 +10,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/metrics-gateway/metrics_gateway/caddymodule"
-	"github.com/metrics-gateway/metrics_gateway/examples/standin"
+	"github.com/metrics-gateway/metrics_gateway/internal/standin"
 	"github.com/metrics-gateway/metrics_gateway/internal/testcaddy"
 )
 
@@ -91,7 +91,7 @@ func groups(t *testing.T, c *testcaddy.Caddy) []caddymodule.GroupStatus {
 // endpoints.
 func waitServing(t *testing.T, c *testcaddy.Caddy, i, ready int) {
 	t.Helper()
-	waitFor(t, fmt.Sprintf("group %d serving with %d ready", i+1, ready), func() bool {
+	standin.WaitFor(t, 20*time.Second, fmt.Sprintf("group %d serving with %d ready", i+1, ready), func() bool {
 		g := groups(t, c)
 		return g[i].Serving && g[i].Ready == ready
 	})
@@ -146,7 +146,7 @@ func TestGRPCZonesFailover(t *testing.T) {
 			acked.Add(1)
 		}
 	})
-	waitForWithin(t, time.Minute, "traffic before the outage", func() bool { return acked.Load() >= 200 })
+	standin.WaitFor(t, time.Minute, "traffic before the outage", func() bool { return acked.Load() >= 200 })
 	before := zs.requests()
 	if before[1] != 0 || before[2] != 0 {
 		t.Errorf("per-zone requests %v before the outage, want all in zone a", before)
@@ -154,7 +154,7 @@ func TestGRPCZonesFailover(t *testing.T) {
 	zs.z[0].Servers[0].Stop()
 	zs.z[0].Servers[1].Stop()
 	afterOutage := acked.Load()
-	waitForWithin(t, time.Minute, "traffic after the outage", func() bool { return acked.Load() >= afterOutage+400 })
+	standin.WaitFor(t, time.Minute, "traffic after the outage", func() bool { return acked.Load() >= afterOutage+400 })
 	stop()
 
 	var received int64
@@ -183,7 +183,7 @@ func TestGRPCZonesFailover(t *testing.T) {
 	// Zone a comes back as a new pod: its DNS name answers distributor 2.
 	zs.z[0].ListOnly(2)
 	back := time.Now()
-	waitFor(t, "zone a to get traffic again", func() bool {
+	standin.WaitFor(t, 20*time.Second, "zone a to get traffic again", func() bool {
 		_, _, _ = push(c.Client, body)
 		return zs.z[0].Distributors[2].Requests() > 0
 	})
@@ -241,7 +241,7 @@ func TestGRPCZonesMinReady(t *testing.T) {
 func TestGRPCZonesReorderKeepsConnections(t *testing.T) {
 	zs := startZones(t, 2, 2, zoneNames[:2]...)
 	c := testcaddy.Start(t, zs.handlerJSON("", 0, 1))
-	waitFor(t, "4 connections", func() bool { return zs.conns.Load() == 4 })
+	standin.WaitFor(t, 20*time.Second, "4 connections", func() bool { return zs.conns.Load() == 4 })
 	waitServing(t, c, 0, 2)
 	if err := c.Reload(zs.handlerJSON(`"min_ready": 2`, 1, 0)); err != nil {
 		t.Fatal(err)

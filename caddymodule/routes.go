@@ -218,6 +218,3 @@ func (rs *Routes) Match(path string) *Route {
 	}
 	return &defaultRoute
 }
-
-// Rows returns the table this matcher was built from.
-func (rs *Routes) Rows() []Route { return rs.rows }

@@ -17,7 +17,7 @@ import (
 	"time"
 
 	"github.com/metrics-gateway/metrics_gateway/caddymodule"
-	"github.com/metrics-gateway/metrics_gateway/examples/standin"
+	"github.com/metrics-gateway/metrics_gateway/internal/standin"
 	"github.com/metrics-gateway/metrics_gateway/internal/testcaddy"
 )
 
@@ -54,7 +54,7 @@ func snapshot(t *testing.T, c *testcaddy.Caddy, cl *cluster) soakSnapshot {
 
 func takeSnapshot(t *testing.T, c *testcaddy.Caddy, cl *cluster) soakSnapshot {
 	return soakSnapshot{
-		goroutines: testcaddy.Goroutines(), fds: openFDs(t),
+		goroutines: standin.NumGoroutines(), fds: openFDs(t),
 		upstreams: caddymodule.PooledGRPCUpstreams(), gateways: caddymodule.LiveGateways(),
 		serverConns: int(cl.conns.Load()), names: gatewaySeries(t, c), rss: rss(t),
 	}
@@ -199,7 +199,7 @@ func TestSoak(t *testing.T) {
 	// useEveryEndpoint pushes until each distributor got a push through the
 	// current gRPC upstream (its per-endpoint series exist).
 	useEveryEndpoint := func() {
-		waitFor(t, "every endpoint serving", func() bool {
+		standin.WaitFor(t, 20*time.Second, "every endpoint serving", func() bool {
 			before := cl.Requests()
 			for i := 0; i < 8; i++ {
 				pushOne(c.Client)
@@ -222,7 +222,7 @@ func TestSoak(t *testing.T) {
 		useEveryEndpoint()
 	}
 	c.Client.CloseIdleConnections()
-	waitFor(t, "one pooled gRPC upstream", func() bool { return caddymodule.PooledGRPCUpstreams() == 1 && cl.conns.Load() == 4 })
+	standin.WaitFor(t, 20*time.Second, "one pooled gRPC upstream", func() bool { return caddymodule.PooledGRPCUpstreams() == 1 && cl.conns.Load() == 4 })
 	start := snapshot(t, c, cl)
 	t.Logf("start: %v", start)
 

@@ -3,6 +3,7 @@ package grpcpush
 import (
 	"bytes"
 	"errors"
+	"github.com/metrics-gateway/metrics_gateway/internal/standin"
 	"io"
 	"testing"
 	"testing/iotest"
@@ -40,7 +41,7 @@ func stalledRead(t *testing.T, contentLength int64, budget *Budget) (end func(er
 func TestContentLengthReservesNoMoreThanTheFirstChunk(t *testing.T) {
 	budget := NewBudget(1<<30, nil, "")
 	end := stalledRead(t, 100<<20, budget)
-	waitFor(t, 10*time.Second, "the first buffer taken", func() bool { return budget.Used() > 0 })
+	standin.WaitFor(t, 10*time.Second, "the first buffer taken", func() bool { return budget.Used() > 0 })
 	if used := budget.Used(); used != headroom+firstChunk {
 		t.Errorf("a stalled 100 MiB upload holds %d bytes, want %d", used, headroom+firstChunk)
 	}
@@ -59,7 +60,7 @@ func TestBudgetFullStopsBeforeReading(t *testing.T) {
 	budget := NewBudget(2*(headroom+firstChunk), nil, "")
 	end1 := stalledRead(t, 1<<20, budget)
 	end2 := stalledRead(t, 1<<20, budget)
-	waitFor(t, 10*time.Second, "two first buffers taken", func() bool { return budget.Used() == budget.Limit() })
+	standin.WaitFor(t, 10*time.Second, "two first buffers taken", func() bool { return budget.Used() == budget.Limit() })
 	body := &countingReader{r: bytes.NewReader(make([]byte, 100))}
 	if _, _, err := readBody(body, 100, DefaultMaxRequestBody, budget); !errors.Is(err, errBudgetFull) {
 		t.Fatalf("third body: %v, want errBudgetFull", err)

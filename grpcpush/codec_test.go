@@ -7,7 +7,7 @@ import (
 	"testing"
 
 	"github.com/grafana/dskit/httpgrpc"
-	"github.com/metrics-gateway/metrics_gateway/examples/standin"
+	"github.com/metrics-gateway/metrics_gateway/internal/standin"
 )
 
 // TestCodecMatchesDskit proves the zero-copy encoding is byte-identical to

@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/metrics-gateway/metrics_gateway/examples/standin"
+	"github.com/metrics-gateway/metrics_gateway/internal/standin"
 )
 
 // TestCloseWhenIdle: a Handler released while a request is in flight
@@ -18,10 +18,10 @@ func TestCloseWhenIdle(t *testing.T) {
 	waitReady(t, h, 1)
 	release := make(chan struct{})
 	var held atomic.Int64
-	c.Distributors[0].SetBehavior(holdUntil(release, &held))
+	c.Distributors[0].SetBehavior(standin.HoldUntil(release, &held))
 	code := make(chan int, 1)
 	go func() { code <- serve(h, pushRequest(standin.RemoteWriteBody(10, 1))).Code }()
-	waitFor(t, 10*time.Second, "the call held", func() bool { return held.Load() == 1 })
+	standin.WaitFor(t, 10*time.Second, "the call held", func() bool { return held.Load() == 1 })
 
 	h.CloseWhenIdle(time.Minute)
 	time.Sleep(100 * time.Millisecond) // nothing to poll: the Handler must stay open
@@ -32,9 +32,9 @@ func TestCloseWhenIdle(t *testing.T) {
 	if got := <-code; got != http.StatusOK {
 		t.Errorf("the request in flight got %d, want 200", got)
 	}
-	waitFor(t, 10*time.Second, "closed once idle", h.closed.Load)
+	standin.WaitFor(t, 10*time.Second, "closed once idle", h.closed.Load)
 
 	idle := newHandler(t, c, Options{})
 	idle.CloseWhenIdle(time.Minute)
-	waitFor(t, 10*time.Second, "an idle Handler closed", idle.closed.Load)
+	standin.WaitFor(t, 10*time.Second, "an idle Handler closed", idle.closed.Load)
 }

@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/grafana/dskit/httpgrpc"
-	"github.com/metrics-gateway/metrics_gateway/examples/standin"
+	"github.com/metrics-gateway/metrics_gateway/internal/standin"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -104,7 +104,7 @@ func TestKillEndpointUnderLoad(t *testing.T) {
 	if after[0] > clients || after[1] == 0 || after[2] == 0 {
 		t.Errorf("requests after the kill: %v", after)
 	}
-	waitFor(t, 20*time.Second, "killed endpoint to leave READY", func() bool {
+	standin.WaitFor(t, 20*time.Second, "killed endpoint to leave READY", func() bool {
 		for _, e := range h.Endpoints() {
 			if e.Address == c.Addr(0) && e.State == "READY" {
 				return false
@@ -151,7 +151,7 @@ func TestDNSChanges(t *testing.T) {
 	// new requests.
 	c.ListOnly(0, 2)
 	start = time.Now()
-	waitFor(t, 20*time.Second, "removed endpoint to leave the set", func() bool {
+	standin.WaitFor(t, 20*time.Second, "removed endpoint to leave the set", func() bool {
 		push()
 		return !slices.ContainsFunc(h.Endpoints(), func(e EndpointStatus) bool { return e.Address == c.Addr(1) })
 	})
@@ -197,7 +197,7 @@ func TestDNSChanges(t *testing.T) {
 	if c.Distributors[0].Requests() == 0 || c.Distributors[2].Requests() == 0 {
 		t.Error("an endpoint got no traffic")
 	}
-	waitFor(t, 20*time.Second, "a warning about the failed resolution", func() bool {
+	standin.WaitFor(t, 20*time.Second, "a warning about the failed resolution", func() bool {
 		return logs.FilterMessage("DNS resolution failed, keeping the last endpoints").Len() > 0
 	})
 	t.Logf("%d DNS queries before the DNS server stopped", queries)
@@ -265,7 +265,7 @@ func TestHungEndpoint(t *testing.T) {
 		t.Errorf("%d calls reached the server, want %d", hung.Load(), n)
 	}
 	close(release)
-	waitFor(t, 20*time.Second, "goroutines back to the baseline", func() bool {
+	standin.WaitFor(t, 20*time.Second, "goroutines back to the baseline", func() bool {
 		return runtime.NumGoroutine() <= baseline+2
 	})
 }
@@ -402,7 +402,7 @@ func TestCloseReleasesEverything(t *testing.T) {
 	if err := h.Close(); err != nil {
 		t.Fatalf("second Close: %v", err)
 	}
-	waitFor(t, 20*time.Second, "goroutines back to the baseline", func() bool {
+	standin.WaitFor(t, 20*time.Second, "goroutines back to the baseline", func() bool {
 		return runtime.NumGoroutine() <= baseline
 	})
 	if w := serve(h, pushRequest([]byte("x"))); w.Code != http.StatusServiceUnavailable {

@@ -17,7 +17,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/metrics-gateway/metrics_gateway/examples/standin"
+	"github.com/metrics-gateway/metrics_gateway/internal/standin"
 )
 
 // TestPassiveHealthLogs checks the info lines for an endpoint going out and
@@ -28,10 +28,10 @@ func TestPassiveHealthLogs(t *testing.T) {
 	h := newHandler(t, c, Options{Logger: zap.New(core), Retries: Ptr(0),
 		FailDuration: 300 * time.Millisecond, MaxFails: 1, UnhealthyStatus: []int{503}})
 	waitReady(t, h, 2)
-	c.Distributors[1].SetBehavior(answer503)
+	c.Distributors[1].SetBehavior(standin.Answer503)
 	body := standin.RemoteWriteBody(10, 1)
 	sick := c.Addr(1)
-	waitFor(t, 10*time.Second, "the out line", func() bool {
+	standin.WaitFor(t, 10*time.Second, "the out line", func() bool {
 		serve(h, pushRequest(body))
 		return logs.FilterMessageSnippet("endpoint out").Len() > 0
 	})
@@ -39,7 +39,7 @@ func TestPassiveHealthLogs(t *testing.T) {
 	if out["endpoint"] != sick || out["failure"] != "status 503" || out["backend"] != DefaultBackendName {
 		t.Errorf("out line %v, want endpoint %s and failure status 503", out, sick)
 	}
-	waitFor(t, 10*time.Second, "the back line", func() bool {
+	standin.WaitFor(t, 10*time.Second, "the back line", func() bool {
 		return logs.FilterMessageSnippet("endpoint back").Len() > 0
 	})
 	back := logs.FilterMessageSnippet("endpoint back").All()[0].ContextMap()
@@ -114,7 +114,7 @@ func TestSharedStallNotCounted(t *testing.T) {
 	release := make(chan struct{})
 	var held [3]atomic.Int64
 	for i, d := range c.Distributors {
-		d.SetBehavior(holdUntil(release, &held[i]))
+		d.SetBehavior(standin.HoldUntil(release, &held[i]))
 	}
 	pushThroughPause(t, h, body, release, "calls held by every distributor", func() bool {
 		return held[0].Load() > 0 && held[1].Load() > 0 && held[2].Load() > 0
@@ -130,7 +130,7 @@ func TestSharedStallNotCounted(t *testing.T) {
 	for _, d := range c.Distributors {
 		d.SetBehavior(nil)
 	}
-	c.Distributors[1].SetBehavior(answerAfter(300 * time.Millisecond))
+	c.Distributors[1].SetBehavior(standin.AnswerAfter(300 * time.Millisecond))
 	var out atomic.Bool
 	var wg sync.WaitGroup
 	for range 4 {
@@ -142,7 +142,7 @@ func TestSharedStallNotCounted(t *testing.T) {
 			}
 		}()
 	}
-	waitFor(t, 20*time.Second, "the slow endpoint out", func() bool {
+	standin.WaitFor(t, 20*time.Second, "the slow endpoint out", func() bool {
 		return logs.FilterMessageSnippet("endpoint out").Len() > 0
 	})
 	out.Store(true)
@@ -169,7 +169,7 @@ func TestOverlappingLateCallsCountOnce(t *testing.T) {
 	// answer at once, so nothing else is in flight while they are late.
 	release := make(chan struct{})
 	var held atomic.Int64
-	c.Distributors[1].SetBehavior(holdUntil(release, &held))
+	c.Distributors[1].SetBehavior(standin.HoldUntil(release, &held))
 	pushThroughPause(t, h, body, release, "three calls held", func() bool { return held.Load() == 3 })
 	status := func() EndpointStatus { return endpointStatus(t, h, slow) }
 	if st := status(); !st.Healthy || !strings.Contains(st.LastFailure, "unhealthy_latency") {
@@ -177,8 +177,8 @@ func TestOverlappingLateCallsCountOnce(t *testing.T) {
 	}
 
 	// One more late call, begun after the pause: the second failure.
-	c.Distributors[1].SetBehavior(answerAfter(200 * time.Millisecond))
-	waitFor(t, 10*time.Second, "the slow endpoint out", func() bool {
+	c.Distributors[1].SetBehavior(standin.AnswerAfter(200 * time.Millisecond))
+	standin.WaitFor(t, 10*time.Second, "the slow endpoint out", func() bool {
 		serve(h, pushRequest(body))
 		return !status().Healthy
 	})
@@ -201,14 +201,14 @@ func TestLastEndpointInNotTakenOutForLatency(t *testing.T) {
 		st := endpointStatus(t, h, addr)
 		return st.Healthy, st.LastFailure
 	}
-	c.Distributors[1].SetBehavior(answer503)
-	waitFor(t, 10*time.Second, "the 503 endpoint out", func() bool {
+	c.Distributors[1].SetBehavior(standin.Answer503)
+	standin.WaitFor(t, 10*time.Second, "the 503 endpoint out", func() bool {
 		serve(h, pushRequest(body))
 		ok, _ := healthy(c.Addr(1))
 		return !ok
 	})
 
-	c.Distributors[0].SetBehavior(answerAfter(250 * time.Millisecond))
+	c.Distributors[0].SetBehavior(standin.AnswerAfter(250 * time.Millisecond))
 	for range 3 {
 		if w := serve(h, pushRequest(body)); w.Code != http.StatusOK {
 			t.Fatalf("push to the last endpoint in: %d %s", w.Code, w.Body)
@@ -224,28 +224,11 @@ func TestLastEndpointInNotTakenOutForLatency(t *testing.T) {
 		t.Error("the 503 endpoint came back within its minute")
 	}
 
-	c.Distributors[0].SetBehavior(answer503)
+	c.Distributors[0].SetBehavior(standin.Answer503)
 	serve(h, pushRequest(body))
 	if ok, last := healthy(c.Addr(0)); ok || last != "status 503" {
 		t.Errorf("last endpoint in after a 503: healthy %v, last failure %q; want out", ok, last)
 	}
-}
-
-// holdUntil is a stand-in behaviour that counts each call in held, holds
-// it until release is closed, and then answers it normally.
-func holdUntil(release <-chan struct{}, held *atomic.Int64) standin.Behavior {
-	return func(http.ResponseWriter, *http.Request) bool {
-		held.Add(1)
-		<-release
-		return false
-	}
-}
-
-// answer503 is a stand-in behaviour that answers every call 503, as a
-// distributor whose ingesters are down.
-func answer503(w http.ResponseWriter, _ *http.Request) bool {
-	http.Error(w, "ingesters down", http.StatusServiceUnavailable)
-	return true
 }
 
 // endpointStatus is h's admin view of the endpoint addr.
@@ -260,14 +243,6 @@ func endpointStatus(t *testing.T, h *Handler, addr string) EndpointStatus {
 	return EndpointStatus{}
 }
 
-// answerAfter is a stand-in behaviour that answers normally after d.
-func answerAfter(d time.Duration) standin.Behavior {
-	return func(http.ResponseWriter, *http.Request) bool {
-		time.Sleep(d)
-		return false
-	}
-}
-
 // pushThroughPause sends 9 pushes at once (round_robin: three to each
 // distributor), waits until the held calls are where they should be, lets
 // 200 ms pass (the pause itself) and releases them; every push must succeed.
@@ -277,7 +252,7 @@ func pushThroughPause(t *testing.T, h *Handler, body []byte, release chan struct
 	for range 9 {
 		go func() { codes <- serve(h, pushRequest(body)).Code }()
 	}
-	waitFor(t, 10*time.Second, what, held)
+	standin.WaitFor(t, 10*time.Second, what, held)
 	<-time.After(200 * time.Millisecond)
 	close(release)
 	for range 9 {
@@ -313,7 +288,7 @@ func TestLateUploadDoesNotTakeEndpointOut(t *testing.T) {
 	const timeout = 2 * time.Second
 	h := newHandler(t, c, Options{Timeout: timeout, Retries: Ptr(0), FailDuration: time.Minute, MaxFails: 1})
 	waitReady(t, h, 1)
-	c.Distributors[0].SetBehavior(answerAfter(100 * time.Millisecond))
+	c.Distributors[0].SetBehavior(standin.AnswerAfter(100 * time.Millisecond))
 	body := standin.RemoteWriteBody(10, 1)
 
 	r := pushRequest(nil)
@@ -326,7 +301,7 @@ func TestLateUploadDoesNotTakeEndpointOut(t *testing.T) {
 		t.Errorf("a healthy endpoint was taken out by a client's slow upload: %q", st.LastFailure)
 	}
 
-	c.Distributors[0].SetBehavior(answerAfter(2 * timeout))
+	c.Distributors[0].SetBehavior(standin.AnswerAfter(2 * timeout))
 	if w := serve(h, pushRequest(body)); w.Code != http.StatusGatewayTimeout {
 		t.Fatalf("hung endpoint: %d %q, want 504", w.Code, w.Body)
 	}
@@ -354,12 +329,12 @@ func TestCanceledOnTheWayIsRetriable(t *testing.T) {
 	// The client goes away while its call is held: nothing counts.
 	release := make(chan struct{})
 	var held atomic.Int64
-	c.Distributors[0].SetBehavior(holdUntil(release, &held))
-	c.Distributors[1].SetBehavior(holdUntil(release, &held))
+	c.Distributors[0].SetBehavior(standin.HoldUntil(release, &held))
+	c.Distributors[1].SetBehavior(standin.HoldUntil(release, &held))
 	ctx, stop := context.WithCancel(context.Background())
 	done := make(chan int)
 	go func() { done <- serve(h, pushRequest(body).WithContext(ctx)).Code }()
-	waitFor(t, 10*time.Second, "the call held", func() bool { return held.Load() == 1 })
+	standin.WaitFor(t, 10*time.Second, "the call held", func() bool { return held.Load() == 1 })
 	stop()
 	<-done
 	close(release)

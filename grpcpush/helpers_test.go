@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/grafana/dskit/httpgrpc"
-	"github.com/metrics-gateway/metrics_gateway/examples/standin"
+	"github.com/metrics-gateway/metrics_gateway/internal/standin"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"google.golang.org/grpc"
@@ -74,22 +74,10 @@ func newHandler(t testing.TB, c *cluster, opts Options) *Handler {
 	return h
 }
 
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // waitReady waits until the Handler has n READY endpoints.
 func waitReady(t testing.TB, h *Handler, n int) {
 	t.Helper()
-	waitFor(t, 20*time.Second, strconv.Itoa(n)+" ready endpoints", func() bool {
+	standin.WaitFor(t, 20*time.Second, strconv.Itoa(n)+" ready endpoints", func() bool {
 		ready := 0
 		for _, e := range h.Endpoints() {
 			if e.State == "READY" {

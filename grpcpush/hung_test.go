@@ -4,14 +4,12 @@ import (
 	"bytes"
 	"net"
 	"net/http"
-	"runtime"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/metrics-gateway/metrics_gateway/examples/standin"
+	"github.com/metrics-gateway/metrics_gateway/internal/standin"
 )
 
 // This file: distributors that hang in every way a network can make them
@@ -21,47 +19,12 @@ import (
 
 // hangUntilReleased is a stand-in behaviour that never answers until the
 // test releases it. Its goroutines are the stand-in's, not the gateway's:
-// gatewayGoroutines leaves them out by this function's name.
+// the goroutine counts leave them out by this function's name.
 func hangUntilReleased(release <-chan struct{}, hung *atomic.Int64) standin.Behavior {
 	return func(http.ResponseWriter, *http.Request) bool {
 		hung.Add(1)
 		<-release
 		return true
-	}
-}
-
-// gatewayGoroutines counts the process's goroutines except those parked in
-// hangUntilReleased, i.e. those the stand-in holds for its hung calls.
-func gatewayGoroutines() int {
-	buf := make([]byte, 8<<20)
-	buf = buf[:runtime.Stack(buf, true)]
-	n := 0
-	for _, g := range strings.Split(string(buf), "\n\n") {
-		// "hangUntilReleased" alone: the closure may be inlined into its
-		// caller's name.
-		if !strings.Contains(g, "hangUntilReleased") {
-			n++
-		}
-	}
-	return n
-}
-
-// waitGatewayGoroutines polls until the gateway's goroutines are back to
-// baseline+tolerance.
-func waitGatewayGoroutines(t *testing.T, baseline, tolerance int) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		n := gatewayGoroutines()
-		if n <= baseline+tolerance {
-			t.Logf("goroutines: %d (baseline %d, tolerance %d)", n, baseline, tolerance)
-			return
-		}
-		if time.Now().After(deadline) {
-			buf := make([]byte, 1<<20)
-			t.Fatalf("goroutines: %d, baseline %d (+%d allowed)\n%s", n, baseline, tolerance, buf[:runtime.Stack(buf, true)])
-		}
-		time.Sleep(20 * time.Millisecond)
 	}
 }
 
@@ -118,7 +81,7 @@ func TestThousandCallsToAHungDistributor(t *testing.T) {
 	if code, _, b, err := post(oneConnClient(t), srv.URL, standin.RemoteWriteBody(10, 1)); err != nil || code != http.StatusOK {
 		t.Fatalf("warm-up: %d %q %v", code, b, err)
 	}
-	baseline := gatewayGoroutines()
+	baseline := standin.NumGoroutines("hangUntilReleased")
 
 	release := make(chan struct{})
 	var hung atomic.Int64
@@ -141,7 +104,7 @@ func TestThousandCallsToAHungDistributor(t *testing.T) {
 	}
 	// The stand-in still holds its 1,000 hung handlers; the gateway must
 	// hold nothing for them.
-	waitGatewayGoroutines(t, baseline, 10)
+	standin.WaitGoroutines(t, baseline, 10, "hangUntilReleased")
 	if v := metricValue(t, h.metrics.inFlight); v != 0 {
 		t.Errorf("in-flight gauge %v after all calls ended", v)
 	}
@@ -212,7 +175,7 @@ func TestEndpointThatNeverSpeaksHTTP2(t *testing.T) {
 		cl.ListOnly(0, 1)
 		h := newHandler(t, cl, Options{Timeout: 5 * time.Second})
 		srv := frontend(t, h)
-		waitFor(t, 20*time.Second, "a connection attempt to the silent endpoint", func() bool {
+		standin.WaitFor(t, 20*time.Second, "a connection attempt to the silent endpoint", func() bool {
 			return silent.accepted.Load() > before
 		})
 		served := cl.Distributors[0].Requests()
@@ -329,12 +292,12 @@ func TestEndpointStopsReadingMidBody(t *testing.T) {
 	// The stand-in decodes the body: 400 proves a whole body got through
 	// (on a busy machine a 1 MiB push may miss the timeout at first).
 	client := oneConnClient(t)
-	waitFor(t, 20*time.Second, "a 1 MiB push through the proxy", func() bool {
+	standin.WaitFor(t, 20*time.Second, "a 1 MiB push through the proxy", func() bool {
 		code, _, _, err := post(client, srv.URL, body)
 		return err == nil && code == http.StatusBadRequest
 	})
 	client.CloseIdleConnections()
-	baseline := gatewayGoroutines()
+	baseline := standin.NumGoroutines("hangUntilReleased")
 	served := cl.Distributors[0].Requests()
 
 	proxy.Stall()
@@ -345,7 +308,7 @@ func TestEndpointStopsReadingMidBody(t *testing.T) {
 	if got := cl.Distributors[0].Requests() - served; got != 0 {
 		t.Errorf("%d calls reached the distributor through a stalled connection", got)
 	}
-	waitGatewayGoroutines(t, baseline, 10)
+	standin.WaitGoroutines(t, baseline, 10, "hangUntilReleased")
 }
 
 // TestKeepaliveDetectsBlackHole: an idle connection whose peer vanished
@@ -366,7 +329,7 @@ func TestKeepaliveDetectsBlackHole(t *testing.T) {
 	stalled := time.Now()
 	// Polled with slack for a busy machine on top of the bound.
 	bound := kaTime + kaTimeout
-	waitFor(t, bound+10*time.Second, "the endpoint to leave READY", func() bool {
+	standin.WaitFor(t, bound+10*time.Second, "the endpoint to leave READY", func() bool {
 		eps := h.Endpoints()
 		return len(eps) == 1 && eps[0].State != "READY"
 	})

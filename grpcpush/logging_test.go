@@ -10,7 +10,7 @@ import (
 	"go.uber.org/zap/zapcore"
 	zapobserver "go.uber.org/zap/zaptest/observer"
 
-	"github.com/metrics-gateway/metrics_gateway/examples/standin"
+	"github.com/metrics-gateway/metrics_gateway/internal/standin"
 )
 
 // TestFailedRequestsLogged: a gateway-made 5xx is logged at error level with
@@ -21,7 +21,7 @@ func TestFailedRequestsLogged(t *testing.T) {
 	core, logs := zapobserver.New(zapcore.DebugLevel)
 	h := newHandler(t, c, Options{Logger: zap.New(core), Timeout: 300 * time.Millisecond, Retries: Ptr(0)})
 	waitReady(t, h, 1)
-	c.Distributors[0].SetBehavior(answerAfter(time.Second))
+	c.Distributors[0].SetBehavior(standin.AnswerAfter(time.Second))
 	body := standin.RemoteWriteBody(10, 1)
 	for range 3 * failureLogBurst {
 		if w := serve(h, pushRequest(body)); w.Code != http.StatusGatewayTimeout {

@@ -11,7 +11,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/metrics-gateway/metrics_gateway/examples/standin"
+	"github.com/metrics-gateway/metrics_gateway/internal/standin"
 )
 
 // serverModeEnv makes the test binary act as a stand-in endpoint (see

@@ -8,7 +8,7 @@ import (
 	"testing"
 
 	"github.com/grafana/dskit/httpgrpc"
-	"github.com/metrics-gateway/metrics_gateway/examples/standin"
+	"github.com/metrics-gateway/metrics_gateway/internal/standin"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
 )

@@ -15,7 +15,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/metrics-gateway/metrics_gateway/examples/standin"
+	"github.com/metrics-gateway/metrics_gateway/internal/standin"
 )
 
 // failingZone is a cluster whose servers answer every call UNAVAILABLE
@@ -131,10 +131,10 @@ func TestPriorityLogsGroupChanges(t *testing.T) {
 	}
 
 	a.Servers[0].Stop()
-	waitFor(t, 20*time.Second, "group b to serve", func() bool { return p.Current() == 1 })
+	standin.WaitFor(t, 20*time.Second, "group b to serve", func() bool { return p.Current() == 1 })
 	push()
 	a.ListOnly(1)
-	waitFor(t, 20*time.Second, "group a to serve again", func() bool { return p.Current() == 0 })
+	standin.WaitFor(t, 20*time.Second, "group a to serve again", func() bool { return p.Current() == 0 })
 	push()
 	moves := logs.FilterMessage("serving group changed").All()
 	if len(moves) != 2 {
@@ -197,12 +197,12 @@ func TestPriorityLastEndpointOutForLatency(t *testing.T) {
 		t.Fatal(err)
 	}
 	body := standin.RemoteWriteBody(10, 1)
-	a.Distributors[1].SetBehavior(answer503)
-	waitFor(t, 10*time.Second, "the 503 endpoint of group a out", func() bool {
+	a.Distributors[1].SetBehavior(standin.Answer503)
+	standin.WaitFor(t, 10*time.Second, "the 503 endpoint of group a out", func() bool {
 		serve(p, pushRequest(body))
 		return ha.Available() == 1
 	})
-	a.Distributors[0].SetBehavior(answerAfter(250 * time.Millisecond))
+	a.Distributors[0].SetBehavior(standin.AnswerAfter(250 * time.Millisecond))
 	if w := serve(p, pushRequest(body)); w.Code != http.StatusOK {
 		t.Fatalf("late push: %d %s", w.Code, w.Body)
 	}

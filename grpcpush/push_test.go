@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/metrics-gateway/metrics_gateway/examples/standin"
+	"github.com/metrics-gateway/metrics_gateway/internal/standin"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -117,7 +117,7 @@ func TestRoundRobinPush(t *testing.T) {
 		t.Errorf("in flight = %v after the load", got)
 	}
 	// gRPC may let go of a body buffer just after its request is answered.
-	waitFor(t, 10*time.Second, "every body buffer given back", func() bool {
+	standin.WaitFor(t, 10*time.Second, "every body buffer given back", func() bool {
 		return metricValue(t, m.buffered.WithLabelValues(DefaultBackendName)) == 0
 	})
 }

@@ -10,7 +10,7 @@ import (
 	"go.uber.org/zap/zapcore"
 	zapobserver "go.uber.org/zap/zaptest/observer"
 
-	"github.com/metrics-gateway/metrics_gateway/examples/standin"
+	"github.com/metrics-gateway/metrics_gateway/internal/standin"
 )
 
 // TestWarnsWhileNoEndpointIsReady: a backend whose only endpoint refuses
@@ -34,7 +34,7 @@ func TestWarnsWhileNoEndpointIsReady(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = h.Close() })
 
-	waitFor(t, 20*time.Second, "the no-READY warning", func() bool {
+	standin.WaitFor(t, 20*time.Second, "the no-READY warning", func() bool {
 		return logs.FilterMessage("backend has no READY endpoint").Len() > 0
 	})
 	if took := time.Since(start); took < refresh {
@@ -61,7 +61,7 @@ func TestWarnsWhileNoEndpointIsReady(t *testing.T) {
 		t.Skipf("could not listen on %s again: %v", addr, err)
 	}
 	t.Cleanup(srv.Stop)
-	waitFor(t, 30*time.Second, "the READY-again info line", func() bool {
+	standin.WaitFor(t, 30*time.Second, "the READY-again info line", func() bool {
 		return logs.FilterMessage("backend has a READY endpoint again").Len() > 0
 	})
 	warnings := logs.FilterMessage("backend has no READY endpoint").Len()

@@ -5,7 +5,7 @@ import (
 	"net/http"
 	"testing"
 
-	"github.com/metrics-gateway/metrics_gateway/examples/standin"
+	"github.com/metrics-gateway/metrics_gateway/internal/standin"
 )
 
 // TestMalformedComponentResponse: a component (dskit's httpgrpc server)

@@ -2,6 +2,7 @@ package grpcpush
 
 import (
 	"bufio"
+	"github.com/metrics-gateway/metrics_gateway/internal/standin"
 	"io"
 	"net"
 	"net/http"
@@ -91,7 +92,7 @@ func TestHalfCloseAfterBody(t *testing.T) {
 	if _, err := conn.Write([]byte("POST /api/v1/push HTTP/1.1\r\nHost: gw\r\nX-Scope-OrgID: tenant-1\r\nContent-Length: 3\r\n\r\nabc")); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 20*time.Second, "the call to reach the distributor", func() bool { return cl.Distributors[0].Requests() == 1 })
+	standin.WaitFor(t, 20*time.Second, "the call to reach the distributor", func() bool { return cl.Distributors[0].Requests() == 1 })
 	resp := halfCloseAndRead(t, conn)
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusServiceUnavailable {

@@ -5,7 +5,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/metrics-gateway/metrics_gateway/examples/standin"
+	"github.com/metrics-gateway/metrics_gateway/internal/standin"
 )
 
 // TestInvalidTenantRefused: an X-Scope-OrgID value that breaks Mimir's

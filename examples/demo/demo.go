@@ -25,7 +25,7 @@ import (
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 	_ "github.com/metrics-gateway/metrics_gateway"
 
-	"github.com/metrics-gateway/metrics_gateway/examples/standin"
+	"github.com/metrics-gateway/metrics_gateway/internal/standin"
 )
 
 // caddyfile is the gateway's configuration; run fills in its {$DEMO_*}

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/metrics-gateway/metrics_gateway/internal/testcaddy"
+	"github.com/metrics-gateway/metrics_gateway/internal/standin"
 )
 
 // Caddy is process-wide: the tests here run one demo at a time (no
@@ -36,7 +36,7 @@ func testConfig() Config {
 const goroutineMargin = 8
 
 func TestDemo(t *testing.T) {
-	base := testcaddy.Goroutines()
+	base := standin.NumGoroutines()
 	cfg := testConfig()
 	var out bytes.Buffer
 	res, err := run(context.Background(), cfg, &out)
@@ -128,7 +128,7 @@ func TestDemo(t *testing.T) {
 	if _, err := os.Stat(filepath.Dir(sock[1])); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("the demo's temporary directory is still there: %v", err)
 	}
-	testcaddy.WaitGoroutines(t, base, goroutineMargin)
+	standin.WaitGoroutines(t, base, goroutineMargin)
 }
 
 // cancelOn cancels a context once the output contains a string.
@@ -153,7 +153,7 @@ func (w *cancelOn) Write(p []byte) (int, error) {
 // Ctrl-C does: it returns promptly, stops everything, and the next run can
 // start its own Caddy.
 func TestDemoInterrupted(t *testing.T) {
-	base := testcaddy.Goroutines()
+	base := standin.NumGoroutines()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	cfg := testConfig()
@@ -167,7 +167,7 @@ func TestDemoInterrupted(t *testing.T) {
 	if d := time.Since(start); d > time.Minute {
 		t.Errorf("run took %s after being interrupted", d)
 	}
-	testcaddy.WaitGoroutines(t, base, goroutineMargin)
+	standin.WaitGoroutines(t, base, goroutineMargin)
 
 	// Caddy was stopped: a new demo can load its own.
 	cfg = testConfig()

@@ -14,7 +14,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"runtime"
 	"testing"
 	"time"
 
@@ -254,27 +253,4 @@ func (c *Caddy) Do(req *http.Request) (*http.Response, []byte, error) {
 	defer resp.Body.Close()
 	body, err := io.ReadAll(resp.Body)
 	return resp, body, err
-}
-
-// Goroutines returns the current number of goroutines.
-func Goroutines() int { return runtime.NumGoroutine() }
-
-// WaitGoroutines waits until the number of goroutines is at most
-// baseline+margin, failing the test if it is not within 20 seconds: idle
-// connections and timers wind down on their own schedule, so this polls.
-func WaitGoroutines(t testing.TB, baseline, margin int) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		n := runtime.NumGoroutine()
-		if n <= baseline+margin {
-			return
-		}
-		if time.Now().After(deadline) {
-			buf := make([]byte, 1<<20)
-			buf = buf[:runtime.Stack(buf, true)]
-			t.Fatalf("goroutines: %d, baseline %d (+%d allowed)\n%s", n, baseline, margin, buf)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }

@@ -17,7 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/metrics-gateway/metrics_gateway/examples/standin"
+	"github.com/metrics-gateway/metrics_gateway/internal/standin"
 )
 
 // CA signs certificates; each one gets a new serial number.

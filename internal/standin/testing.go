@@ -1,0 +1,110 @@
+package standin
+
+import (
+	"net/http"
+	"runtime"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// The helpers below are shared by the tests of every package: conditions
+// polled with a deadline, the distributor misbehaviours tests ask for, the
+// headers of a push, and a goroutine baseline.
+
+// WaitFor polls cond until it holds, failing the test if it does not within
+// timeout; generous timeouts keep tests steady on a busy machine.
+func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// Answer503 answers every call 503, as a distributor whose ingesters are
+// down.
+func Answer503(w http.ResponseWriter, _ *http.Request) bool {
+	http.Error(w, "ingesters down", http.StatusServiceUnavailable)
+	return true
+}
+
+// AnswerAfter answers normally after d, as a slow distributor.
+func AnswerAfter(d time.Duration) Behavior {
+	return func(http.ResponseWriter, *http.Request) bool {
+		time.Sleep(d)
+		return false
+	}
+}
+
+// HoldUntil counts each call in held, holds it until release is closed, and
+// then answers it normally.
+func HoldUntil(release <-chan struct{}, held *atomic.Int64) Behavior {
+	return func(http.ResponseWriter, *http.Request) bool {
+		held.Add(1)
+		<-release
+		return false
+	}
+}
+
+// SetPushHeaders sets what a Remote-Write 1.0 client sends with a push, as
+// tenant.
+func SetPushHeaders(h http.Header, tenant string) {
+	h.Set("Content-Type", ContentTypeRW1)
+	h.Set("Content-Encoding", "snappy")
+	h.Set("X-Prometheus-Remote-Write-Version", "0.1.0")
+	h.Set("X-Scope-OrgID", tenant)
+}
+
+// WaitGoroutines waits until the process runs at most baseline+margin
+// goroutines, not counting those whose stack mentions one of ignore (e.g.
+// a stand-in's calls held on purpose), and fails the test with every stack
+// if that does not happen within 30 s: connections and timers wind down on
+// their own schedule. A margin rather than an exact set: Caddy in the test
+// process keeps process-wide goroutines, and gRPC may redial a connection
+// during a test.
+func WaitGoroutines(t testing.TB, baseline, margin int, ignore ...string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		n, stacks := Goroutines(ignore...)
+		if n <= baseline+margin {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("goroutines: %d, baseline %d (+%d allowed)\n%s", n, baseline, margin, stacks)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// NumGoroutines is Goroutines' count alone, for a baseline.
+func NumGoroutines(ignore ...string) int {
+	n, _ := Goroutines(ignore...)
+	return n
+}
+
+// Goroutines counts the running goroutines whose stack mentions none of
+// ignore, and returns every stack.
+func Goroutines(ignore ...string) (int, string) {
+	buf := make([]byte, 8<<20)
+	stacks := string(buf[:runtime.Stack(buf, true)])
+	n := 0
+	for _, g := range strings.Split(stacks, "\n\n") {
+		counted := true
+		for _, s := range ignore {
+			if strings.Contains(g, s) {
+				counted = false
+				break
+			}
+		}
+		if counted {
+			n++
+		}
+	}
+	return n, stacks
+}
