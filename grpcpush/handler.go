@@ -196,6 +196,7 @@ func (h *Handler) Handle(w http.ResponseWriter, r *http.Request) error {
 type site struct {
 	budget *Budget     // holds the request's body
 	logger *zap.Logger // receives its failure; nil: the Handler's
+	tee    Tee         // gets every request before its call; nil: none
 }
 
 // handle is Handle with the groups a call that fails UNAVAILABLE may spill
@@ -271,6 +272,9 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, c *call, start t
 		replace = h.s.replaceHeaders(r)
 	}
 	c.setRequest(r, replace)
+	if c.site.tee != nil {
+		c.site.tee.Copy(c.view(tenant))
+	}
 
 	ctx := context.WithValue(r.Context(), callKey{}, c)
 	ctx, cancel := context.WithDeadline(ctx, deadline)

@@ -49,6 +49,8 @@ type PriorityOptions struct {
 	// Logger receives the changes of the serving group and the requests
 	// that failed; nil: the groups' own loggers.
 	Logger *zap.Logger
+	// Tee gets every request, read, right before its call (mirrors).
+	Tee Tee
 }
 
 // NewPriority makes a Priority over groups, in order.
@@ -56,7 +58,7 @@ func NewPriority(groups []*Handler, o PriorityOptions) (*Priority, error) {
 	if len(groups) == 0 {
 		return nil, errors.New("no groups")
 	}
-	p := &Priority{groups: groups, minReady: max(o.MinReady, 1), site: site{budget: o.Budget, logger: o.Logger}, logger: o.Logger}
+	p := &Priority{groups: groups, minReady: max(o.MinReady, 1), site: site{budget: o.Budget, logger: o.Logger, tee: o.Tee}, logger: o.Logger}
 	if p.logger == nil {
 		p.logger = groups[0].logger.get()
 	}

@@ -27,6 +27,7 @@ type call struct {
 	group *Handler
 	spill []*Handler
 	site  *site
+	tee   Request // the view a Tee gets (see view)
 }
 
 var callPool = sync.Pool{New: func() any { return new(call) }}
@@ -52,6 +53,7 @@ func putCall(c *call) {
 	c.tenant[0] = ""
 	c.endpoint.Store(nil)
 	c.group, c.spill, c.site = nil, nil, nil
+	c.tee = Request{}
 	callPool.Put(c)
 }
 

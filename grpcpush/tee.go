@@ -1,0 +1,146 @@
+package grpcpush
+
+import (
+	"context"
+	"net/http"
+
+	"github.com/grafana/dskit/grpcutil"
+	"github.com/grafana/dskit/httpgrpc"
+	"google.golang.org/grpc/mem"
+	"google.golang.org/grpc/metadata"
+)
+
+// Tee receives every request a Priority tunnels, read whole and ready to
+// send, right before its own call is made, so that copies can go elsewhere
+// (mirrors of the writes to a second cluster) with the same bytes. Copy must
+// not block the request: a Tee that uses the request after Copy returns
+// takes it with Request.Keep and sends it from another goroutine.
+type Tee interface {
+	Copy(q *Request)
+}
+
+// Request is a request as it is tunnelled: method, request URI, headers
+// (hop-by-hop headers removed, X-Forwarded-* as the caller set them), the
+// tenant, and the body. The body is the request's own buffer, not a copy:
+// a kept Request holds a reference to it, so it stays in memory (and in the
+// backend's Budget) until every holder has released it.
+type Request struct {
+	Method, URL, Tenant string
+	// Headers are the tunnelled headers; a kept Request has its own slice
+	// (the values are shared and never modified).
+	Headers []httpgrpc.Header
+
+	buf     *[]byte    // headroom + body
+	root    mem.Buffer // owns buf
+	bodyLen int
+	kept    bool
+}
+
+// Body returns the body bytes; they must not be modified.
+func (q *Request) Body() []byte { return (*q.buf)[headroom : headroom+q.bodyLen] }
+
+// Keep returns a Request that stays valid until its Release, sharing the
+// body (one more reference to its buffer, no copy).
+func (q *Request) Keep() *Request {
+	k := &Request{Method: q.Method, URL: q.URL, Tenant: q.Tenant, buf: q.buf, root: q.root, bodyLen: q.bodyLen, kept: true}
+	k.Headers = append(make([]httpgrpc.Header, 0, len(q.Headers)), q.Headers...)
+	q.root.Ref()
+	return k
+}
+
+// Release drops a kept Request's reference to the body; the buffer goes
+// back to the pool when the last holder lets go. Only for Keep's Requests.
+func (q *Request) Release() {
+	if q.kept && q.root != nil {
+		q.root.Free()
+		q.root, q.buf = nil, nil
+	}
+}
+
+// view fills c's Request view for a Tee, valid while the call's request is.
+func (c *call) view(tenant string) *Request {
+	c.tee = Request{Method: c.req.msg.Method, URL: c.req.msg.Url, Tenant: tenant, Headers: c.headers,
+		buf: c.req.buf, root: c.req.root, bodyLen: c.req.bodyLen}
+	return &c.tee
+}
+
+// ReadRequest reads r's body (up to limit bytes) into a buffer of budget and
+// returns it as a kept Request with r's method, URI, headers and tenant, for
+// a caller that sends r elsewhere itself (over HTTP) and tees it: the caller
+// gives the body to its own request (Body) and Releases the Request when
+// done. The errors are errBodyTooLarge's and errBudgetFull's kind, or the
+// body's own.
+func ReadRequest(r *http.Request, limit int64, budget *Budget) (*Request, error) {
+	buf, n, err := readBody(r.Body, r.ContentLength, limit, budget)
+	if err != nil {
+		return nil, err
+	}
+	c := getCall()
+	defer putCall(c)
+	c.site = &site{budget: budget}
+	c.setBody(buf, n) // the Request takes over this reference
+	c.setRequest(r, nil)
+	var tenant string
+	if v := r.Header[tenantHeader]; len(v) > 0 {
+		tenant = v[0]
+	}
+	q := c.view(tenant).Keep()
+	c.releaseBody()
+	return q, nil
+}
+
+// Send tunnels a kept Request to one of h's endpoints like a request of its
+// own (balancing, retries, passive health, metrics), and returns the status
+// the endpoint answered (also a 4xx or 5xx it answered), or the call's gRPC
+// error. The answer's body is dropped. ctx bounds the call; the Request
+// stays the caller's.
+func (h *Handler) Send(ctx context.Context, q *Request) (int, error) {
+	h.active.enter()
+	defer h.active.leave()
+	c := getCall()
+	c.group, c.site = h, &h.own
+	c.req.msg.Method, c.req.msg.Url = q.Method, q.URL
+	for i := range q.Headers {
+		c.hptrs = append(c.hptrs, &q.Headers[i])
+	}
+	c.req.msg.Headers = c.hptrs
+	c.req.buf, c.req.root, c.req.bodyLen = q.buf, q.root, q.bodyLen
+
+	ctx = context.WithValue(ctx, callKey{}, c)
+	ctx = metadata.NewOutgoingContext(ctx, c.tenantMD(q.Tenant))
+	ctx = httpgrpc.AppendRequestMetadataToContext(ctx, &c.req.msg)
+	ctx = grpcutil.AppendMessageSizeToOutgoingContext(ctx, &c.req)
+	code, err := 0, h.conn.Invoke(ctx, handleMethod, &c.req, &c.resp)
+	switch {
+	case err == nil:
+		code = int(c.resp.Code)
+		if hm := h.tracker.health; hm != nil {
+			hm.answered(c.endpoint.Load(), code)
+		}
+	case mapError(err).resp != nil:
+		code, err = int(mapError(err).resp.Code), nil
+	}
+	ep := c.endpoint.Load()
+	if m := h.metrics; m != nil {
+		counted := code
+		if err != nil {
+			counted = mapError(err).code
+		}
+		if ep == nil {
+			m.inc(&h.tracker.none.counters, noEndpoint, counted)
+		} else {
+			m.inc(&ep.counters, ep.addr, counted)
+		}
+	}
+	if ep != nil {
+		h.tracker.release(ep)
+	}
+	putCall(c)
+	return code, err
+}
+
+// Send sends a kept Request like Handler.Send, to the group a request would
+// go to now (without spilling to the later ones).
+func (p *Priority) Send(ctx context.Context, q *Request) (int, error) {
+	return p.groups[p.Current()].Send(ctx, q)
+}

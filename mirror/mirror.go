@@ -1,0 +1,302 @@
+// Package mirror sends a copy of every write to a second cluster, without
+// ever slowing or failing the first: the copy is handed to a goroutine of its
+// own, bounded in number (MaxInFlight, beyond which copies are dropped,
+// never queued), with its own deadline, and its outcome goes nowhere but
+// the metrics and the log. It knows HTTP and gRPC only (no Caddy); a Sender
+// does the sending (grpcpush.Handler.Send for dns: mirrors, Caddy's
+// reverse_proxy transport for HTTP ones).
+//
+// A copy carries the request's own body buffer (grpcpush.Request.Keep), not
+// a second one, so a mirror holds at most MaxInFlight bodies: its memory is
+// bounded by MaxInFlight × the largest body, and counts against the
+// buffered-bytes bound of the backend that read the body.
+package mirror
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"net/http"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/metrics-gateway/metrics_gateway/grpcpush"
+)
+
+// Defaults of Options.
+const (
+	DefaultPercent     = 100
+	DefaultMaxInFlight = 256
+	DefaultTimeout     = 10 * time.Second
+)
+
+// warnEvery is how often a mirror that drops or loses copies says so at
+// warn level at most; every drop and failure is logged at debug.
+const warnEvery = time.Minute
+
+// Results of a copy, the values of the "result" label.
+const (
+	ResultOK      = "ok"      // the mirror answered 2xx
+	ResultFailed  = "failed"  // it answered another status, or the call failed
+	ResultDropped = "dropped" // MaxInFlight copies were in flight already
+	ResultTimeout = "timeout" // no answer within Timeout
+)
+
+// Sender sends a kept request to the mirror cluster and returns the status
+// it answered, or the error of the call.
+type Sender interface {
+	Send(ctx context.Context, q *grpcpush.Request) (int, error)
+}
+
+// Options configure a Mirror. The zero value of each field is its default.
+type Options struct {
+	// Name labels the metrics and the log lines (the mirror's URL).
+	Name string
+	// Tenants are the only tenants mirrored; empty: all.
+	Tenants []string
+	// Percent is the share of tenants mirrored, 1-100, picked by a hash of
+	// the tenant: a tenant is mirrored whole or not at all. Default 100.
+	Percent int
+	// MaxInFlight bounds the copies in flight; one more is dropped.
+	// Default 256.
+	MaxInFlight int
+	// Timeout bounds each copy. Default 10s.
+	Timeout time.Duration
+	// Logger receives drops and failures (debug; warn once a minute).
+	Logger *zap.Logger
+	// Metrics, when set, counts the copies.
+	Metrics *Metrics
+}
+
+// Check rejects values that cannot work; errors name the field.
+func (o Options) Check() error {
+	var errs []error
+	if o.Percent < 0 || o.Percent > 100 {
+		errs = append(errs, fmt.Errorf("percent %d: must be 1 to 100", o.Percent))
+	}
+	if o.MaxInFlight < 0 {
+		errs = append(errs, fmt.Errorf("max_in_flight %d: must not be negative (0 means the default, %d)", o.MaxInFlight, DefaultMaxInFlight))
+	}
+	if o.Timeout < 0 {
+		errs = append(errs, fmt.Errorf("timeout %v: must be positive", o.Timeout))
+	}
+	return errors.Join(errs...)
+}
+
+// Mirror copies requests to one Sender. It is a grpcpush.Tee.
+type Mirror struct {
+	sender  Sender
+	name    string
+	tenants []string // sorted; empty: all
+	percent int
+	timeout time.Duration
+	slots   chan struct{} // one per copy in flight
+	logger  *zap.Logger
+	counts  [4]prometheus.Counter // by result; nil without Metrics
+	gauge   prometheus.Gauge
+
+	ctx    context.Context // canceled by Close
+	cancel context.CancelFunc
+	mu     sync.Mutex // orders Copy's wg.Add before Close's Wait
+	closed bool
+	wg     sync.WaitGroup
+
+	problems atomic.Int64 // drops and failures since the last warning
+	warned   atomic.Int64 // unix nanoseconds of the last warning
+}
+
+// New makes a Mirror sending to s.
+func New(s Sender, o Options) (*Mirror, error) {
+	if err := o.Check(); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	m := &Mirror{
+		sender:  s,
+		name:    o.Name,
+		tenants: slices.Sorted(slices.Values(o.Tenants)),
+		percent: orDefault(o.Percent, DefaultPercent),
+		timeout: orDefault(o.Timeout, DefaultTimeout),
+		slots:   make(chan struct{}, orDefault(o.MaxInFlight, DefaultMaxInFlight)),
+		logger:  o.Logger,
+		ctx:     ctx,
+		cancel:  cancel,
+	}
+	if m.logger == nil {
+		m.logger = zap.NewNop()
+	}
+	m.logger = m.logger.With(zap.String("mirror", m.name))
+	if o.Metrics != nil {
+		for i, r := range results {
+			m.counts[i] = o.Metrics.requests.WithLabelValues(m.name, r)
+		}
+		m.gauge = o.Metrics.inFlight.WithLabelValues(m.name)
+	}
+	return m, nil
+}
+
+var results = [4]string{ResultOK, ResultFailed, ResultDropped, ResultTimeout}
+
+func orDefault[T comparable](v, def T) T {
+	var zero T
+	if v == zero {
+		return def
+	}
+	return v
+}
+
+// Mirrors reports whether requests of tenant are mirrored: it is listed
+// (or no list is given) and falls in Percent by its hash.
+func (m *Mirror) Mirrors(tenant string) bool {
+	if len(m.tenants) > 0 {
+		if _, ok := slices.BinarySearch(m.tenants, tenant); !ok {
+			return false
+		}
+	}
+	return m.percent >= 100 || bucket(tenant) < m.percent
+}
+
+// bucket places a tenant in 0-99, the same on every gateway and restart.
+func bucket(tenant string) int {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(tenant))
+	return int(h.Sum32() % 100)
+}
+
+// Copy sends a copy of q if its tenant is mirrored and a slot is free, else
+// drops it; it never waits.
+func (m *Mirror) Copy(q *grpcpush.Request) {
+	if !m.Mirrors(q.Tenant) {
+		return
+	}
+	select {
+	case m.slots <- struct{}{}:
+	default:
+		m.done(ResultDropped, fmt.Errorf("%d copies in flight (max_in_flight)", cap(m.slots)))
+		return
+	}
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		<-m.slots
+		return
+	}
+	m.wg.Add(1)
+	m.mu.Unlock()
+	if m.gauge != nil {
+		m.gauge.Inc()
+	}
+	go m.send(q.Keep())
+}
+
+// send makes one copy's call and counts its outcome.
+func (m *Mirror) send(q *grpcpush.Request) {
+	defer func() {
+		q.Release()
+		if m.gauge != nil {
+			m.gauge.Dec()
+		}
+		<-m.slots
+		m.wg.Done()
+	}()
+	ctx, cancel := context.WithTimeout(m.ctx, m.timeout)
+	defer cancel()
+	code, err := m.sender.Send(ctx, q)
+	switch {
+	case err == nil && code >= 200 && code < 300:
+		m.done(ResultOK, nil)
+	case errors.Is(ctx.Err(), context.DeadlineExceeded) || status.Code(err) == codes.DeadlineExceeded:
+		m.done(ResultTimeout, fmt.Errorf("no answer within %v", m.timeout))
+	case err != nil:
+		m.done(ResultFailed, err)
+	default:
+		m.done(ResultFailed, fmt.Errorf("status %d %s", code, http.StatusText(code)))
+	}
+}
+
+// done counts a copy's result and logs a problem: at debug every time, at
+// warn once a warnEvery at most.
+func (m *Mirror) done(result string, err error) {
+	for i, r := range results {
+		if r == result && m.counts[i] != nil {
+			m.counts[i].Inc()
+		}
+	}
+	if err == nil {
+		return
+	}
+	n := m.problems.Add(1)
+	now := time.Now().UnixNano()
+	last := m.warned.Load()
+	if now-last >= int64(warnEvery) && m.warned.CompareAndSwap(last, now) {
+		m.problems.Store(0)
+		m.logger.Warn("mirror copies dropped or failed; the primary is not affected",
+			zap.String("result", result), zap.Error(err), zap.Int64("since_last_warning", n))
+		return
+	}
+	if ce := m.logger.Check(zap.DebugLevel, "mirror copy "+result); ce != nil {
+		ce.Write(zap.Error(err))
+	}
+}
+
+// InFlight returns the copies in flight.
+func (m *Mirror) InFlight() int { return len(m.slots) }
+
+// Close cancels the copies in flight, waits for them, and makes later
+// copies no-ops.
+func (m *Mirror) Close() {
+	m.mu.Lock()
+	m.closed = true
+	m.mu.Unlock()
+	m.cancel()
+	m.wg.Wait()
+}
+
+// Set is several Mirrors; each request goes to each of them.
+type Set []*Mirror
+
+// Copy implements grpcpush.Tee.
+func (s Set) Copy(q *grpcpush.Request) {
+	for _, m := range s {
+		m.Copy(q)
+	}
+}
+
+// Metrics are the mirrors' collectors; register Collectors() once.
+type Metrics struct {
+	requests *prometheus.CounterVec
+	inFlight *prometheus.GaugeVec
+}
+
+// NewMetrics creates the collectors (not registered).
+func NewMetrics() *Metrics {
+	return &Metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "metrics_gateway_mirror_requests_total",
+			Help: "Copies of requests sent to a mirror, by mirror and result (ok, failed, dropped, timeout).",
+		}, []string{"mirror", "result"}),
+		inFlight: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "metrics_gateway_mirror_in_flight",
+			Help: "Copies of requests in flight to a mirror (at most its max_in_flight).",
+		}, []string{"mirror"}),
+	}
+}
+
+// Collectors returns the collectors to register.
+func (m *Metrics) Collectors() []prometheus.Collector {
+	return []prometheus.Collector{m.requests, m.inFlight}
+}
+
+// Interface guards.
+var (
+	_ grpcpush.Tee = (*Mirror)(nil)
+	_ grpcpush.Tee = Set(nil)
+)

@@ -1,0 +1,234 @@
+package mirror
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/metrics-gateway/metrics_gateway/grpcpush"
+	"github.com/metrics-gateway/metrics_gateway/internal/standin"
+)
+
+// clusters starts a primary and a mirror cluster of dskit httpgrpc servers
+// (one DNS server each) and returns a primary Priority that tees into
+// mirrors built by mk from a Handler of the mirror cluster.
+func clusters(t *testing.T, nPrimary, nMirror int, mk func(s Sender) *Mirror) (primary *grpcpush.Priority, p, m *standin.Cluster, budget *grpcpush.Budget) {
+	t.Helper()
+	var err error
+	if p, err = standin.StartCluster("primary.mimir.test", nPrimary); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Stop)
+	if m, err = standin.StartCluster("mirror.mimir.test", nMirror); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.Stop)
+	for _, d := range append(append([]*standin.Distributor{}, p.Distributors...), m.Distributors...) {
+		d.KeepRecords(10000)
+	}
+	handler := func(target string) *grpcpush.Handler {
+		h, err := grpcpush.New(grpcpush.Options{Target: target})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = h.Close() })
+		return h
+	}
+	ph, mh := handler(p.Target()), handler(m.Target())
+	mirror := mk(mh)
+	t.Cleanup(mirror.Close)
+	budget = grpcpush.NewBudget(1<<30, nil, "")
+	primary, err = grpcpush.NewPriority([]*grpcpush.Handler{ph}, grpcpush.PriorityOptions{Budget: budget, Tee: Set{mirror}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return primary, p, m, budget
+}
+
+func push(h http.Handler, tenant string, body []byte) int {
+	r := httptest.NewRequest(http.MethodPost, standin.PushPath, bytes.NewReader(body))
+	standin.SetPushHeaders(r.Header, tenant)
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, r)
+	return w.Code
+}
+
+func counter(t *testing.T, m *Metrics, name, result string) float64 {
+	t.Helper()
+	var out dto.Metric
+	if err := m.requests.WithLabelValues(name, result).Write(&out); err != nil {
+		t.Fatal(err)
+	}
+	return out.GetCounter().GetValue()
+}
+
+// TestMirrorListedTenants: the listed tenants' pushes reach the mirror with
+// the same body bytes, tenant and path; the others' never do; every push
+// reaches the primary.
+func TestMirrorListedTenants(t *testing.T) {
+	metrics := NewMetrics()
+	primary, p, m, budget := clusters(t, 3, 2, func(s Sender) *Mirror {
+		mm, err := New(s, Options{Name: "new", Tenants: []string{"team-a", "team-b"}, Metrics: metrics})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return mm
+	})
+	const pushes = 30
+	sums := map[[32]byte]string{}
+	for i := 0; i < pushes; i++ {
+		for k, tenant := range []string{"team-a", "team-b", "team-c"} {
+			body := standin.RemoteWriteBody(20+3*i+k, 1) // one body per push
+			sums[sha256.Sum256(body)] = tenant
+			if code := push(primary, tenant, body); code != http.StatusOK {
+				t.Fatalf("push: %d", code)
+			}
+		}
+	}
+	standin.WaitFor(t, 20*time.Second, "the copies answered", func() bool {
+		return counter(t, metrics, "new", ResultOK) == 2*pushes
+	})
+	var primaryPushes int
+	for _, d := range p.Distributors {
+		primaryPushes += int(d.Requests())
+	}
+	if primaryPushes != 3*pushes {
+		t.Errorf("the primary got %d pushes, want %d", primaryPushes, 3*pushes)
+	}
+	seen := map[string]int{}
+	for _, d := range m.Distributors {
+		for _, rec := range d.Records() {
+			tenant, known := sums[rec.BodySHA256]
+			if !known || tenant != rec.Tenant || rec.URL != standin.PushPath {
+				t.Errorf("the mirror got %s for %q, body known %v (tenant %q)", rec.URL, rec.Tenant, known, tenant)
+			}
+			seen[rec.Tenant]++
+		}
+	}
+	if seen["team-a"] != pushes || seen["team-b"] != pushes || seen["team-c"] != 0 {
+		t.Errorf("the mirror got %v, want %d of team-a and team-b and none of team-c", seen, pushes)
+	}
+	standin.WaitFor(t, 10*time.Second, "every body buffer given back", func() bool { return budget.Used() == 0 })
+}
+
+// TestMirrorPercentByTenant: percent 50 over 100 tenants mirrors between
+// 30 and 70 of them, each with all of its pushes or none.
+func TestMirrorPercentByTenant(t *testing.T) {
+	metrics := NewMetrics()
+	primary, _, m, _ := clusters(t, 1, 1, func(s Sender) *Mirror {
+		mm, err := New(s, Options{Name: "half", Percent: 50, Metrics: metrics})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return mm
+	})
+	body := standin.RemoteWriteBody(5, 1)
+	for round := 0; round < 3; round++ {
+		for i := 0; i < 100; i++ {
+			if code := push(primary, fmt.Sprintf("tenant-%d", i), body); code != http.StatusOK {
+				t.Fatalf("push: %d", code)
+			}
+		}
+	}
+	var mirrored int
+	standin.WaitFor(t, 20*time.Second, "every copy answered", func() bool {
+		mirrored = int(counter(t, metrics, "half", ResultOK))
+		return mirrored > 0 && mirrored%3 == 0 && int(m.Distributors[0].Requests()) == mirrored && mirrored == countMirrored(m)
+	})
+	perTenant := map[string]int{}
+	for _, rec := range m.Distributors[0].Records() {
+		perTenant[rec.Tenant]++
+	}
+	for tenant, n := range perTenant {
+		if n != 3 {
+			t.Errorf("%s: %d of its 3 pushes mirrored, want all or none", tenant, n)
+		}
+	}
+	if len(perTenant) < 30 || len(perTenant) > 70 {
+		t.Errorf("%d of 100 tenants mirrored at percent 50, want 30 to 70", len(perTenant))
+	}
+	t.Logf("%d of 100 tenants mirrored", len(perTenant))
+}
+
+func countMirrored(m *standin.Cluster) int {
+	n := 0
+	for _, d := range m.Distributors {
+		n += len(d.Records())
+	}
+	return n
+}
+
+// TestMirrorHungOrDown: a mirror that hangs takes max_in_flight copies and
+// drops the rest, each copy ending at its timeout; a mirror that refuses
+// connections fails its copies. Neither delays nor fails the primary, and
+// no body stays held.
+func TestMirrorHungOrDown(t *testing.T) {
+	metrics := NewMetrics()
+	primary, _, m, budget := clusters(t, 1, 1, func(s Sender) *Mirror {
+		mm, err := New(s, Options{Name: "sick", MaxInFlight: 4, Timeout: time.Second, Metrics: metrics})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return mm
+	})
+	body := standin.RemoteWriteBody(100, 1)
+	release := make(chan struct{})
+	var held atomic.Int64
+	m.Distributors[0].SetBehavior(standin.HoldUntil(release, &held))
+	defer close(release)
+	var wg sync.WaitGroup
+	var slow atomic.Int64
+	for i := 0; i < 20; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			start := time.Now()
+			if code := push(primary, "team-a", body); code != http.StatusOK {
+				t.Errorf("push with a hung mirror: %d", code)
+			}
+			if time.Since(start) > 500*time.Millisecond {
+				slow.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	if n := slow.Load(); n > 0 {
+		t.Errorf("%d pushes took over 500 ms with the mirror hung (copies time out after 1s)", n)
+	}
+	if dropped := counter(t, metrics, "sick", ResultDropped); dropped != 16 {
+		t.Errorf("%v copies dropped, want 16 (20 pushes, 4 in flight at most)", dropped)
+	}
+	standin.WaitFor(t, 20*time.Second, "4 copies timed out", func() bool {
+		return counter(t, metrics, "sick", ResultTimeout) == 4
+	})
+	standin.WaitFor(t, 10*time.Second, "every body buffer given back", func() bool { return budget.Used() == 0 })
+
+	m.Stop()
+	for i := 0; i < 10; i++ {
+		if code := push(primary, "team-a", body); code != http.StatusOK {
+			t.Errorf("push with the mirror down: %d", code)
+		}
+	}
+	standin.WaitFor(t, 20*time.Second, "the copies to a mirror that is down counted", func() bool {
+		return counter(t, metrics, "sick", ResultFailed)+counter(t, metrics, "sick", ResultDropped) == 16+10
+	})
+}
+
+// TestMirrorCheck: bad options are refused naming the field.
+func TestMirrorCheck(t *testing.T) {
+	for _, o := range []Options{{Percent: 101}, {Percent: -1}, {MaxInFlight: -1}, {Timeout: -time.Second}} {
+		if _, err := New(nil, o); err == nil {
+			t.Errorf("%+v accepted", o)
+		}
+	}
+	var _ prometheus.Collector = NewMetrics().requests
+}
