@@ -68,6 +68,10 @@ type tunnelRequest struct {
 	buf     *[]byte              // headroom + body, from bodyPool
 	bodyLen int
 	root    mem.Buffer // owns buf; the call holds one reference
+	// shared: other calls send the same body at the same time (a mirror's
+	// copy), so the prefix goes into a buffer of its own, not the headroom
+	// that the request's own call writes.
+	shared bool
 }
 
 // Size returns the length of the marshalled message, as dskit's generated
@@ -92,7 +96,7 @@ func (m *tunnelRequest) prefixSize() (n, p int) {
 func (m *tunnelRequest) marshal() (mem.BufferSlice, error) {
 	n, p := m.prefixSize()
 	p += n
-	if p <= headroom {
+	if p <= headroom && !m.shared {
 		start := headroom - p
 		if err := m.encodePrefix((*m.buf)[start:headroom], n); err != nil {
 			return nil, err

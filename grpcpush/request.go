@@ -43,7 +43,7 @@ func putCall(c *call) {
 	clear(c.hptrs)
 	c.headers, c.hptrs = c.headers[:0], c.hptrs[:0]
 	c.req.msg = httpgrpc.HTTPRequest{}
-	c.req.buf, c.req.root, c.req.bodyLen = nil, nil, 0
+	c.req.buf, c.req.root, c.req.bodyLen, c.req.shared = nil, nil, 0, false
 	body := c.resp.Body[:0]
 	if cap(body) > maxPooledResponseBody {
 		body = nil

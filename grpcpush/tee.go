@@ -3,6 +3,7 @@ package grpcpush
 import (
 	"context"
 	"net/http"
+	"slices"
 
 	"github.com/grafana/dskit/grpcutil"
 	"github.com/grafana/dskit/httpgrpc"
@@ -26,8 +27,8 @@ type Tee interface {
 // backend's Budget) until every holder has released it.
 type Request struct {
 	Method, URL, Tenant string
-	// Headers are the tunnelled headers; a kept Request has its own slice
-	// (the values are shared and never modified).
+	// Headers are the tunnelled headers; a kept Request has its own copy
+	// of the lists (the strings are shared: they never change).
 	Headers []httpgrpc.Header
 
 	buf     *[]byte    // headroom + body
@@ -43,7 +44,11 @@ func (q *Request) Body() []byte { return (*q.buf)[headroom : headroom+q.bodyLen]
 // body (one more reference to its buffer, no copy).
 func (q *Request) Keep() *Request {
 	k := &Request{Method: q.Method, URL: q.URL, Tenant: q.Tenant, buf: q.buf, root: q.root, bodyLen: q.bodyLen, kept: true}
-	k.Headers = append(make([]httpgrpc.Header, 0, len(q.Headers)), q.Headers...)
+	k.Headers = make([]httpgrpc.Header, len(q.Headers))
+	for i, hd := range q.Headers {
+		// The lists may live in the pooled call (Host) and be reused.
+		k.Headers[i] = httpgrpc.Header{Key: hd.Key, Values: slices.Clone(hd.Values)}
+	}
 	q.root.Ref()
 	return k
 }
@@ -105,6 +110,7 @@ func (h *Handler) Send(ctx context.Context, q *Request) (int, error) {
 	}
 	c.req.msg.Headers = c.hptrs
 	c.req.buf, c.req.root, c.req.bodyLen = q.buf, q.root, q.bodyLen
+	c.req.shared = true // the request's own call writes the headroom
 
 	ctx = context.WithValue(ctx, callKey{}, c)
 	ctx = metadata.NewOutgoingContext(ctx, c.tenantMD(q.Tenant))
