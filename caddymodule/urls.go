@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/url"
@@ -57,7 +58,8 @@ func parseDNSTargets(fields []string) (*ParsedURL, error) {
 }
 
 // ParseBackendURL checks a backend's url field. Errors say what is wrong
-// with the URL; the caller names the field.
+// with the URL; the caller names the field. An HTTP URL may leave out its
+// scheme: host:port is http://host:port.
 func ParseBackendURL(raw string) (*ParsedURL, error) {
 	fields := strings.Fields(raw)
 	if len(fields) == 0 {
@@ -84,9 +86,20 @@ func ParseBackendURL(raw string) (*ParsedURL, error) {
 	return p, nil
 }
 
+// parseHTTPURL checks one HTTP backend URL. Without a scheme
+// ("mimir:8080", "10.0.0.7:8080", "mimir") it is http://, as Caddy's
+// reverse_proxy reads an upstream address; errors quote raw as written.
 func parseHTTPURL(raw string) (scheme, dial string, err error) {
-	u, err := url.Parse(raw)
+	full := raw
+	if !strings.Contains(raw, "://") {
+		full = "http://" + raw
+	}
+	u, err := url.Parse(full)
 	if err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err // without the URL, which may not be raw
+		}
 		return "", "", fmt.Errorf("%q is not a URL: %v", raw, err)
 	}
 	defaultPort, ok := httpSchemes[u.Scheme]

@@ -19,6 +19,7 @@ func FuzzParseBackendURL(f *testing.F) {
 		"dns:///distributor:9095", "dns://127.0.0.1:53/d.mimir.svc:9095", "dns://[::1]/x:1", "dns:///[::1]:9095",
 		"dns:///10.0.0.1:9095", "http://a:0", "http://a:99999", "http://user:pw@a:1", "http://a:1/path",
 		"h2C://]0", "http://[::1", "dns://a", "dns:///a", "dns:///a:", "ftp://a:1", "", "  ", "http://%zz",
+		"127.0.0.1:8080", "localhost:8080 qf:8080", "mimir", ":8080", "[::1]:1", "a:b:c", "%zz", "a:1 http://b:2",
 	} {
 		f.Add(s)
 	}

@@ -1,0 +1,55 @@
+package caddymodule
+
+import (
+	"slices"
+	"strings"
+	"testing"
+)
+
+// TestParseBackendURLWithoutScheme: an HTTP backend written without a
+// scheme is http://, as Caddy's reverse_proxy reads an upstream address.
+func TestParseBackendURLWithoutScheme(t *testing.T) {
+	for _, tc := range []struct {
+		raw   string
+		dials []string
+	}{
+		{"127.0.0.1:8080", []string{"127.0.0.1:8080"}},
+		{"localhost:8080", []string{"localhost:8080"}},
+		{"mimir", []string{"mimir:80"}},
+		{"[::1]:9009", []string{"[::1]:9009"}},
+		{"qf-1:8080 qf-2:8080", []string{"qf-1:8080", "qf-2:8080"}},
+		{"qf-1:8080 http://qf-2:8080", []string{"qf-1:8080", "qf-2:8080"}},
+		{"mimir:8080/", []string{"mimir:8080"}},
+	} {
+		u, err := ParseBackendURL(tc.raw)
+		if err != nil {
+			t.Errorf("%q: %v", tc.raw, err)
+			continue
+		}
+		if u.Kind != KindHTTP || u.Scheme != "http" || !slices.Equal(u.Dials, tc.dials) {
+			t.Errorf("%q: got %s %s %v, want http http %v", tc.raw, u.Kind, u.Scheme, u.Dials, tc.dials)
+		}
+	}
+}
+
+// TestParseBackendURLErrors: what a URL cannot be, with or without a
+// scheme; the message quotes the URL as written.
+func TestParseBackendURLErrors(t *testing.T) {
+	for _, tc := range []struct{ raw, want string }{
+		{":8080", `":8080" has no host`},
+		{"mimir:8080/api", `"mimir:8080/api": a backend URL is scheme://host[:port] only`},
+		{"mimir:0", `"mimir:0": invalid port "0"`},
+		{"mimir:99999", `"mimir:99999": invalid port "99999"`},
+		{"user:pw@mimir:8080", `"user:pw@mimir:8080": credentials in backend URLs are not supported`},
+		{"mimir:http", `"mimir:http" is not a URL: invalid port ":http" after host`},
+		{"%zz", `"%zz" is not a URL: invalid URL escape "%zz"`},
+		{"mimir:8080 https://b:8443", `"https://b:8443": all URLs of one backend must use the same scheme (http:// and https:// mixed)`},
+		{"mimir:8080 dns:///d:9095", `"dns:///d:9095": dns: and HTTP URLs cannot be mixed in one backend`},
+		{"ftp://mimir:21", `"ftp://mimir:21": unsupported scheme "ftp"`},
+	} {
+		_, err := ParseBackendURL(tc.raw)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: got %v, want an error containing %q", tc.raw, err, tc.want)
+		}
+	}
+}
