@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/grafana/dskit/tenant"
-	"github.com/grafana/dskit/user"
 
 	"github.com/metrics-gateway/metrics_gateway/orgid"
 )
@@ -18,7 +17,7 @@ import (
 // Header keys as they are stored in an http.Header.
 const (
 	authorizationKey = "Authorization"
-	tenantKey        = "X-Scope-Orgid" // textproto.CanonicalMIMEHeaderKey(user.OrgIDHeaderName)
+	tenantKey        = "X-Scope-Orgid" // http.CanonicalHeaderKey(orgid.Header)
 )
 
 // credBuf is the size of the stack buffers a credential is decoded and
@@ -78,8 +77,8 @@ func (d Decision) Apply(r *http.Request) {
 	if !d.Allowed() {
 		return
 	}
-	r.Header.Del(authorizationKey)
-	r.Header.Set(user.OrgIDHeaderName, d.Tenant)
+	delete(r.Header, authorizationKey)
+	r.Header[tenantKey] = []string{d.Tenant} // tenantKey is canonical: no key to build
 }
 
 // Decide decides whether request r may act with scope on the tenant(s) it
