@@ -56,10 +56,10 @@ package caddyfile
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
@@ -226,11 +226,11 @@ func unmarshalReverseProxy(h httpcaddyfile.Helper, seg parser.Segment, nURLs int
 	return caddyconfig.JSON(rp, nil), nil
 }
 
-// unmarshalGRPC parses a dns: backend's block.
+// unmarshalGRPC parses a dns: backend's block. Values are only parsed
+// here; whether they are allowed is caddymodule's rule (CheckConfig).
 func unmarshalGRPC(d *parser.Dispenser, c caddymodule.Component, cfg *caddymodule.GRPCConfig) error {
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		opt := d.Val()
-		field := "proxy." + string(c) + ".grpc." + opt
 		var err error
 		switch opt {
 		case "refresh":
@@ -238,19 +238,15 @@ func unmarshalGRPC(d *parser.Dispenser, c caddymodule.Component, cfg *caddymodul
 		case "timeout":
 			cfg.Timeout, err = durationArg(d)
 		case "retries":
-			var n string
-			if !d.AllArgs(&n) {
-				return d.ArgErr()
-			}
-			var retries int
-			retries, err = strconv.Atoi(n)
-			cfg.Retries = &retries
+			var n int
+			n, err = intArg(d)
+			cfg.Retries = &n
 		case "max_request_body":
 			cfg.MaxRequestBody, err = sizeArg(d)
-		case "max_response_body":
-			cfg.MaxResponseBody, err = sizeArg(d)
 		case "max_buffered_bytes":
 			cfg.MaxBufferedBytes, err = sizeArg(d)
+		case "max_response_body":
+			cfg.MaxResponseBody, err = sizeArg(d)
 		case "keepalive":
 			args := d.RemainingArgs()
 			if len(args) < 1 || len(args) > 2 {
@@ -261,62 +257,53 @@ func unmarshalGRPC(d *parser.Dispenser, c caddymodule.Component, cfg *caddymodul
 				cfg.KeepaliveTimeout, err = parseDuration(args[1])
 			}
 		case "compression":
-			var algo string
-			if !d.AllArgs(&algo) {
-				return d.ArgErr()
-			}
-			switch algo {
-			case "gzip":
-				cfg.Compression = algo
-			case "none", "off":
+			err = stringArg(d, &cfg.Compression)
+			if cfg.Compression == "none" || cfg.Compression == "off" {
 				cfg.Compression = ""
-			default:
-				return d.Errf("%s: unsupported %q (gzip or none)", field, algo)
 			}
 		case "tls":
 			cfg.TLS = new(caddymodule.GRPCTLSConfig)
 			err = unmarshalTLS(d, cfg.TLS)
 		case "lb_policy":
-			var policy string
-			if !d.AllArgs(&policy) {
-				return d.ArgErr()
-			}
-			cfg.LBPolicy = policy
+			err = stringArg(d, &cfg.LBPolicy)
 		case "fail_duration":
-			var s string
-			if !d.AllArgs(&s) {
-				return d.ArgErr()
-			}
-			var dur time.Duration
-			dur, err = caddy.ParseDuration(s)
-			cfg.FailDuration = caddy.Duration(dur)
+			cfg.FailDuration, err = durationArg(d)
 		case "max_fails":
-			var n string
-			if !d.AllArgs(&n) {
-				return d.ArgErr()
-			}
-			cfg.MaxFails, err = strconv.Atoi(n)
+			cfg.MaxFails, err = intArg(d)
 		case "unhealthy_status":
 			cfg.UnhealthyStatus, err = statusArgs(d)
 		case "unhealthy_latency":
 			cfg.UnhealthyLatency, err = durationArg(d)
 		case "min_ready":
-			var n string
-			if !d.AllArgs(&n) {
-				return d.ArgErr()
-			}
-			cfg.MinReady, err = strconv.Atoi(n)
-			if err == nil && cfg.MinReady < 1 {
-				err = fmt.Errorf("%d: must be at least 1", cfg.MinReady)
-			}
+			cfg.MinReady, err = intArg(d)
 		default:
 			return d.Errf("proxy.%s: unrecognized option %q for a dns: backend (refresh, timeout, retries, max_request_body, max_buffered_bytes, max_response_body, keepalive, compression, tls, lb_policy, fail_duration, max_fails, unhealthy_status, unhealthy_latency, min_ready)", c, opt)
 		}
 		if err != nil {
-			return d.Errf("%s: %v", field, err)
+			return d.Errf("proxy.%s.grpc.%s: %v", c, opt, err)
 		}
 	}
 	return nil
+}
+
+// argError is a missing or extra argument.
+var argError = errors.New("wrong number of arguments")
+
+// stringArg reads the one argument of an option into v.
+func stringArg(d *parser.Dispenser, v *string) error {
+	if !d.AllArgs(v) {
+		return argError
+	}
+	return nil
+}
+
+// intArg reads the one integer argument of an option.
+func intArg(d *parser.Dispenser) (int, error) {
+	var s string
+	if err := stringArg(d, &s); err != nil {
+		return 0, err
+	}
+	return strconv.Atoi(s)
 }
 
 // retryAfterArgs reads `retry_after <min> <max>` or `retry_after off`.
@@ -342,8 +329,8 @@ func retryAfterArgs(d *parser.Dispenser) (*caddymodule.RetryAfterConfig, error) 
 // sizeArg reads one size argument ("100MiB", "1000").
 func sizeArg(d *parser.Dispenser) (int64, error) {
 	var size string
-	if !d.AllArgs(&size) {
-		return 0, d.ArgErr()
+	if err := stringArg(d, &size); err != nil {
+		return 0, err
 	}
 	n, err := humanize.ParseBytes(size)
 	return int64(n), err
@@ -404,8 +391,8 @@ func statusArgs(d *parser.Dispenser) ([]int, error) {
 
 func durationArg(d *parser.Dispenser) (caddy.Duration, error) {
 	var s string
-	if !d.AllArgs(&s) {
-		return 0, d.ArgErr()
+	if err := stringArg(d, &s); err != nil {
+		return 0, err
 	}
 	return parseDuration(s)
 }

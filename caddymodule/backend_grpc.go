@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -27,26 +26,18 @@ var grpcUpstreams = caddy.NewUsagePool()
 // registers these same collectors in it.
 var grpcMetrics = grpcpush.NewMetrics()
 
-// pooledHandler is a Handler in the usage pool. It counts the requests in
-// flight so that closing it can wait for them: Caddy cleans up the old
-// config of a reload while the old server may still be finishing requests.
+// pooledHandler is a Handler in the usage pool. Destroying it closes the
+// Handler once its in-flight requests are done, or after the request
+// timeout, without holding up the reload: Caddy cleans up the old config of
+// a reload while the old server may still be finishing requests.
 type pooledHandler struct {
 	*grpcpush.Handler
-	inflight atomic.Int64
-	// drain bounds the wait for in-flight requests: the request timeout.
 	drain time.Duration
 }
 
-// Destruct closes the Handler once its in-flight requests are done, or
-// after the request timeout, without holding up the reload.
+// Destruct implements caddy.Destructor.
 func (p *pooledHandler) Destruct() error {
-	go func() {
-		deadline := time.Now().Add(p.drain)
-		for p.inflight.Load() > 0 && time.Now().Before(deadline) {
-			time.Sleep(10 * time.Millisecond)
-		}
-		_ = p.Close()
-	}()
+	p.CloseWhenIdle(p.drain)
 	return nil
 }
 
@@ -220,14 +211,6 @@ func setEndpointPlaceholder(r *http.Request, endpoint string) {
 }
 
 func (g *grpcBackend) serve(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
-	for _, h := range g.handlers {
-		h.inflight.Add(1)
-	}
-	defer func() {
-		for _, h := range g.handlers {
-			h.inflight.Add(-1)
-		}
-	}()
 	var e *grpcpush.Error
 	if err := g.priority.Handle(w, r); errors.As(err, &e) {
 		return g.answer(w, r, e.Status, e.Msg)
@@ -239,14 +222,10 @@ func (g *grpcBackend) serve(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 func (g *grpcBackend) status() BackendStatus {
 	st := BackendStatus{Component: g.name, Kind: KindGRPC, Target: g.target, Endpoints: []EndpointStatus{},
 		BufferedBytes: g.budget.Used(), MaxBufferedBytes: g.budget.Limit()}
-	serving := g.priority.Serving()
+	current := g.priority.Current()
 	for i, h := range g.handlers {
-		grp := GroupStatus{Target: h.Target().String(), Serving: i == serving, Ready: h.Serving(),
-			Endpoints: []EndpointStatus{}}
-		for _, e := range h.Endpoints() {
-			grp.Endpoints = append(grp.Endpoints, EndpointStatus{Address: e.Address, State: e.State, Requests: e.Requests,
-				Healthy: e.Healthy, UnhealthyUntil: e.UnhealthyUntil, LastFailure: e.LastFailure})
-		}
+		grp := GroupStatus{Target: h.Target().String(), Serving: i == current, Ready: h.Available(),
+			Endpoints: h.Endpoints()}
 		st.Endpoints = append(st.Endpoints, grp.Endpoints...)
 		st.Groups = append(st.Groups, grp)
 	}

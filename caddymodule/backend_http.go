@@ -121,10 +121,10 @@ func (h *httpBackend) serve(w http.ResponseWriter, r *http.Request, next caddyht
 }
 
 // responseStarted reports whether a status was already written through w
-// (the metrics recorder every request goes through).
+// (the recorder of the request metrics every request goes through).
 func responseStarted(w http.ResponseWriter) bool {
-	rec, ok := w.(*statusRecorder)
-	return !ok || rec.status != 0
+	rec, ok := w.(caddyhttp.ResponseRecorder)
+	return !ok || rec.Status() != 0
 }
 
 func (h *httpBackend) done() {

@@ -138,7 +138,7 @@ type Backend struct {
 	//   specific DNS server (RFC 4501). Every A/AAAA record of host becomes an
 	//   endpoint; each request is tunnelled through `/httpgrpc.HTTP/Handle`
 	//   (the gRPC service every Mimir/Cortex component serves on its gRPC
-	//   port, 9095 by default) and balanced round-robin over persistent
+	//   port, 9095 by default) and balanced (lb_policy) over persistent
 	//   HTTP/2 connections. Several targets are priority groups, in order
 	//   (e.g. one headless Service per zone, the gateway's own zone first):
 	//   a request goes to the first group with `grpc.min_ready` READY (and

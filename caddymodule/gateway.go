@@ -1,8 +1,9 @@
 // Package caddymodule is the metrics_gateway Caddy HTTP handler: the front
 // door of a Grafana Mimir, Cortex or Grafana Enterprise Metrics cluster. It
 // routes each request by path to the component that serves it, through
-// Caddy's reverse_proxy for HTTP backends or through a gRPC round-robin
-// upstream (package grpcpush) for dns: backends.
+// Caddy's reverse_proxy for HTTP backends or through a gRPC upstream that
+// balances every request over all resolved endpoints (package grpcpush) for
+// dns: backends.
 package caddymodule
 
 import (
@@ -125,12 +126,7 @@ func (Gateway) CaddyModule() caddy.ModuleInfo {
 // per configured backend. Components without a backend share default's.
 func (g *Gateway) Provision(ctx caddy.Context) error {
 	g.logger = ctx.Logger()
-	if g.PrometheusHTTPPrefix == "" {
-		g.PrometheusHTTPPrefix = "/prometheus"
-	}
-	if g.AlertmanagerHTTPPrefix == "" {
-		g.AlertmanagerHTTPPrefix = "/alertmanager"
-	}
+	g.setDefaults()
 	parsed, err := g.checkConfig()
 	if err != nil {
 		return err
@@ -169,19 +165,25 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 
 // CheckConfig validates the config as Provision does, without side effects
 // (no files read, nothing started): the Caddyfile adapter calls it, so that
-// `caddy adapt` fails on what Provision would refuse. Every rule is checked
-// here (or, for gRPC options, by grpcpush.Options.Validate, called from
-// here) and nowhere else; every error names the field it is about.
+// `caddy adapt` fails on what Provision would refuse. The adapter only
+// parses; every rule of the config is here (or, for gRPC options, in
+// grpcpush.Options.Validate, called from here), and every error names the
+// field it is about.
 func (g *Gateway) CheckConfig() error {
 	c := *g
-	if c.PrometheusHTTPPrefix == "" {
-		c.PrometheusHTTPPrefix = "/prometheus"
-	}
-	if c.AlertmanagerHTTPPrefix == "" {
-		c.AlertmanagerHTTPPrefix = "/alertmanager"
-	}
+	c.setDefaults()
 	_, err := c.checkConfig()
 	return err
+}
+
+// setDefaults fills in the defaults of the top-level fields.
+func (g *Gateway) setDefaults() {
+	if g.PrometheusHTTPPrefix == "" {
+		g.PrometheusHTTPPrefix = "/prometheus"
+	}
+	if g.AlertmanagerHTTPPrefix == "" {
+		g.AlertmanagerHTTPPrefix = "/alertmanager"
+	}
 }
 
 // checkConfig validates the config without side effects. Every error names
@@ -248,7 +250,7 @@ func checkGRPC(c Component, b *Backend, u *ParsedURL) error {
 		}
 	}
 	if b.GRPC != nil && b.GRPC.MinReady < 0 {
-		return fmt.Errorf("proxy.%s.grpc.min_ready %d: must be at least 1", c, b.GRPC.MinReady)
+		return fmt.Errorf("proxy.%s.grpc.min_ready %d: must not be negative (0 means the default, 1)", c, b.GRPC.MinReady)
 	}
 	return nil
 }

@@ -9,6 +9,8 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/metrics-gateway/metrics_gateway/grpcpush"
 )
 
 // The gateway's request metrics have the names and labels of the metrics
@@ -58,21 +60,17 @@ func instrument(w http.ResponseWriter, r *http.Request, route *Route, serve func
 	inflight := inflightRequests.WithLabelValues(method, route.Name)
 	inflight.Inc()
 	start := time.Now()
-	rec := &statusRecorder{ResponseWriter: w}
+	rec := caddyhttp.NewResponseRecorder(w, nil, nil) // streams; records the status
 	defer func() {
 		inflight.Dec()
-		status := statusOf(rec.status, err)
-		if rec.status == 0 && err == nil && r.Context().Err() != nil {
-			status = statusClientClosedRequest
+		status := statusOf(rec.Status(), err)
+		if rec.Status() == 0 && err == nil && r.Context().Err() != nil {
+			status = grpcpush.StatusClientClosedRequest
 		}
 		requestDuration.WithLabelValues(method, route.Name, statusLabel(status), wsLabel(r)).Observe(time.Since(start).Seconds())
 	}()
 	return serve(rec)
 }
-
-// statusClientClosedRequest is the status of a request whose client went
-// away before it was answered (nginx's and Mimir's 499).
-const statusClientClosedRequest = 499
 
 // methodLabel bounds the method label to the methods HTTP defines: the
 // method is client input and must not create series at will.
@@ -91,32 +89,6 @@ func wsLabel(r *http.Request) string {
 	}
 	return "false"
 }
-
-// statusRecorder remembers the status code written through it.
-type statusRecorder struct {
-	http.ResponseWriter
-	status int
-}
-
-func (s *statusRecorder) WriteHeader(code int) {
-	// Informational answers (103 Early Hints, 100 Continue) come before
-	// the final one; 101 Switching Protocols is final.
-	if s.status == 0 && (code >= 200 || code == http.StatusSwitchingProtocols) {
-		s.status = code
-	}
-	s.ResponseWriter.WriteHeader(code)
-}
-
-func (s *statusRecorder) Write(b []byte) (int, error) {
-	if s.status == 0 {
-		s.status = http.StatusOK
-	}
-	return s.ResponseWriter.Write(b)
-}
-
-// Unwrap lets http.ResponseController reach the underlying writer (flushes
-// of streamed responses, deadlines, hijacking).
-func (s *statusRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter }
 
 // statusOf is the status a request ended with: what was written, or, when a
 // handler returned an error before writing, the status Caddy will write.

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
+
 	"github.com/metrics-gateway/metrics_gateway/examples/standin"
 	"github.com/metrics-gateway/metrics_gateway/internal/testcaddy"
 )
@@ -232,29 +234,42 @@ func TestGRPCResponseLimit(t *testing.T) {
 	}
 }
 
-// TestGRPCConnectionListedResponseHeader: a header the component's answer
-// names in Connection is not relayed; others are.
-func TestGRPCConnectionListedResponseHeader(t *testing.T) {
+// TestHopByHopResponseHeadersParity: a header the component's answer names
+// in Connection, and Alt-Svc (the component's own alternative services),
+// are not relayed, as reverse_proxy drops them; others are. Checked on the
+// gRPC path and on reverse_proxy's.
+func TestHopByHopResponseHeadersParity(t *testing.T) {
 	cl := startCluster(t, 1)
 	cl.Distributors[0].SetBehavior(func(w http.ResponseWriter, r *http.Request) bool {
 		w.Header().Set("Connection", "X-Hop-Secret")
 		w.Header().Set("X-Hop-Secret", "for the next hop only")
+		w.Header().Set("Alt-Svc", `h3=":9443"; ma=86400`)
 		w.Header().Set("X-End-To-End", "kept")
 		w.WriteHeader(http.StatusOK)
 		return true
 	})
-	c := testcaddy.Start(t, cl.handlerJSON(""))
-	req, _ := http.NewRequest(http.MethodGet, "http://gateway/distributor/x", nil)
-	req.Header.Set("X-Scope-OrgID", "tenant-1")
-	resp, _, err := c.Do(req)
-	if err != nil || resp.StatusCode != http.StatusOK {
-		t.Fatalf("%v %v", err, resp)
-	}
-	if v := resp.Header.Get("X-Hop-Secret"); v != "" {
-		t.Errorf("Connection-listed header relayed: %q", v)
-	}
-	if v := resp.Header.Get("X-End-To-End"); v != "kept" {
-		t.Errorf("X-End-To-End = %q", v)
+	overHTTP := httptest.NewServer(cl.Distributors[0])
+	t.Cleanup(overHTTP.Close)
+	for _, distributor := range []string{cl.Target(), overHTTP.URL} {
+		c := testcaddy.Start(t, fmt.Sprintf(`[{"handler": "metrics_gateway", "proxy": {
+			"default": {"url": "http://127.0.0.1:1"}, "distributor": {"url": %q}}}]`, distributor))
+		req, _ := http.NewRequest(http.MethodGet, "http://gateway/distributor/x", nil)
+		req.Header.Set("X-Scope-OrgID", "tenant-1")
+		resp, _, err := c.Do(req)
+		if err != nil || resp.StatusCode != http.StatusOK {
+			t.Fatalf("%s: %v %v", distributor, err, resp)
+		}
+		for _, hop := range []string{"X-Hop-Secret", "Alt-Svc"} {
+			if v := resp.Header.Get(hop); v != "" {
+				t.Errorf("%s: %s relayed: %q", distributor, hop, v)
+			}
+		}
+		if v := resp.Header.Get("X-End-To-End"); v != "kept" {
+			t.Errorf("%s: X-End-To-End = %q", distributor, v)
+		}
+		if err := caddy.Stop(); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 

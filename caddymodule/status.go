@@ -1,6 +1,6 @@
 package caddymodule
 
-import "time"
+import "github.com/metrics-gateway/metrics_gateway/grpcpush"
 
 // BackendStatus describes one configured backend for the admin API.
 type BackendStatus struct {
@@ -29,16 +29,6 @@ type GroupStatus struct {
 	Endpoints []EndpointStatus `json:"endpoints"`
 }
 
-// EndpointStatus is one endpoint of a gRPC backend.
-type EndpointStatus struct {
-	Address string `json:"address"`
-	// State is the gRPC connectivity state.
-	State    string `json:"state"`
-	Requests uint64 `json:"requests"`
-	// Healthy is false while the passive health check keeps the endpoint
-	// out; UnhealthyUntil is then when it comes back (unless it fails
-	// again), and LastFailure the last failure counted.
-	Healthy        bool       `json:"healthy"`
-	UnhealthyUntil *time.Time `json:"unhealthy_until,omitempty"`
-	LastFailure    string     `json:"last_failure,omitempty"`
-}
+// EndpointStatus is one endpoint of a gRPC backend: its address, gRPC
+// connectivity state, calls, and passive health.
+type EndpointStatus = grpcpush.EndpointStatus

@@ -172,7 +172,6 @@ func (t *tracker) closeAll() {
 		t.release(ep)
 	}
 	clear(t.byAddr)
-	t.health.close()
 	t.updateSubConnsLocked(func(m map[balancer.SubConn]*endpoint) { clear(m) })
 }
 

@@ -41,7 +41,7 @@ var tenantHeader = http.CanonicalHeaderKey(orgid.Header)
 const tenantMetadataKey = "x-scope-orgid"
 
 // Handler tunnels HTTP requests to the endpoints of one target over gRPC,
-// spreading them round-robin, one call per request. Create it with New; it is
+// spreading them with its balancing policy, one call per request. Create it with New; it is
 // safe for concurrent use; Close releases its connections.
 type Handler struct {
 	s        settings
@@ -49,6 +49,7 @@ type Handler struct {
 	tracker  *tracker
 	metrics  *backendMetrics
 	own      site // of requests made through Handle, not through a Priority
+	active   *activity
 	logger   *logRef
 	failures failureLimit // of the failed-request lines
 	watch    *readinessWatch
@@ -70,6 +71,7 @@ func New(opts Options) (*Handler, error) {
 	h := &Handler{s: s, metrics: s.metrics.forBackend(s.backend, s.target.String()), logger: newLogRef(s.backend, s.logger)}
 	h.tracker = newTracker(h.metrics)
 	h.own.budget = NewBudget(s.maxBuffered, s.metrics, s.backend)
+	h.active = newActivity()
 	if s.health != nil {
 		h.tracker.health = newHealthMonitor(s.health, h.tracker, h.logger)
 	}
@@ -182,6 +184,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // status. Whatever a component answered is written. It returns nil when
 // the answer was written or the client went away.
 func (h *Handler) Handle(w http.ResponseWriter, r *http.Request) error {
+	h.active.enter()
+	defer h.active.leave()
 	return h.handle(w, r, nil, &h.own)
 }
 
@@ -317,7 +321,7 @@ func nextGroup(c *call) *Handler {
 	for len(c.spill) > 0 {
 		g := c.spill[0]
 		c.spill = c.spill[1:]
-		if g.Serving() > 0 {
+		if g.Available() > 0 {
 			return g
 		}
 	}

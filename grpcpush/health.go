@@ -59,7 +59,7 @@ func (o Options) checkHealth() []error {
 		errs = append(errs, fmt.Errorf("fail_duration %v: must not be negative (0 turns passive health checks off)", o.FailDuration))
 	}
 	if o.MaxFails < 0 {
-		errs = append(errs, fmt.Errorf("max_fails %d: must be at least 1", o.MaxFails))
+		errs = append(errs, fmt.Errorf("max_fails %d: must not be negative (0 means the default, 1)", o.MaxFails))
 	}
 	for _, c := range o.UnhealthyStatus {
 		if !(c >= 1 && c <= 5) && !(c >= 100 && c <= 599) {

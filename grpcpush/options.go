@@ -33,8 +33,9 @@ const (
 	// defaults; Mimir's server accepts pings every 10s, even without streams.
 	DefaultKeepaliveTime    = 20 * time.Second
 	DefaultKeepaliveTimeout = 10 * time.Second
-	// DefaultBackendName labels the metrics when Options.BackendName is empty.
-	DefaultBackendName = "distributor"
+	// DefaultBackendName labels the metrics and error lines when
+	// Options.BackendName is empty.
+	DefaultBackendName = "backend"
 	// DefaultMaxFails is how many failures within FailDuration take an
 	// endpoint out, as in Caddy's reverse_proxy.
 	DefaultMaxFails = 1
@@ -288,7 +289,7 @@ func (s *settings) check(o Options) error {
 		errs = append(errs, fmt.Errorf("keepalive timeout %v: must be positive", o.KeepaliveTimeout))
 	}
 	if s.compression != "" && s.compression != "gzip" {
-		errs = append(errs, fmt.Errorf("compression %q: must be \"\" or \"gzip\"", s.compression))
+		errs = append(errs, fmt.Errorf("compression %q: must be gzip or none", s.compression))
 	}
 	if s.lbPolicy != LBRoundRobin && s.lbPolicy != LBLeastConn {
 		errs = append(errs, fmt.Errorf("lb_policy %q: must be %s or %s", s.lbPolicy, LBRoundRobin, LBLeastConn))

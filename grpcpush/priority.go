@@ -35,7 +35,7 @@ type Priority struct {
 	site     site
 	logger   *zap.Logger
 
-	serving atomic.Int32 // the group that served last, for the change log
+	current atomic.Int32 // the group that served last, for the change log
 }
 
 // PriorityOptions configure a Priority.
@@ -74,14 +74,11 @@ func callFailsOver(ctx context.Context) bool {
 	return ok && len(c.spill) > 0
 }
 
-// Groups returns the groups in order.
-func (p *Priority) Groups() []*Handler { return p.groups }
-
-// Serving returns the index of the group a request would go to now.
-func (p *Priority) Serving() int {
+// Current returns the index of the group a request would go to now.
+func (p *Priority) Current() int {
 	fallback := -1
 	for i, g := range p.groups {
-		n := g.Serving()
+		n := g.Available()
 		if n >= p.minReady {
 			return i
 		}
@@ -102,20 +99,28 @@ func (p *Priority) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // Handle serves r like Handler.Handle, in the serving group.
 func (p *Priority) Handle(w http.ResponseWriter, r *http.Request) error {
+	for _, g := range p.groups { // any of them may take the call
+		g.active.enter()
+	}
+	defer func() {
+		for _, g := range p.groups {
+			g.active.leave()
+		}
+	}()
 	if len(p.groups) == 1 { // one target: nothing to choose, no cost
 		return p.groups[0].handle(w, r, nil, &p.site)
 	}
-	i := p.Serving()
+	i := p.Current()
 	p.note(i)
 	return p.groups[i].handle(w, r, p.groups[i+1:], &p.site)
 }
 
 // note logs when the serving group changes.
 func (p *Priority) note(i int) {
-	if int(p.serving.Load()) == i { // the common case: no write
+	if int(p.current.Load()) == i { // the common case: no write
 		return
 	}
-	prev := int(p.serving.Swap(int32(i)))
+	prev := int(p.current.Swap(int32(i)))
 	if prev == i {
 		return
 	}
@@ -125,16 +130,16 @@ func (p *Priority) note(i int) {
 		zap.Int("group", i+1), zap.Int("min_ready", p.minReady))
 }
 
-// Serving returns the number of endpoints that can take a call now: READY
+// Available returns the number of endpoints that can take a call now: READY
 // and, with passive health checks, in. It reads no lock.
-func (h *Handler) Serving() int { return h.tracker.servingCount() }
+func (h *Handler) Available() int { return h.tracker.availableCount() }
 
-// maxCounted bounds the endpoints servingCount tells apart without
+// maxCounted bounds the endpoints availableCount tells apart without
 // allocating; beyond it, an endpoint with several SubConns may count twice.
 const maxCounted = 32
 
-// servingCount counts the distinct endpoints that are READY and in.
-func (t *tracker) servingCount() int {
+// availableCount counts the distinct endpoints that are READY and in.
+func (t *tracker) availableCount() int {
 	var seen [maxCounted]*endpoint
 	n := 0
 	for _, ep := range *t.bySubConn.Load() {

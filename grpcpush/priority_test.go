@@ -131,10 +131,10 @@ func TestPriorityLogsGroupChanges(t *testing.T) {
 	}
 
 	a.Servers[0].Stop()
-	waitFor(t, 20*time.Second, "group b to serve", func() bool { return p.Serving() == 1 })
+	waitFor(t, 20*time.Second, "group b to serve", func() bool { return p.Current() == 1 })
 	push()
 	a.ListOnly(1)
-	waitFor(t, 20*time.Second, "group a to serve again", func() bool { return p.Serving() == 0 })
+	waitFor(t, 20*time.Second, "group a to serve again", func() bool { return p.Current() == 0 })
 	push()
 	moves := logs.FilterMessage("serving group changed").All()
 	if len(moves) != 2 {
@@ -162,7 +162,7 @@ func BenchmarkPriorityServing(b *testing.B) {
 	b.Run("first-group-serving", func(b *testing.B) {
 		p, _ := NewPriority([]*Handler{ha, hc}, PriorityOptions{MinReady: 1})
 		for b.Loop() {
-			if p.Serving() != 0 {
+			if p.Current() != 0 {
 				b.Fatal("first group not serving")
 			}
 		}
@@ -170,7 +170,7 @@ func BenchmarkPriorityServing(b *testing.B) {
 	b.Run("first-group-below-min-ready", func(b *testing.B) {
 		p, _ := NewPriority([]*Handler{ha, hc}, PriorityOptions{MinReady: 4}) // 3 ready < 4: the fallback scan
 		for b.Loop() {
-			p.Serving()
+			p.Current()
 		}
 	})
 }
@@ -200,13 +200,13 @@ func TestPriorityLastEndpointOutForLatency(t *testing.T) {
 	a.Distributors[1].SetBehavior(answer503)
 	waitFor(t, 10*time.Second, "the 503 endpoint of group a out", func() bool {
 		serve(p, pushRequest(body))
-		return ha.Serving() == 1
+		return ha.Available() == 1
 	})
 	a.Distributors[0].SetBehavior(answerAfter(250 * time.Millisecond))
 	if w := serve(p, pushRequest(body)); w.Code != http.StatusOK {
 		t.Fatalf("late push: %d %s", w.Code, w.Body)
 	}
-	if n := ha.Serving(); n != 0 {
+	if n := ha.Available(); n != 0 {
 		t.Fatalf("group a serves with %d endpoints after its last one was late, want 0", n)
 	}
 	before := b.Requests()[0]

@@ -124,9 +124,11 @@ func replaced(replace []httpgrpc.Header, k string) bool {
 	return false
 }
 
-// hopByHop are the headers of one HTTP hop (RFC 9110 section 7.6.1); they
-// are neither tunnelled nor copied from the response.
+// hopByHop are the headers of one HTTP hop (RFC 9110 section 7.6.1), and
+// Alt-Svc, which advertises the backend's own alternative services; they
+// are neither tunnelled nor copied from the response: reverse_proxy's list.
 var hopByHop = map[string]bool{
+	"Alt-Svc":             true,
 	"Connection":          true,
 	"Keep-Alive":          true,
 	"Proxy-Authenticate":  true,

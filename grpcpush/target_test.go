@@ -73,7 +73,7 @@ func TestOptionsValidation(t *testing.T) {
 		{Options{Target: "dns:///d:1", Retries: Ptr(5)}, "retries 5: must be 0-4 (gRPC allows at most 5 attempts)"},
 		{Options{Target: "dns:///d:1", Retries: Ptr(-1)}, "retries -1: must be 0-4 (gRPC allows at most 5 attempts)"},
 		{Options{Target: "dns:///d:1", KeepaliveTime: 5e9}, "keepalive time 5s: must be at least 10s (Mimir's server closes connections that ping more often)"},
-		{Options{Target: "dns:///d:1", Compression: "snappy"}, `compression "snappy": must be "" or "gzip"`},
+		{Options{Target: "dns:///d:1", Compression: "snappy"}, `compression "snappy": must be gzip or none`},
 		{Options{Target: "dns:///d:1", Refresh: 1e6}, "refresh 1ms: must be at least 10ms"},
 		{Options{Target: "dns:///d:1", Timeout: -1}, "timeout -1ns: must be positive"},
 		{Options{Target: "dns:///d:1", MaxRequestBody: -1}, "max_request_body -1: must be 1 byte to 2 GiB-1 MiB"},
