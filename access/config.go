@@ -13,8 +13,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/grafana/dskit/tenant"
 	"go.yaml.in/yaml/v3"
+
+	"github.com/metrics-gateway/metrics_gateway/orgid"
 )
 
 // DefaultRealm is the realm of the WWW-Authenticate challenge when
@@ -198,15 +199,6 @@ func parseExpires(s string) (time.Time, error) {
 	return t, nil
 }
 
-// checkTenant applies dskit's tenant ID rules to one tenant, and refuses the
-// empty one (which dskit lets through).
-func checkTenant(id string) error {
-	if id == "" {
-		return errors.New("tenant ID is empty")
-	}
-	return tenant.ValidTenantID(id)
-}
-
 // checker accumulates the uniqueness state of one validation.
 type checker struct {
 	names  map[string]string   // policy name -> where it was defined
@@ -259,7 +251,7 @@ func (c *checker) policy(where string, p Policy) {
 			c.errorf("%s.tenants[%d]: %q lists several tenants: write each as its own entry", where, j, t)
 			continue
 		}
-		if err := checkTenant(t); err != nil {
+		if err := orgid.CheckOne(t); err != nil {
 			c.errorf("%s.tenants[%d]: %v", where, j, err)
 		}
 	}

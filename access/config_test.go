@@ -54,6 +54,7 @@ func TestValidateErrors(t *testing.T) {
 		{"tenant dot", func(c *Config) { c.Policies[0].Tenants = []string{".."} }, `tenants[0]: tenant ID is '.' or '..'`},
 		{"tenant too long", func(c *Config) { c.Policies[0].Tenants = []string{strings.Repeat("x", 151)} }, `tenants[0]: tenant ID is too long`},
 		{"empty tenant", func(c *Config) { c.Policies[0].Tenants = []string{""} }, `tenants[0]: tenant ID is empty`},
+		{"tenant with metadata", func(c *Config) { c.Policies[0].Tenants = []string{"team-a:product=k6"} }, `tenants[0]: tenant ID 'team-a:product=k6' contains unsupported character ':'`},
 		{"tenant with pipe", func(c *Config) { c.Policies[0].Tenants = []string{"a|b"} }, `tenants[0]: "a|b" lists several tenants`},
 		{"hash without prefix", func(c *Config) { c.Policies[0].Tokens[0].Hash = strings.TrimPrefix(hashA, "sha256:") },
 			`access_policies.policies[0] (team-a).tokens[0].hash: hash must be "sha256:" followed by 64 hex digits`},

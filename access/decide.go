@@ -9,13 +9,15 @@ import (
 	"strings"
 	"time"
 
-	"github.com/grafana/dskit/user"
+	"github.com/grafana/dskit/tenant"
+
+	"github.com/metrics-gateway/metrics_gateway/orgid"
 )
 
 // Header keys as they are stored in an http.Header.
 const (
 	authorizationKey = "Authorization"
-	tenantKey        = "X-Scope-Orgid" // textproto.CanonicalMIMEHeaderKey(user.OrgIDHeaderName)
+	tenantKey        = "X-Scope-Orgid" // http.CanonicalHeaderKey(orgid.Header)
 )
 
 // credBuf is the size of the stack buffers a credential is decoded and
@@ -75,25 +77,8 @@ func (d Decision) Apply(r *http.Request) {
 	if !d.Allowed() {
 		return
 	}
-	r.Header.Del(authorizationKey)
-	r.Header.Set(user.OrgIDHeaderName, d.Tenant)
-}
-
-// Respond writes the answer of a request that was not allowed: the status,
-// the WWW-Authenticate challenge of a 401 and the message as plain text.
-// It does nothing for an allowed request.
-func (d Decision) Respond(w http.ResponseWriter) {
-	if d.Allowed() {
-		return
-	}
-	h := w.Header()
-	if d.WWWAuthenticate != "" {
-		h.Set("WWW-Authenticate", d.WWWAuthenticate)
-	}
-	h.Set("Content-Type", "text/plain; charset=utf-8")
-	h.Set("X-Content-Type-Options", "nosniff")
-	w.WriteHeader(d.Status)
-	_, _ = fmt.Fprintln(w, d.Message)
+	delete(r.Header, authorizationKey)
+	r.Header[tenantKey] = []string{d.Tenant} // tenantKey is canonical: no key to build
 }
 
 // Decide decides whether request r may act with scope on the tenant(s) it
@@ -249,17 +234,12 @@ func (g *Guard) decide(r *http.Request, scope Scope) Decision {
 		}
 	}
 
-	multi := false
-	for rest := tenantArg; ; {
-		t, more, found := strings.Cut(rest, "|")
-		if err := checkTenant(t); err != nil {
-			return badRequest(gr, fmt.Sprintf("invalid tenant in %q: %v", tenantArg, err))
-		}
-		if !found {
-			break
-		}
-		multi, rest = true, more
+	// One tenant rule in the tree, orgid's: each "|" part a valid tenant ID
+	// once dskit's ":key=value" metadata suffix is trimmed, as Mimir trims it.
+	if err := orgid.Check(tenantArg); err != nil {
+		return badRequest(gr, fmt.Sprintf("invalid tenant in %q: %v", tenantArg, err))
 	}
+	multi := strings.IndexByte(tenantArg, '|') >= 0
 	if multi && !scope.MultiTenant() {
 		return badRequest(gr, fmt.Sprintf("several tenants (%q) are allowed for %s and %s only, not %s", tenantArg, ScopeMetricsRead, ScopeRulesRead, scope))
 	}
@@ -268,7 +248,8 @@ func (g *Guard) decide(r *http.Request, scope Scope) Decision {
 		return forbidden(gr, fmt.Sprintf("scope %s is not granted to this token", scope))
 	}
 	for rest := tenantArg; ; {
-		t, more, found := strings.Cut(rest, "|")
+		part, more, found := strings.Cut(rest, "|")
+		t := tenant.TrimMetadata(part)
 		if !gr.hasTenant(t, bit) {
 			if gr.parts != nil {
 				return forbidden(gr, fmt.Sprintf("tenant %q is not granted to this token for %s", t, scope))

@@ -12,10 +12,18 @@
 //	// per request, with the scope of the route:
 //	d := g.Decide(r, access.ScopeMetricsWrite)
 //	if !d.Allowed() {
-//		d.Respond(w) // status, WWW-Authenticate on 401, message
+//		if d.WWWAuthenticate != "" { // a 401
+//			w.Header().Set("WWW-Authenticate", d.WWWAuthenticate)
+//		}
+//		http.Error(w, d.Message, d.Status) // the caller's own error writer
 //		return
 //	}
 //	d.Apply(r) // exactly one X-Scope-OrgID; Authorization removed
+//
+// The package writes no answers: the caller answers a refused request with
+// its own error writer (the Caddy module with the one that serves
+// handle_errors and Retry-After), so that every error of the gateway looks
+// the same.
 //
 // counter comes from NewRequestsCounter; the caller registers it once and
 // gives it to every Guard. Status returns the policies in force for an
@@ -38,8 +46,10 @@
 //   - Bearer: Authorization: Bearer <token>, tenant from X-Scope-OrgID.
 //
 // When no tenant is given and the policy grants exactly one tenant (not
-// "*"), that one is used; otherwise the request gets 400. Each tenant must be
-// a valid Mimir tenant ID (dskit's rules). Several tenants ("a|b",
+// "*"), that one is used; otherwise the request gets 400. Each tenant must
+// pass package orgid's rule, the gateway's one tenant rule (dskit's tenant ID
+// rules; dskit's ":key=value" metadata suffix is allowed and ignored for the
+// grant, as Mimir ignores it for the tenant). Several tenants ("a|b",
 // federation) are accepted for metrics:read and rules:read only, and each
 // must be granted. Answers: 401 (with WWW-Authenticate: Basic realm="...")
 // for a missing, unknown, expired or invalid credential; 400 for a missing

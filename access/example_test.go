@@ -32,7 +32,10 @@ func Example() {
 	push := func(w http.ResponseWriter, r *http.Request) {
 		d := g.Decide(r, access.ScopeMetricsWrite)
 		if !d.Allowed() {
-			d.Respond(w)
+			if d.WWWAuthenticate != "" {
+				w.Header().Set("WWW-Authenticate", d.WWWAuthenticate)
+			}
+			http.Error(w, d.Message, d.Status)
 			return
 		}
 		d.Apply(r)

@@ -37,6 +37,20 @@
 //	    default_tenant           <tenant>
 //	    tenant                   <value with placeholders>
 //	    retry_after              <min> <max> | off
+//	    access_policies {
+//	        policy <name> {
+//	            tenants <tenant|*>...
+//	            scopes  <scope>...
+//	            token   sha256:<64 hex> [expires <RFC 3339 time>]
+//	        }
+//	        file   <path>
+//	        realm  <realm>
+//	        oidc {
+//	            issuer       <url>
+//	            audience     <audience>
+//	            policy_claim <claim>
+//	        }
+//	    }
 //	}
 package caddyfile
 
@@ -109,6 +123,15 @@ func unmarshalGateway(h httpcaddyfile.Helper, g *caddymodule.Gateway) error {
 			if !d.AllArgs(&g.Tenant) {
 				return d.ArgErr()
 			}
+		case "access_policies":
+			if g.AccessPolicies != nil {
+				return d.Err("access_policies: only one access_policies block is allowed")
+			}
+			cfg, err := unmarshalAccess(d)
+			if err != nil {
+				return err
+			}
+			g.AccessPolicies = cfg
 		case "retry_after":
 			ra, err := retryAfterArgs(d)
 			if err != nil {

@@ -24,6 +24,7 @@ func FuzzCaddyfileDirective(f *testing.F) {
 	f.Add("proxy {\n default http://a:1\n default http://b:2\n}")
 	f.Add("proxy {\n}\n}\n}\n{")
 	f.Add("proxy {\n default \"dns:///a b:1\" {\n retries -1\n keepalive 1s 2s 3s\n }\n}")
+	f.Add("proxy {\n default http://a:1\n}\naccess_policies {\n policy a {\n tenants team-a *\n scopes metrics:write admin\n token sha256:5186f826f5d539170c709761eb3ad20f29bf824d63c5746937db4404351096b5 expires 2027-01-01T00:00:00Z\n }\n file /p.yaml\n realm r\n oidc {\n issuer https://idp\n audience a\n policy_claim c\n }\n}")
 	f.Fuzz(func(t *testing.T, block string) {
 		// import reads files: /dev and /proc have some that never end,
 		// which would hang the fuzzer without saying anything about the
@@ -93,6 +94,11 @@ func checkAdaptedGateway(t *testing.T, block string, g caddymodule.Gateway) {
 		}
 		if b.GRPC != nil && b.GRPC.Retries != nil && (*b.GRPC.Retries < 0 || *b.GRPC.Retries > grpcpush.MaxRetries) {
 			t.Fatalf("adapted retries %d:\n%s", *b.GRPC.Retries, block)
+		}
+	}
+	if g.AccessPolicies != nil {
+		if err := g.AccessPolicies.Validate(); err != nil {
+			t.Fatalf("adapted access_policies the module refuses: %v\n%s", err, block)
 		}
 	}
 	for _, p := range []string{g.PrometheusHTTPPrefix, g.AlertmanagerHTTPPrefix} {

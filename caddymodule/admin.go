@@ -22,7 +22,8 @@ var live sync.Map // *Gateway → struct{}
 // adminAPI serves GET /metrics_gateway/backends on Caddy's admin endpoint:
 // every configured backend, its kind and target, and for gRPC backends each
 // resolved endpoint with its connectivity state and requests served, like
-// reverse_proxy's /reverse_proxy/upstreams.
+// reverse_proxy's /reverse_proxy/upstreams; and GET
+// /metrics_gateway/policies: the access policies in force (access.go).
 type adminAPI struct{}
 
 // CaddyModule returns the Caddy module information.
@@ -38,6 +39,9 @@ func (adminAPI) Routes() []caddy.AdminRoute {
 	return []caddy.AdminRoute{{
 		Pattern: "/metrics_gateway/backends",
 		Handler: caddy.AdminHandlerFunc(serveBackends),
+	}, {
+		Pattern: "/metrics_gateway/policies",
+		Handler: caddy.AdminHandlerFunc(servePolicies),
 	}}
 }
 

@@ -31,11 +31,22 @@ func TestREADMERouteTable(t *testing.T) {
 // the route labels they get with the default prefixes.
 func renderRouteTable() string {
 	var b strings.Builder
-	b.WriteString("| path | match | component | route label (default prefixes) |\n|---|---|---|---|\n")
+	b.WriteString("| path | match | component | route label (default prefixes) | scope (access_policies) |\n|---|---|---|---|---|\n")
 	labels := RouteTable("/prometheus", "/alertmanager")
 	for i, r := range RouteTable("{prometheus_http_prefix}", "{alertmanager_http_prefix}") {
-		fmt.Fprintf(&b, "| `%s` | %s | %s | `%s` |\n", r.Path, r.Match, r.Component, labels[i].Name)
+		fmt.Fprintf(&b, "| `%s` | %s | %s | `%s` | %s |\n", r.Path, r.Match, r.Component, labels[i].Name, scopeCell(r.Scope))
 	}
-	fmt.Fprintf(&b, "| anything else | prefix | %s | `%s` |\n", defaultRoute.Component, defaultRoute.Name)
+	fmt.Fprintf(&b, "| anything else | prefix | %s | `%s` | %s |\n", defaultRoute.Component, defaultRoute.Name, scopeCell(defaultRoute.Scope))
 	return b.String()
+}
+
+// scopeCell renders a route's scope for the table.
+func scopeCell(s RouteScope) string {
+	switch {
+	case s.Read == "" && s.Write == "":
+		return "none"
+	case s.Read == s.Write:
+		return "`" + string(s.Read) + "`"
+	}
+	return "`" + string(s.Read) + "` (GET, HEAD, OPTIONS) / `" + string(s.Write) + "` (others)"
 }

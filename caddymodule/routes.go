@@ -1,6 +1,11 @@
 package caddymodule
 
-import "strings"
+import (
+	"net/http"
+	"strings"
+
+	"github.com/metrics-gateway/metrics_gateway/access"
+)
 
 // This file is the route table: which Mimir/Cortex/GEM component serves
 // which request path. It is data, in the order of the table in the README;
@@ -61,7 +66,41 @@ type Route struct {
 	// ("api_v1_push", "prometheus_api_v1_query_range"): one per row, so the
 	// label's cardinality is bounded by the table, never by request paths.
 	Name string
+	// Scope is what a request on the route needs under access_policies
+	// (see ScopeFor); zero for the paths the gateway answers itself.
+	Scope RouteScope
 }
+
+// RouteScope is the access scope of a route's requests: Read for the
+// methods that only read (GET, HEAD, OPTIONS), Write for the others.
+type RouteScope struct {
+	Read, Write access.Scope
+}
+
+// ScopeFor returns the scope a request with the given method needs on the
+// route ("" for the gateway's own paths).
+func (r *Route) ScopeFor(method string) access.Scope {
+	switch method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions:
+		return r.Scope.Read
+	}
+	return r.Scope.Write
+}
+
+// scope is a route scope for every method; scopeRW one that differs
+// between reads and writes.
+func scope(s access.Scope) RouteScope             { return RouteScope{Read: s, Write: s} }
+func scopeRW(read, write access.Scope) RouteScope { return RouteScope{Read: read, Write: write} }
+
+// Route scopes, as GEM's access policies use them.
+var (
+	scopeAdmin        = scope(access.ScopeAdmin)
+	scopeMetricsRead  = scope(access.ScopeMetricsRead)
+	scopeMetricsWrite = scope(access.ScopeMetricsWrite)
+	scopeDelete       = scope(access.ScopeMetricsDelete)
+	scopeRules        = scopeRW(access.ScopeRulesRead, access.ScopeRulesWrite)
+	scopeAlerts       = scopeRW(access.ScopeAlertsRead, access.ScopeAlertsWrite)
+)
 
 // Placeholders in route paths for the configurable Prometheus and
 // Alertmanager HTTP prefixes (Mimir's -http.prometheus-http-prefix and
@@ -78,54 +117,66 @@ var routeTable = []Route{
 	{Path: "/", Match: Exact, Component: ComponentGateway},
 	{Path: "/ready", Match: Exact, Component: ComponentGateway},
 
-	{Path: "/api/v1/push", Match: Prefix, Component: ComponentDistributor},
-	{Path: "/otlp/v1/metrics", Match: Prefix, Component: ComponentDistributor},
-	{Path: "/distributor", Match: Prefix, Component: ComponentDistributor},
-	{Path: "/api/prom/push", Match: Exact, Component: ComponentDistributor},
+	{Path: "/api/v1/push", Match: Prefix, Component: ComponentDistributor, Scope: scopeMetricsWrite},
+	{Path: "/otlp/v1/metrics", Match: Prefix, Component: ComponentDistributor, Scope: scopeMetricsWrite},
+	{Path: "/distributor", Match: Prefix, Component: ComponentDistributor, Scope: scopeAdmin},
+	{Path: "/api/prom/push", Match: Exact, Component: ComponentDistributor, Scope: scopeMetricsWrite},
 
-	{Path: "/ingester", Match: Prefix, Component: ComponentIngester},
+	{Path: "/ingester", Match: Prefix, Component: ComponentIngester, Scope: scopeAdmin},
 
-	{Path: alertmanagerPrefix, Match: Prefix, Component: ComponentAlertmanager},
-	{Path: "/multitenant_alertmanager", Match: Prefix, Component: ComponentAlertmanager},
-	{Path: "/api/v1/alerts", Match: Exact, Component: ComponentAlertmanager},
+	{Path: alertmanagerPrefix, Match: Prefix, Component: ComponentAlertmanager, Scope: scopeAlerts},
+	{Path: "/multitenant_alertmanager", Match: Prefix, Component: ComponentAlertmanager, Scope: scopeAdmin},
+	{Path: "/api/v1/alerts", Match: Exact, Component: ComponentAlertmanager, Scope: scopeAlerts},
 
-	{Path: prometheusPrefix + "/config/v1/rules", Match: Prefix, Component: ComponentRuler},
-	{Path: prometheusPrefix + "/api/v1/rules", Match: Prefix, Component: ComponentRuler},
-	{Path: prometheusPrefix + "/api/v1/alerts", Match: Prefix, Component: ComponentRuler},
-	{Path: "/ruler", Match: Prefix, Component: ComponentRuler},
-	{Path: "/api/v1/rules", Match: Prefix, Component: ComponentRuler},
-	{Path: "/api/prom/rules", Match: Prefix, Component: ComponentRuler},
-	{Path: "/api/prom/api/v1/rules", Match: Prefix, Component: ComponentRuler},
-	{Path: "/api/prom/api/v1/alerts", Match: Prefix, Component: ComponentRuler},
+	{Path: prometheusPrefix + "/config/v1/rules", Match: Prefix, Component: ComponentRuler, Scope: scopeRules},
+	{Path: prometheusPrefix + "/api/v1/rules", Match: Prefix, Component: ComponentRuler, Scope: scopeRules},
+	{Path: prometheusPrefix + "/api/v1/alerts", Match: Prefix, Component: ComponentRuler, Scope: scopeRules},
+	{Path: "/ruler", Match: Prefix, Component: ComponentRuler, Scope: scopeAdmin},
+	{Path: "/api/v1/rules", Match: Prefix, Component: ComponentRuler, Scope: scopeRules},
+	{Path: "/api/prom/rules", Match: Prefix, Component: ComponentRuler, Scope: scopeRules},
+	{Path: "/api/prom/api/v1/rules", Match: Prefix, Component: ComponentRuler, Scope: scopeRules},
+	{Path: "/api/prom/api/v1/alerts", Match: Prefix, Component: ComponentRuler, Scope: scopeRules},
 
-	{Path: prometheusPrefix, Match: Prefix, Component: ComponentQueryFrontend},
-	{Path: prometheusPrefix + "/api/v1", Match: Prefix, Component: ComponentQueryFrontend, Name: "prometheus_api_v1_other"},
-	{Path: prometheusPrefix + "/api/v1/query", Match: Exact, Component: ComponentQueryFrontend},
-	{Path: prometheusPrefix + "/api/v1/query_range", Match: Exact, Component: ComponentQueryFrontend},
-	{Path: prometheusPrefix + "/api/v1/query_exemplars", Match: Exact, Component: ComponentQueryFrontend},
-	{Path: prometheusPrefix + "/api/v1/series", Match: Exact, Component: ComponentQueryFrontend},
-	{Path: prometheusPrefix + "/api/v1/labels", Match: Exact, Component: ComponentQueryFrontend},
-	{Path: prometheusPrefix + "/api/v1/label", Match: Prefix, Component: ComponentQueryFrontend},
-	{Path: prometheusPrefix + "/api/v1/metadata", Match: Exact, Component: ComponentQueryFrontend},
-	{Path: prometheusPrefix + "/api/v1/read", Match: Exact, Component: ComponentQueryFrontend},
-	{Path: prometheusPrefix + "/api/v1/cardinality", Match: Prefix, Component: ComponentQueryFrontend},
-	{Path: prometheusPrefix + "/api/v1/format_query", Match: Exact, Component: ComponentQueryFrontend},
-	{Path: "/api/prom", Match: Prefix, Component: ComponentQueryFrontend},
-	{Path: "/api/prom/api/v1", Match: Prefix, Component: ComponentQueryFrontend, Name: "api_prom_api_v1_other"},
-	{Path: "/api/v1/status/buildinfo", Match: Exact, Component: ComponentQueryFrontend},
+	{Path: prometheusPrefix, Match: Prefix, Component: ComponentQueryFrontend, Scope: scopeMetricsRead},
+	{Path: prometheusPrefix + "/api/v1", Match: Prefix, Component: ComponentQueryFrontend, Name: "prometheus_api_v1_other", Scope: scopeMetricsRead},
+	{Path: prometheusPrefix + "/api/v1/query", Match: Exact, Component: ComponentQueryFrontend, Scope: scopeMetricsRead},
+	{Path: prometheusPrefix + "/api/v1/query_range", Match: Exact, Component: ComponentQueryFrontend, Scope: scopeMetricsRead},
+	{Path: prometheusPrefix + "/api/v1/query_exemplars", Match: Exact, Component: ComponentQueryFrontend, Scope: scopeMetricsRead},
+	{Path: prometheusPrefix + "/api/v1/series", Match: Exact, Component: ComponentQueryFrontend, Scope: scopeMetricsRead},
+	{Path: prometheusPrefix + "/api/v1/labels", Match: Exact, Component: ComponentQueryFrontend, Scope: scopeMetricsRead},
+	{Path: prometheusPrefix + "/api/v1/label", Match: Prefix, Component: ComponentQueryFrontend, Scope: scopeMetricsRead},
+	{Path: prometheusPrefix + "/api/v1/metadata", Match: Exact, Component: ComponentQueryFrontend, Scope: scopeMetricsRead},
+	{Path: prometheusPrefix + "/api/v1/read", Match: Exact, Component: ComponentQueryFrontend, Scope: scopeMetricsRead},
+	{Path: prometheusPrefix + "/api/v1/cardinality", Match: Prefix, Component: ComponentQueryFrontend, Scope: scopeMetricsRead},
+	{Path: prometheusPrefix + "/api/v1/format_query", Match: Exact, Component: ComponentQueryFrontend, Scope: scopeMetricsRead},
+	// Prometheus's TSDB admin API (Cortex's series deletion): not a read.
+	{Path: prometheusPrefix + "/api/v1/admin", Match: Prefix, Component: ComponentQueryFrontend, Scope: scopeDelete},
+	{Path: "/api/prom", Match: Prefix, Component: ComponentQueryFrontend, Scope: scopeMetricsRead},
+	{Path: "/api/prom/api/v1", Match: Prefix, Component: ComponentQueryFrontend, Name: "api_prom_api_v1_other", Scope: scopeMetricsRead},
+	{Path: "/api/prom/api/v1/admin", Match: Prefix, Component: ComponentQueryFrontend, Scope: scopeDelete},
+	{Path: "/api/v1/status/buildinfo", Match: Exact, Component: ComponentQueryFrontend, Scope: scopeMetricsRead},
 
-	{Path: "/api/v1/upload/block", Match: Prefix, Component: ComponentCompactor},
-	{Path: "/compactor", Match: Prefix, Component: ComponentCompactor},
+	{Path: "/api/v1/upload/block", Match: Prefix, Component: ComponentCompactor, Scope: scopeMetricsWrite},
+	{Path: "/compactor", Match: Prefix, Component: ComponentCompactor, Scope: scopeAdmin},
+	{Path: "/compactor/delete_tenant", Match: Exact, Component: ComponentCompactor, Scope: scopeDelete},
+	{Path: "/compactor/delete_tenant_status", Match: Exact, Component: ComponentCompactor, Scope: scopeDelete},
 
-	{Path: "/store-gateway", Match: Prefix, Component: ComponentStoreGateway},
+	{Path: "/store-gateway", Match: Prefix, Component: ComponentStoreGateway, Scope: scopeAdmin},
 
-	{Path: "/admin/api", Match: Prefix, Component: ComponentAdminAPI},
+	{Path: "/admin/api", Match: Prefix, Component: ComponentAdminAPI, Scope: scopeAdmin},
 
-	{Path: "/graphite", Match: Prefix, Component: ComponentGraphite},
+	// GEM's Graphite proxy: a POST to /graphite/metrics ingests (a GET
+	// there is graphite-web's metrics find); everything else reads, POSTs
+	// to /render and /metrics/find included (Grafana's Graphite data source
+	// posts them). Below /graphite/metrics only the known reads are reads.
+	{Path: "/graphite", Match: Prefix, Component: ComponentGraphite, Scope: scopeMetricsRead},
+	{Path: "/graphite/metrics", Match: Prefix, Component: ComponentGraphite, Scope: scopeRW(access.ScopeMetricsRead, access.ScopeMetricsWrite)},
+	{Path: "/graphite/metrics/find", Match: Prefix, Component: ComponentGraphite, Scope: scopeMetricsRead},
+	{Path: "/graphite/metrics/expand", Match: Prefix, Component: ComponentGraphite, Scope: scopeMetricsRead},
 }
 
 // defaultRoute is where a path that no row claims goes.
-var defaultRoute = Route{Path: "", Match: Prefix, Component: ComponentDefault, Name: "other"}
+var defaultRoute = Route{Path: "", Match: Prefix, Component: ComponentDefault, Name: "other", Scope: scopeAdmin}
 
 // RouteTable returns the route table with the given Prometheus and
 // Alertmanager HTTP prefixes filled in.
