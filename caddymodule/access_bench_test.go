@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/metrics-gateway/metrics_gateway/access"
-	"github.com/metrics-gateway/metrics_gateway/examples/standin"
+	"github.com/metrics-gateway/metrics_gateway/internal/standin"
 	"github.com/metrics-gateway/metrics_gateway/internal/testcaddy"
 )
 

@@ -17,6 +17,7 @@ import (
 	jose "github.com/go-jose/go-jose/v4"
 
 	"github.com/metrics-gateway/metrics_gateway/caddymodule"
+	"github.com/metrics-gateway/metrics_gateway/internal/standin"
 )
 
 // oidcKey is a signing key of the test's identity provider.
@@ -188,7 +189,7 @@ func TestAccessOIDC(t *testing.T) {
 	idp.publish(k2)
 	tok2 := k2.sign(t, idp.claims("grafana"))
 	start := time.Now()
-	waitFor(t, "a token of the new key to work", func() bool {
+	standin.WaitFor(t, 20*time.Second, "a token of the new key to work", func() bool {
 		return send(t, c.Client, "GET", "/prometheus/api/v1/query", bearer(tok2, "team-a")).status == 200
 	})
 	t.Logf("the new key worked after %v", time.Since(start).Round(time.Millisecond))

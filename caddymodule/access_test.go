@@ -22,7 +22,7 @@ import (
 
 	"github.com/metrics-gateway/metrics_gateway/access"
 	"github.com/metrics-gateway/metrics_gateway/caddymodule"
-	"github.com/metrics-gateway/metrics_gateway/examples/standin"
+	"github.com/metrics-gateway/metrics_gateway/internal/standin"
 	"github.com/metrics-gateway/metrics_gateway/internal/testcaddy"
 )
 
@@ -495,7 +495,7 @@ func TestAccessVisible(t *testing.T) {
 	}
 	var entries []entry
 	var raw []byte
-	waitFor(t, "4 access log entries", func() bool {
+	standin.WaitFor(t, 20*time.Second, "4 access log entries", func() bool {
 		raw, _ = os.ReadFile(c.AccessLog)
 		entries = entries[:0]
 		sc := bufio.NewScanner(bytes.NewReader(raw))
@@ -576,18 +576,18 @@ func TestAccessPolicyFile(t *testing.T) {
 	// A new token.
 	writeFile("policies:\n" + filePolicy("file-b", "team-b", tokB) + filePolicy("file-c", "team-c", tokC))
 	changed := time.Now()
-	waitForWithin(t, 10*time.Second, "the new token to work", func() bool { return query("team-c", tokC) == 200 })
+	standin.WaitFor(t, 10*time.Second, "the new token to work", func() bool { return query("team-c", tokC) == 200 })
 	t.Logf("the new token worked %v after the file changed", time.Since(changed).Round(time.Millisecond))
 
 	// A removed token.
 	writeFile("policies:\n" + filePolicy("file-c", "team-c", tokC))
 	changed = time.Now()
-	waitForWithin(t, 10*time.Second, "the removed token to stop working", func() bool { return query("team-b", tokB) == 401 })
+	standin.WaitFor(t, 10*time.Second, "the removed token to stop working", func() bool { return query("team-b", tokB) == 401 })
 	t.Logf("the removed token stopped %v after the file changed", time.Since(changed).Round(time.Millisecond))
 
 	// A broken file: the policies in force stay; the view says why.
 	writeFile("policies:\n" + strings.Replace(filePolicy("file-c", "team-c", tokC), "metrics:read", "metrics:reed", 1) + filePolicy("file-b", "team-b", tokB))
-	waitForWithin(t, 10*time.Second, "the error in the view", func() bool { return view().LastError != "" })
+	standin.WaitFor(t, 10*time.Second, "the error in the view", func() bool { return view().LastError != "" })
 	v := view()
 	if !strings.Contains(v.LastError, `unknown scope "metrics:reed"`) || len(v.Policies) != 2 || v.Policies[1].Name != "file-c" {
 		t.Errorf("view of a broken file: %+v", v)
@@ -596,7 +596,7 @@ func TestAccessPolicyFile(t *testing.T) {
 		t.Error("a broken file changed the policies in force")
 	}
 	writeFile("policies: [")
-	waitForWithin(t, 10*time.Second, "the YAML error in the view", func() bool { return strings.Contains(view().LastError, "yaml") })
+	standin.WaitFor(t, 10*time.Second, "the YAML error in the view", func() bool { return strings.Contains(view().LastError, "yaml") })
 	if query("team-c", tokC) != 200 {
 		t.Error("a broken file changed the policies in force")
 	}
@@ -691,6 +691,6 @@ func TestAccessReloadUnderLoad(t *testing.T) {
 	if err := c.Reload(config(true, "last")); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the extra policy", func() bool { code, _ := pushAs(c.Client, "team-x", tokExtra); return code == 200 })
-	waitFor(t, "the old configs' gateways to go", func() bool { return caddymodule.LiveGateways() == 1 })
+	standin.WaitFor(t, 20*time.Second, "the extra policy", func() bool { code, _ := pushAs(c.Client, "team-x", tokExtra); return code == 200 })
+	standin.WaitFor(t, 20*time.Second, "the old configs' gateways to go", func() bool { return caddymodule.LiveGateways() == 1 })
 }
