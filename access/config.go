@@ -317,7 +317,9 @@ func (c *Config) check() *checker {
 
 // policyFile is the shape of the policy file.
 type policyFile struct {
-	Policies []Policy `yaml:"policies"`
+	// A pointer, so that a file without the key (empty, or read while
+	// being rewritten in place) is an error rather than "no policies".
+	Policies *[]Policy `yaml:"policies"`
 }
 
 // LoadFile reads and checks the policy file c.File: its YAML, the same rules
@@ -338,17 +340,20 @@ func (c *Config) parseFile(data []byte) ([]Policy, error) {
 	var f policyFile
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
-	if err := dec.Decode(&f); err != nil && !errors.Is(err, io.EOF) { // io.EOF: an empty file, no policies
+	if err := dec.Decode(&f); err != nil && !errors.Is(err, io.EOF) {
 		return nil, fmt.Errorf("access_policies.file (%s): %s", c.File, redactYAML(err))
+	}
+	if f.Policies == nil {
+		return nil, fmt.Errorf("access_policies.file (%s): no policies key (empty, or caught while being rewritten in place?); write `policies: []` for none", c.File)
 	}
 	ck := newChecker()
 	ck.policies("access_policies.policies", c.Policies)
 	ck.errs = nil // the inline policies' own problems are Validate's to report
-	ck.policies(fmt.Sprintf("access_policies.file (%s): policies", c.File), f.Policies)
+	ck.policies(fmt.Sprintf("access_policies.file (%s): policies", c.File), *f.Policies)
 	if err := ck.err(); err != nil {
 		return nil, err
 	}
-	return f.Policies, nil
+	return *f.Policies, nil
 }
 
 // yamlValue matches the values YAML errors quote, such as

@@ -138,9 +138,15 @@ func TestTokenJSON(t *testing.T) {
 	}
 }
 
+// writeFile replaces path's content at once (a new file renamed over it),
+// as configuration tools and Kubernetes do.
 func writeFile(t *testing.T, path, content string) {
 	t.Helper()
-	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -175,10 +181,16 @@ policies:
 		t.Fatalf("JSON file: %v %+v", err, ps)
 	}
 
-	// Empty file: no policies.
-	writeFile(t, path, "")
+	// No policies, said so.
+	writeFile(t, path, "policies: []")
 	if ps, err = c.LoadFile(); err != nil || len(ps) != 0 {
-		t.Fatalf("empty file: %v %+v", err, ps)
+		t.Fatalf("policies: []: %v %+v", err, ps)
+	}
+	// An empty file (or one caught while being rewritten in place) is
+	// not "no policies".
+	writeFile(t, path, "")
+	if _, err = c.LoadFile(); err == nil || !strings.Contains(err.Error(), "no policies key") {
+		t.Fatalf("empty file: %v", err)
 	}
 
 	errCases := []struct{ name, content, want string }{
