@@ -37,6 +37,13 @@
 //	    default_tenant           <tenant>
 //	    tenant                   <value with placeholders>
 //	    retry_after              <min> <max> | off
+//	    mirror <url> [<url>...] {
+//	        tenants       <tenant>...
+//	        percent       <1-100>
+//	        max_in_flight <n>
+//	        timeout       <duration>
+//	        # and every option of a dns: backend
+//	    }
 //	    access_policies {
 //	        policy <name> {
 //	            tenants <tenant|*>...
@@ -132,6 +139,12 @@ func unmarshalGateway(h httpcaddyfile.Helper, g *caddymodule.Gateway) error {
 				return err
 			}
 			g.AccessPolicies = cfg
+		case "mirror":
+			var m caddymodule.MirrorConfig
+			if err := unmarshalMirror(d, &m); err != nil {
+				return err
+			}
+			g.Mirrors = append(g.Mirrors, m)
 		case "retry_after":
 			ra, err := retryAfterArgs(d)
 			if err != nil {
@@ -231,56 +244,100 @@ func unmarshalReverseProxy(h httpcaddyfile.Helper, seg parser.Segment, nURLs int
 func unmarshalGRPC(d *parser.Dispenser, c caddymodule.Component, cfg *caddymodule.GRPCConfig) error {
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		opt := d.Val()
-		var err error
-		switch opt {
-		case "refresh":
-			cfg.Refresh, err = durationArg(d)
-		case "timeout":
-			cfg.Timeout, err = durationArg(d)
-		case "retries":
-			var n int
-			n, err = intArg(d)
-			cfg.Retries = &n
-		case "max_request_body":
-			cfg.MaxRequestBody, err = sizeArg(d)
-		case "max_buffered_bytes":
-			cfg.MaxBufferedBytes, err = sizeArg(d)
-		case "max_response_body":
-			cfg.MaxResponseBody, err = sizeArg(d)
-		case "keepalive":
-			args := d.RemainingArgs()
-			if len(args) < 1 || len(args) > 2 {
-				return d.ArgErr()
-			}
-			cfg.KeepaliveTime, err = parseDuration(args[0])
-			if err == nil && len(args) == 2 {
-				cfg.KeepaliveTimeout, err = parseDuration(args[1])
-			}
-		case "compression":
-			err = stringArg(d, &cfg.Compression)
-			if cfg.Compression == "none" || cfg.Compression == "off" {
-				cfg.Compression = ""
-			}
-		case "tls":
-			cfg.TLS = new(caddymodule.GRPCTLSConfig)
-			err = unmarshalTLS(d, cfg.TLS)
-		case "lb_policy":
-			err = stringArg(d, &cfg.LBPolicy)
-		case "fail_duration":
-			cfg.FailDuration, err = durationArg(d)
-		case "max_fails":
-			cfg.MaxFails, err = intArg(d)
-		case "unhealthy_status":
-			cfg.UnhealthyStatus, err = statusArgs(d)
-		case "unhealthy_latency":
-			cfg.UnhealthyLatency, err = durationArg(d)
-		case "min_ready":
-			cfg.MinReady, err = intArg(d)
-		default:
-			return d.Errf("proxy.%s: unrecognized option %q for a dns: backend (refresh, timeout, retries, max_request_body, max_buffered_bytes, max_response_body, keepalive, compression, tls, lb_policy, fail_duration, max_fails, unhealthy_status, unhealthy_latency, min_ready)", c, opt)
+		known, err := grpcOption(d, opt, cfg)
+		if !known {
+			return d.Errf("proxy.%s: unrecognized option %q for a dns: backend (%s)", c, opt, grpcOptionNames)
 		}
 		if err != nil {
 			return d.Errf("proxy.%s.grpc.%s: %v", c, opt, err)
+		}
+	}
+	return nil
+}
+
+// grpcOptionNames are the options of a dns: backend's block.
+const grpcOptionNames = "refresh, timeout, retries, max_request_body, max_buffered_bytes, max_response_body, keepalive, compression, tls, lb_policy, fail_duration, max_fails, unhealthy_status, unhealthy_latency, min_ready"
+
+// grpcOption parses one option of a dns: block into cfg; known is false
+// for an option it does not know.
+func grpcOption(d *parser.Dispenser, opt string, cfg *caddymodule.GRPCConfig) (known bool, err error) {
+	switch opt {
+	case "refresh":
+		cfg.Refresh, err = durationArg(d)
+	case "timeout":
+		cfg.Timeout, err = durationArg(d)
+	case "retries":
+		var n int
+		n, err = intArg(d)
+		cfg.Retries = &n
+	case "max_request_body":
+		cfg.MaxRequestBody, err = sizeArg(d)
+	case "max_buffered_bytes":
+		cfg.MaxBufferedBytes, err = sizeArg(d)
+	case "max_response_body":
+		cfg.MaxResponseBody, err = sizeArg(d)
+	case "keepalive":
+		args := d.RemainingArgs()
+		if len(args) < 1 || len(args) > 2 {
+			return true, argError
+		}
+		cfg.KeepaliveTime, err = parseDuration(args[0])
+		if err == nil && len(args) == 2 {
+			cfg.KeepaliveTimeout, err = parseDuration(args[1])
+		}
+	case "compression":
+		err = stringArg(d, &cfg.Compression)
+		if cfg.Compression == "none" || cfg.Compression == "off" {
+			cfg.Compression = ""
+		}
+	case "tls":
+		cfg.TLS = new(caddymodule.GRPCTLSConfig)
+		err = unmarshalTLS(d, cfg.TLS)
+	case "lb_policy":
+		err = stringArg(d, &cfg.LBPolicy)
+	case "fail_duration":
+		cfg.FailDuration, err = durationArg(d)
+	case "max_fails":
+		cfg.MaxFails, err = intArg(d)
+	case "unhealthy_status":
+		cfg.UnhealthyStatus, err = statusArgs(d)
+	case "unhealthy_latency":
+		cfg.UnhealthyLatency, err = durationArg(d)
+	case "min_ready":
+		cfg.MinReady, err = intArg(d)
+	default:
+		return false, nil
+	}
+	return true, err
+}
+
+// unmarshalMirror parses `mirror <url>... { ... }`: the mirror's own
+// options and those of a dns: backend.
+func unmarshalMirror(d *parser.Dispenser, m *caddymodule.MirrorConfig) error {
+	m.URL = d.RemainingArgs()
+	if len(m.URL) == 0 {
+		return d.Err("mirror: missing URL")
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		opt := d.Val()
+		var err error
+		switch opt {
+		case "tenants":
+			if m.Tenants = d.RemainingArgs(); len(m.Tenants) == 0 {
+				err = argError
+			}
+		case "percent":
+			m.Percent, err = intArg(d)
+		case "max_in_flight":
+			m.MaxInFlight, err = intArg(d)
+		default:
+			var known bool
+			if known, err = grpcOption(d, opt, &m.GRPCConfig); !known {
+				return d.Errf("mirror: unrecognized option %q (tenants, percent, max_in_flight, and those of a dns: backend: %s)", opt, grpcOptionNames)
+			}
+		}
+		if err != nil {
+			return d.Errf("mirror.%s: %v", opt, err)
 		}
 	}
 	return nil

@@ -338,3 +338,51 @@ func TestExamplesAgree(t *testing.T) {
 		t.Errorf("examples/caddy.json does not validate: %v", err)
 	}
 }
+
+// TestMirrorAdapts: a mirror block adapts to the JSON the module reads,
+// dns: options included, and bad values fail naming the field.
+func TestMirrorAdapts(t *testing.T) {
+	h := gatewayHandler(t, `
+:8000 {
+	metrics_gateway {
+		proxy {
+			default http://mimir:8080
+		}
+		mirror dns:///mimir-new-distributor-headless.mimir-new.svc:9095 {
+			tenants       team-a team-b
+			percent       50
+			max_in_flight 128
+			timeout       5s
+			lb_policy     least_conn
+			keepalive     30s
+		}
+		mirror http://mimir-new-gateway:8080 http://mimir-new-gateway-2:8080
+	}
+}`)
+	want := []any{
+		map[string]any{"url": []any{"dns:///mimir-new-distributor-headless.mimir-new.svc:9095"}, "tenants": []any{"team-a", "team-b"},
+			"percent": float64(50), "max_in_flight": float64(128), "timeout": float64(5e9), "lb_policy": "least_conn", "keepalive_time": float64(30e9)},
+		map[string]any{"url": []any{"http://mimir-new-gateway:8080", "http://mimir-new-gateway-2:8080"}},
+	}
+	if !reflect.DeepEqual(h["mirrors"], want) {
+		got, _ := json.MarshalIndent(h["mirrors"], "", "  ")
+		t.Errorf("adapted mirrors:\n%s", got)
+	}
+	for _, c := range []struct{ name, block, want string }{
+		{"no URL", "mirror", "mirror: missing URL"},
+		{"percent over 100", "mirror dns:///m:9095 {\n percent 101\n }", "mirrors[0]: percent 101: must be 1 to 100"},
+		{"negative max_in_flight", "mirror dns:///m:9095 {\n max_in_flight -1\n }", "mirrors[0]: max_in_flight -1: must not be negative"},
+		{"bad tenant", "mirror dns:///m:9095 {\n tenants team/a\n }", `mirrors[0].tenants: "team/a": tenant ID 'team/a' contains unsupported character '/'`},
+		{"dns option on an HTTP mirror", "mirror http://m:8080 {\n lb_policy least_conn\n }", `mirrors[0]: {"lb_policy":"least_conn"} are options of dns: mirrors`},
+		{"bad dns option", "mirror dns:///m:9095 {\n retries 9\n }", "mirrors[0]: retries 9: must be 0-4"},
+		{"unknown option", "mirror dns:///m:9095 {\n bogus 1\n }", `mirror: unrecognized option "bogus"`},
+		{"bad URL", "mirror ftp://m:21", `mirrors[0].url: "ftp://m:21": unsupported scheme "ftp"`},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := adapt(t, ":8000 {\n metrics_gateway {\n proxy {\n default http://a:1\n }\n "+c.block+"\n }\n}")
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Errorf("got %v\nwant it to contain %q", err, c.want)
+			}
+		})
+	}
+}

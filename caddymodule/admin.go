@@ -53,11 +53,18 @@ func serveBackends(w http.ResponseWriter, r *http.Request) error {
 	return json.NewEncoder(w).Encode(backendStatuses())
 }
 
-// backendStatuses lists the backends of every live gateway, each distinct
-// (component, kind, target) once, sorted.
+// backendStatuses lists the backends and mirrors (component "mirror") of
+// every live gateway, each distinct (component, kind, target) once, sorted.
 func backendStatuses() []BackendStatus {
 	seen := map[string]bool{}
 	out := []BackendStatus{}
+	add := func(st BackendStatus) {
+		key := string(st.Component) + "\x00" + string(st.Kind) + "\x00" + st.Target
+		if !seen[key] {
+			seen[key] = true
+			out = append(out, st)
+		}
+	}
 	live.Range(func(k, _ any) bool {
 		g := k.(*Gateway)
 		for _, c := range Components {
@@ -65,12 +72,12 @@ func backendStatuses() []BackendStatus {
 			if b == nil {
 				continue
 			}
-			st := g.backends[c].status()
-			key := string(st.Component) + "\x00" + string(st.Kind) + "\x00" + st.Target
-			if !seen[key] {
-				seen[key] = true
-				out = append(out, st)
-			}
+			add(g.backends[c].status())
+		}
+		for _, m := range g.mirrors {
+			st := m.sender.status()
+			st.InFlight = m.InFlight()
+			add(st)
 		}
 		return true
 	})

@@ -48,8 +48,11 @@ type grpcBackend struct {
 	target   string
 	handlers []*pooledHandler
 	priority *grpcpush.Priority
-	budget   *grpcpush.Budget
-	answer   func(http.ResponseWriter, *http.Request, int, string) error
+	// teed is priority's twin for the writes the mirrors copy (nil
+	// without mirrors): the same groups, budget and logger, with the tee.
+	teed   *grpcpush.Priority
+	budget *grpcpush.Budget
+	answer func(http.ResponseWriter, *http.Request, int, string) error
 }
 
 // budgets holds one grpcpush.Budget per gRPC backend (component, URL and
@@ -93,11 +96,16 @@ func (g *Gateway) newGRPCBackend(ctx caddy.Context, c Component, b *Backend, u *
 	if gb.budget, err = g.pooledBudget(c, b.URL, cfg); err != nil {
 		return nil, err
 	}
-	gb.priority, err = grpcpush.NewPriority(groups, grpcpush.PriorityOptions{
+	opts := grpcpush.PriorityOptions{
 		MinReady: cfg.MinReady,
 		Budget:   gb.budget,
 		Logger:   logger.With(zap.String("backend", string(c))),
-	})
+	}
+	if gb.priority, err = grpcpush.NewPriority(groups, opts); err != nil || len(g.tee) == 0 {
+		return gb, err
+	}
+	opts.Tee = g.tee
+	gb.teed, err = grpcpush.NewPriority(groups, opts)
 	return gb, err
 }
 
@@ -210,9 +218,13 @@ func setEndpointPlaceholder(r *http.Request, endpoint string) {
 	}
 }
 
-func (g *grpcBackend) serve(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
+func (g *grpcBackend) serve(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler, mirrored bool) error {
+	p := g.priority
+	if mirrored && g.teed != nil {
+		p = g.teed
+	}
 	var e *grpcpush.Error
-	if err := g.priority.Handle(w, r); errors.As(err, &e) {
+	if err := p.Handle(w, r); errors.As(err, &e) {
 		return g.answer(w, r, e.Status, e.Msg)
 	}
 	return nil
@@ -233,13 +245,16 @@ func (g *grpcBackend) status() BackendStatus {
 }
 
 // releasePooled gives back this config's references to pooled gRPC
-// upstreams and budgets; the last reference closes an upstream.
+// upstreams, budgets and mirrors; the last reference closes one.
 func releasePooled(keys []string) error {
 	var errs []error
 	for _, k := range keys {
 		pool := grpcUpstreams
-		if strings.HasPrefix(k, "metrics_gateway.budget:") {
+		switch {
+		case strings.HasPrefix(k, "metrics_gateway.budget:"):
 			pool = budgets
+		case strings.HasPrefix(k, "metrics_gateway.mirror:"):
+			pool = mirrors
 		}
 		if _, err := pool.Delete(k); err != nil {
 			errs = append(errs, err)

@@ -1,8 +1,11 @@
 package caddymodule
 
 import (
+	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"sync/atomic"
 
@@ -10,6 +13,9 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"go.uber.org/zap"
+
+	"github.com/metrics-gateway/metrics_gateway/grpcpush"
+	"github.com/metrics-gateway/metrics_gateway/mirror"
 )
 
 // httpBackend is a backend served by Caddy's own reverse_proxy handler.
@@ -19,6 +25,10 @@ type httpBackend struct {
 	rp     *reverseproxy.Handler
 	logger *zap.Logger
 	answer func(http.ResponseWriter, *http.Request, int, string) error
+	// tee gets the writes the mirrors copy, read whole into a buffer of
+	// budget first (nil without mirrors).
+	tee    mirror.Set
+	budget *grpcpush.Budget
 
 	// inflight and retired let a handler retired by a config reload close
 	// its idle upstream connections once its last request is done.
@@ -41,7 +51,11 @@ func newHTTPBackend(ctx caddy.Context, name Component, b *Backend, u *ParsedURL,
 	if err != nil {
 		return nil, fmt.Errorf("reverse_proxy: %v", err)
 	}
-	return &httpBackend{name: name, target: b.URL, rp: mod.(*reverseproxy.Handler), logger: g.logger, answer: g.answerError}, nil
+	h := &httpBackend{name: name, target: b.URL, rp: mod.(*reverseproxy.Handler), logger: g.logger, answer: g.answerError}
+	if len(g.tee) > 0 {
+		h.tee, h.budget = g.tee, grpcpush.NewBudget(0, grpcMetrics, string(name))
+	}
+	return h, nil
 }
 
 // reverseProxyConfig merges the backend's URL into its reverse_proxy config:
@@ -102,9 +116,19 @@ func transportFor(raw json.RawMessage, scheme string) (json.RawMessage, error) {
 	return json.Marshal(transport)
 }
 
-func (h *httpBackend) serve(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+func (h *httpBackend) serve(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, mirrored bool) error {
 	h.inflight.Add(1)
 	defer h.done()
+	if mirrored && h.tee != nil {
+		q, err := grpcpush.ReadRequest(r, grpcpush.DefaultMaxRequestBody, h.budget)
+		if err != nil {
+			return h.answer(w, r, bodyStatus(err), string(h.name)+": reading request body: "+err.Error())
+		}
+		defer q.Release()
+		// The primary gets the same bytes, from memory.
+		r.Body, r.ContentLength = io.NopCloser(bytes.NewReader(q.Body())), int64(len(q.Body()))
+		h.tee.Copy(q)
+	}
 	err := h.rp.ServeHTTP(w, r, next)
 	if err == nil || hasErrorRoutes(r) || responseStarted(w) || r.Context().Err() != nil {
 		// handle_errors answers it as any reverse_proxy error, or there is
@@ -118,6 +142,20 @@ func (h *httpBackend) serve(w http.ResponseWriter, r *http.Request, next caddyht
 	h.logger.Error("backend failed", zap.String("backend", string(h.name)), zap.String("target", h.target),
 		zap.Int("status", code), zap.Error(cause), zap.String("uri", r.RequestURI))
 	return h.answer(w, r, code, string(h.name)+" "+h.target+": "+cause.Error())
+}
+
+// bodyStatus is the status of a body that could not be read whole for the
+// mirrors: too large (also for request_body's max_size) 413, over the
+// buffered bytes 503 (retried), anything else 400.
+func bodyStatus(err error) int {
+	var maxBytes *http.MaxBytesError
+	switch {
+	case errors.Is(err, grpcpush.ErrBodyTooLarge) || errors.As(err, &maxBytes):
+		return http.StatusRequestEntityTooLarge
+	case errors.Is(err, grpcpush.ErrBudgetFull):
+		return http.StatusServiceUnavailable
+	}
+	return http.StatusBadRequest
 }
 
 // responseStarted reports whether a status was already written through w

@@ -18,6 +18,7 @@ import (
 
 	"github.com/metrics-gateway/metrics_gateway/access"
 	"github.com/metrics-gateway/metrics_gateway/grpcpush"
+	"github.com/metrics-gateway/metrics_gateway/mirror"
 )
 
 func init() {
@@ -76,6 +77,11 @@ type Gateway struct {
 	// tenant comes from tenant, default_tenant or the client).
 	AccessPolicies *access.Config `json:"access_policies,omitempty"`
 
+	// Mirrors each send a copy of every write (the pushes the route table
+	// sends to the distributor, and Graphite writes) to another cluster,
+	// without slowing or failing the primary. Default: none.
+	Mirrors []MirrorConfig `json:"mirrors,omitempty"`
+
 	routes   *Routes
 	backends map[Component]upstream
 	// pooled are the keys of the gRPC upstreams this instance holds in the
@@ -87,6 +93,8 @@ type Gateway struct {
 	retryAfter grpcpush.RetryAfter
 	logger     *zap.Logger
 	access     gatewayAccess
+	mirrors    []*pooledMirror
+	tee        mirror.Set // the mirrors, for the writes' backends
 }
 
 // RetryAfterConfig sets the Retry-After of the gateway's own 429 and 503
@@ -110,7 +118,8 @@ func (c *RetryAfterConfig) value() grpcpush.RetryAfter {
 
 // upstream is one backend, whatever serves it.
 type upstream interface {
-	serve(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error
+	// serve sends r to the backend; mirrored says the mirrors get a copy.
+	serve(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, mirrored bool) error
 	status() BackendStatus
 }
 
@@ -140,6 +149,9 @@ func (g *Gateway) Provision(ctx caddy.Context) error {
 	}
 	g.routes, err = NewRoutes(RouteTable(g.PrometheusHTTPPrefix, g.AlertmanagerHTTPPrefix))
 	if err != nil {
+		return err
+	}
+	if err := g.newMirrors(ctx); err != nil {
 		return err
 	}
 	g.backends = make(map[Component]upstream, len(Components))
@@ -219,6 +231,11 @@ func (g *Gateway) checkConfig() (map[Component]*ParsedURL, error) {
 	}
 	if err := g.checkAccess(); err != nil {
 		return nil, err // names access_policies
+	}
+	for i := range g.Mirrors {
+		if err := g.Mirrors[i].check(i); err != nil {
+			return nil, err
+		}
 	}
 	parsed := make(map[Component]*ParsedURL, len(backends))
 	for c, b := range backends {
@@ -305,7 +322,7 @@ func (g *Gateway) serveRoute(w http.ResponseWriter, r *http.Request, next caddyh
 	if status, msg := g.admit(w, r, route, repl); status != 0 {
 		return g.answerError(w, r, status, msg)
 	}
-	return g.backends[route.Component].serve(w, r, next)
+	return g.backends[route.Component].serve(w, r, next, len(g.tee) > 0 && route.mirrored(r.Method))
 }
 
 // serveLocal answers the paths the gateway owns. While Caddy shuts down

@@ -17,6 +17,8 @@ type BackendStatus struct {
 	// of at most MaxBufferedBytes.
 	BufferedBytes    int64 `json:"buffered_bytes,omitempty"`
 	MaxBufferedBytes int64 `json:"max_buffered_bytes,omitempty"`
+	// InFlight are a mirror's copies in flight.
+	InFlight int `json:"in_flight,omitempty"`
 }
 
 // GroupStatus is one target (priority group) of a gRPC backend.

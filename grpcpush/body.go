@@ -33,10 +33,10 @@ const (
 	maxClassShift = 24
 )
 
-// Errors of reading a body.
+// Errors of reading a body: over the body limit, and over a Budget.
 var (
-	errBodyTooLarge = errors.New("request body too large")
-	errBudgetFull   = errors.New("request bodies held at max_buffered_bytes")
+	ErrBodyTooLarge = errors.New("request body too large")
+	ErrBudgetFull   = errors.New("request bodies held at max_buffered_bytes")
 )
 
 // bufferPool is a set of sync.Pools of *[]byte by power-of-two size class.
@@ -98,12 +98,12 @@ func (p *bufferPool) Put(b *[]byte) {
 // readBody reads a body of contentLength bytes (-1: unknown, read to EOF)
 // into a buffer from budget, after headroom bytes, growing it as the bytes
 // arrive. It returns the buffer and the body length; limit is the largest
-// body accepted (errBodyTooLarge beyond, before reading when announced).
+// body accepted (ErrBodyTooLarge beyond, before reading when announced).
 // When budget cannot hold the next buffer it stops reading and returns
-// errBudgetFull. The caller owns the buffer and gives it back to budget.
+// ErrBudgetFull. The caller owns the buffer and gives it back to budget.
 func readBody(r io.Reader, contentLength, limit int64, budget *Budget) (*[]byte, int, error) {
 	if contentLength > limit {
-		return nil, 0, errBodyTooLarge
+		return nil, 0, ErrBodyTooLarge
 	}
 	// want is the largest buffer the body may need: its length, or one
 	// byte over the limit to see an unknown length go over it.
@@ -142,7 +142,7 @@ func readBody(r io.Reader, contentLength, limit int64, budget *Budget) (*[]byte,
 	}
 	if int64(n) > limit {
 		budget.Put(buf)
-		return nil, 0, errBodyTooLarge
+		return nil, 0, ErrBodyTooLarge
 	}
 	*buf = (*buf)[:headroom+n]
 	return buf, n, nil

@@ -62,8 +62,8 @@ func TestBudgetFullStopsBeforeReading(t *testing.T) {
 	end2 := stalledRead(t, 1<<20, budget)
 	standin.WaitFor(t, 10*time.Second, "two first buffers taken", func() bool { return budget.Used() == budget.Limit() })
 	body := &countingReader{r: bytes.NewReader(make([]byte, 100))}
-	if _, _, err := readBody(body, 100, DefaultMaxRequestBody, budget); !errors.Is(err, errBudgetFull) {
-		t.Fatalf("third body: %v, want errBudgetFull", err)
+	if _, _, err := readBody(body, 100, DefaultMaxRequestBody, budget); !errors.Is(err, ErrBudgetFull) {
+		t.Fatalf("third body: %v, want ErrBudgetFull", err)
 	}
 	if body.n != 0 {
 		t.Errorf("%d bytes of the refused body were read", body.n)
@@ -98,7 +98,7 @@ func TestBodyGrowsAsItArrives(t *testing.T) {
 	}
 }
 
-// TestBodyLimits: over the limit (announced or not) is errBodyTooLarge,
+// TestBodyLimits: over the limit (announced or not) is ErrBodyTooLarge,
 // a body shorter than announced is io.ErrUnexpectedEOF; nothing stays held.
 func TestBodyLimits(t *testing.T) {
 	budget := NewBudget(1<<30, nil, "")
@@ -107,8 +107,8 @@ func TestBodyLimits(t *testing.T) {
 		contentLength int64
 		want          error
 	}{
-		{1001, 1001, errBodyTooLarge},
-		{1001, -1, errBodyTooLarge},
+		{1001, 1001, ErrBodyTooLarge},
+		{1001, -1, ErrBodyTooLarge},
 		{500, 1000, io.ErrUnexpectedEOF},
 	} {
 		_, _, err := readBody(bytes.NewReader(make([]byte, tc.size)), tc.contentLength, 1000, budget)

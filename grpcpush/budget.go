@@ -57,7 +57,7 @@ func (b *Budget) Limit() int64 { return b.limit }
 func (b *Budget) Used() int64 { return b.used.Load() }
 
 // take returns a buffer of length n when the budget can hold its capacity
-// on top of what it holds, else errBudgetFull.
+// on top of what it holds, else ErrBudgetFull.
 func (b *Budget) take(n int) (*[]byte, error) {
 	size := int64(capFor(n))
 	for {
@@ -66,7 +66,7 @@ func (b *Budget) take(n int) (*[]byte, error) {
 			if b.full != nil {
 				b.full.Inc()
 			}
-			return nil, errBudgetFull
+			return nil, ErrBudgetFull
 		}
 		if b.used.CompareAndSwap(used, used+size) {
 			break

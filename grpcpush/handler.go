@@ -350,7 +350,7 @@ func (h *Handler) readBody(w http.ResponseWriter, r *http.Request, deadline time
 	if rc != nil {
 		_ = rc.SetReadDeadline(time.Time{})
 	}
-	if err != nil && !errors.Is(err, errBodyTooLarge) && !errors.Is(err, errBudgetFull) && !time.Now().Before(deadline) {
+	if err != nil && !errors.Is(err, ErrBodyTooLarge) && !errors.Is(err, ErrBudgetFull) && !time.Now().Before(deadline) {
 		err = errBodyTimeout
 	}
 	return buf, n, err
@@ -370,14 +370,14 @@ var errBodyTimeout = errors.New("request body not received in time")
 func (h *Handler) bodyError(c *call, r *http.Request, err error) (int, *Error) {
 	var tooLarge *http.MaxBytesError
 	switch {
-	case errors.Is(err, errBodyTooLarge):
+	case errors.Is(err, ErrBodyTooLarge):
 		return 0, h.failed(c, r, http.StatusRequestEntityTooLarge,
 			fmt.Sprintf("request body larger than %d bytes", h.s.maxBody))
 	case errors.As(err, &tooLarge):
 		// A request_body { max_size } before the gateway cut the body.
 		return 0, h.failed(c, r, http.StatusRequestEntityTooLarge,
 			fmt.Sprintf("request body larger than %d bytes (request_body max_size)", tooLarge.Limit))
-	case errors.Is(err, errBudgetFull):
+	case errors.Is(err, ErrBudgetFull):
 		return 0, h.failed(c, r, http.StatusServiceUnavailable,
 			fmt.Sprintf("request bodies held at max_buffered_bytes (%d bytes); try again later", c.site.budget.Limit()))
 	case errors.Is(err, errBodyTimeout):

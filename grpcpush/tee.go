@@ -73,8 +73,7 @@ func (c *call) view(tenant string) *Request {
 // returns it as a kept Request with r's method, URI, headers and tenant, for
 // a caller that sends r elsewhere itself (over HTTP) and tees it: the caller
 // gives the body to its own request (Body) and Releases the Request when
-// done. The errors are errBodyTooLarge's and errBudgetFull's kind, or the
-// body's own.
+// done. The errors are ErrBodyTooLarge, ErrBudgetFull, or the body's own.
 func ReadRequest(r *http.Request, limit int64, budget *Budget) (*Request, error) {
 	buf, n, err := readBody(r.Body, r.ContentLength, limit, budget)
 	if err != nil {

@@ -1,0 +1,283 @@
+package caddymodule_test
+
+import (
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/metrics-gateway/metrics_gateway/internal/standin"
+	"github.com/metrics-gateway/metrics_gateway/internal/testcaddy"
+)
+
+// mirrorCluster is a second cluster of distributor stand-ins, its DNS name
+// apart from the primary's.
+func mirrorCluster(t *testing.T, n int) *standin.Cluster {
+	t.Helper()
+	m, err := standin.StartCluster("mirror-distributor.mimir-new.test", n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.Stop)
+	for _, d := range m.Distributors {
+		d.KeepRecords(100000)
+	}
+	return m
+}
+
+// mirrorCopies reads metrics_gateway_mirror_requests_total of a mirror
+// and result (the metrics are the process's: other tests' mirrors have
+// other names).
+func mirrorCopies(t *testing.T, c *testcaddy.Caddy, mirror, result string) float64 {
+	t.Helper()
+	code, b, err := c.AdminGet("/metrics")
+	if err != nil || code != 200 {
+		t.Fatalf("GET /metrics: %d %v", code, err)
+	}
+	total := 0.0
+	series := `metrics_gateway_mirror_requests_total{mirror="` + mirror + `",result="` + result + `"} `
+	for _, m := range regexp.MustCompile(`(?m)^`+regexp.QuoteMeta(series)+`(\S+)$`).FindAllSubmatch(b, -1) {
+		v, _ := strconv.ParseFloat(string(m[1]), 64)
+		total += v
+	}
+	return total
+}
+
+// pushAs pushes body as tenant through c and returns the status.
+func pushAs(t *testing.T, client *http.Client, tenant string, body []byte) (int, time.Duration) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodPost, "http://gateway/api/v1/push", strings.NewReader(string(body)))
+	standin.SetPushHeaders(req.Header, tenant)
+	start := time.Now()
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Errorf("push as %s: %v", tenant, err)
+		return 0, 0
+	}
+	resp.Body.Close()
+	return resp.StatusCode, time.Since(start)
+}
+
+// TestMirrorTenants: 3 primary and 2 mirror distributors; 4 keep-alive
+// clients push as three tenants; every push succeeds, and the mirror
+// cluster gets exactly the pushes of the listed tenants, with the same
+// sample count and tenant, and none of the other's. Queries and rule
+// changes, sent to the same cluster, are never mirrored.
+func TestMirrorTenants(t *testing.T) {
+	const clients, pushes = 4, 60
+	cl, m := startCluster(t, 3), mirrorCluster(t, 2)
+	c := testcaddy.Start(t, fmt.Sprintf(`[{"handler": "metrics_gateway", "proxy": {"default": {"url": %q}},
+		"mirrors": [{"url": [%q], "tenants": ["team-a", "team-b"]}]}]`, cl.Target(), m.Target()))
+	var wg sync.WaitGroup
+	var ok atomic.Int64
+	for i := 0; i < clients; i++ {
+		client := oneConnClient(t, c)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := 0; j < pushes; j++ {
+				tenant := []string{"team-a", "team-b", "team-c"}[j%3]
+				if code, _ := pushAs(t, client, tenant, standin.RemoteWriteBody(10, 1)); code == http.StatusOK {
+					ok.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	for _, path := range []string{"/prometheus/api/v1/query?query=up", "/prometheus/config/v1/rules/ns"} {
+		for _, method := range []string{http.MethodGet, http.MethodPost} {
+			req, _ := http.NewRequest(method, "http://gateway"+path, strings.NewReader("query=up"))
+			standin.SetPushHeaders(req.Header, "team-a")
+			if _, _, err := c.Do(req); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if n := ok.Load(); n != clients*pushes {
+		t.Fatalf("%d of %d pushes got 200", n, clients*pushes)
+	}
+	want := clients * pushes * 2 / 3
+	standin.WaitFor(t, 20*time.Second, "the copies answered", func() bool { return mirrorCopies(t, c, m.Target(), "ok") == float64(want) })
+	perTenant := map[string]int{}
+	for _, d := range m.Distributors {
+		for _, rec := range d.Records() {
+			perTenant[rec.Tenant]++
+			if rec.URL != standin.PushPath || rec.Method != http.MethodPost {
+				t.Errorf("mirrored %s %s", rec.Method, rec.URL)
+			}
+		}
+	}
+	if perTenant["team-a"] != want/2 || perTenant["team-b"] != want/2 || perTenant["team-c"] != 0 || len(perTenant) != 2 {
+		t.Errorf("the mirror got %v, want %d pushes each of team-a and team-b and nothing else", perTenant, want/2)
+	}
+	var mirrorSamples int64
+	for _, d := range m.Distributors {
+		mirrorSamples += d.Samples()
+	}
+	if mirrorSamples != int64(want*10) {
+		t.Errorf("the mirror got %d samples, want %d", mirrorSamples, want*10)
+	}
+	if spread := m.Requests(); spread[0] == 0 || spread[1] == 0 {
+		t.Errorf("the mirror's distributors got %v: its own balancing should use both", spread)
+	}
+}
+
+// TestMirrorPercent: percent 50 over 100 tenants mirrors 30 to 70 of them,
+// each with all of its pushes or none.
+func TestMirrorPercent(t *testing.T) {
+	cl, m := startCluster(t, 1), mirrorCluster(t, 1)
+	c := testcaddy.Start(t, fmt.Sprintf(`[{"handler": "metrics_gateway", "proxy": {"default": {"url": %q}},
+		"mirrors": [{"url": [%q], "percent": 50}]}]`, cl.Target(), m.Target()))
+	client := oneConnClient(t, c)
+	for round := 0; round < 2; round++ {
+		for i := 0; i < 100; i++ {
+			if code, _ := pushAs(t, client, fmt.Sprintf("tenant-%d", i), standin.RemoteWriteBody(5, 1)); code != http.StatusOK {
+				t.Fatalf("push: %d", code)
+			}
+		}
+	}
+	standin.WaitFor(t, 20*time.Second, "the copies answered", func() bool {
+		n := mirrorCopies(t, c, m.Target(), "ok")
+		return n > 0 && int(n) == len(m.Distributors[0].Records())
+	})
+	perTenant := map[string]int{}
+	for _, rec := range m.Distributors[0].Records() {
+		perTenant[rec.Tenant]++
+	}
+	for tenant, n := range perTenant {
+		if n != 2 {
+			t.Errorf("%s: %d of 2 pushes mirrored", tenant, n)
+		}
+	}
+	if len(perTenant) < 30 || len(perTenant) > 70 {
+		t.Errorf("%d of 100 tenants mirrored at percent 50", len(perTenant))
+	}
+}
+
+// TestMirrorDownThenHung: while the mirror is down (connections refused),
+// then hung (answers nothing), every push succeeds without waiting for it,
+// the copies are counted failed, timed out or dropped, and once the mirror
+// is back it gets pushes again.
+func TestMirrorDownThenHung(t *testing.T) {
+	const timeout = 2 * time.Second
+	cl, m := startCluster(t, 2), mirrorCluster(t, 1)
+	c := testcaddy.Start(t, fmt.Sprintf(`[{"handler": "metrics_gateway", "proxy": {"default": {"url": %q}},
+		"mirrors": [{"url": [%q], "max_in_flight": 8, "timeout": %q, "retries": 0}]}]`, cl.Target(), m.Target(), timeout))
+	client := oneConnClient(t, c)
+	body := standin.RemoteWriteBody(100, 1)
+	pushAll := func(phase string, n int) {
+		t.Helper()
+		var slowest time.Duration
+		for i := 0; i < n; i++ {
+			code, took := pushAs(t, client, "team-a", body)
+			if code != http.StatusOK {
+				t.Fatalf("%s: push %d got %d", phase, i, code)
+			}
+			slowest = max(slowest, took)
+		}
+		// Behaviour, not speed: no push waited for the mirror's timeout.
+		if slowest >= timeout {
+			t.Errorf("%s: a push took %v, as long as the mirror's timeout", phase, slowest)
+		}
+		t.Logf("%s: %d pushes, slowest %v", phase, n, slowest)
+	}
+	pushAll("mirror healthy", 20)
+	standin.WaitFor(t, 20*time.Second, "the first copies", func() bool { return mirrorCopies(t, c, m.Target(), "ok") == 20 })
+
+	addr := m.Servers[0].Addr()
+	m.Servers[0].Stop()
+	pushAll("mirror down", 50)
+	standin.WaitFor(t, 20*time.Second, "the copies to a mirror that is down counted", func() bool {
+		return mirrorCopies(t, c, m.Target(), "failed")+mirrorCopies(t, c, m.Target(), "dropped")+mirrorCopies(t, c, m.Target(), "timeout") == 50
+	})
+
+	back, err := standin.StartGRPC(addr, m.Distributors[0])
+	if err != nil {
+		t.Skipf("could not listen on %s again: %v", addr, err)
+	}
+	t.Cleanup(back.Stop)
+	before := m.Distributors[0].Requests()
+	standin.WaitFor(t, 30*time.Second, "the mirror getting pushes again", func() bool {
+		pushAs(t, client, "team-a", body)
+		return m.Distributors[0].Requests() > before
+	})
+
+	release := make(chan struct{})
+	var held atomic.Int64
+	m.Distributors[0].SetBehavior(standin.HoldUntil(release, &held))
+	dropped := mirrorCopies(t, c, m.Target(), "dropped")
+	pushAll("mirror hung", 30)
+	if n := mirrorCopies(t, c, m.Target(), "dropped") - dropped; n < 30-8 {
+		t.Errorf("%v copies dropped with the mirror hung, want at least %d (max_in_flight 8)", n, 30-8)
+	}
+	standin.WaitFor(t, 20*time.Second, "the held copies timed out", func() bool { return mirrorCopies(t, c, m.Target(), "timeout") >= 8 })
+	close(release)
+	m.Distributors[0].SetBehavior(nil)
+	before = m.Distributors[0].Requests()
+	standin.WaitFor(t, 30*time.Second, "the mirror getting pushes once it answers again", func() bool {
+		pushAs(t, client, "team-a", body)
+		return m.Distributors[0].Requests() > before+1
+	})
+}
+
+// TestMirrorOverHTTP: a mirror at an http:// URL gets the copies through
+// reverse_proxy's transport, with the tenant and body.
+func TestMirrorOverHTTP(t *testing.T) {
+	cl := startCluster(t, 1)
+	d := standin.NewDistributor("mirror-over-http")
+	d.KeepRecords(100)
+	srv := httptest.NewServer(d)
+	t.Cleanup(srv.Close)
+	c := testcaddy.Start(t, fmt.Sprintf(`[{"handler": "metrics_gateway", "proxy": {"default": {"url": %q}},
+		"mirrors": [{"url": [%q]}]}]`, cl.Target(), srv.URL))
+	client := oneConnClient(t, c)
+	for i := 0; i < 10; i++ {
+		if code, _ := pushAs(t, client, "team-a", standin.RemoteWriteBody(7, 1)); code != http.StatusOK {
+			t.Fatalf("push: %d", code)
+		}
+	}
+	standin.WaitFor(t, 20*time.Second, "the copies", func() bool { return d.Samples() == 70 })
+	for _, rec := range d.Records() {
+		if rec.Tenant != "team-a" || rec.URL != standin.PushPath {
+			t.Errorf("HTTP mirror got %s as %q", rec.URL, rec.Tenant)
+		}
+	}
+	// And an HTTP primary with a dns: mirror: the body is read once, for both.
+	m := mirrorCluster(t, 1)
+	primary := httptest.NewServer(standin.NewDistributor("primary-over-http"))
+	t.Cleanup(primary.Close)
+	if err := c.Reload(fmt.Sprintf(`[{"handler": "metrics_gateway", "proxy": {"default": {"url": %q}},
+		"mirrors": [{"url": [%q]}]}]`, primary.URL, m.Target())); err != nil {
+		t.Fatal(err)
+	}
+	client = oneConnClient(t, c)
+	for i := 0; i < 10; i++ {
+		if code, _ := pushAs(t, client, "team-b", standin.RemoteWriteBody(3, 1)); code != http.StatusOK {
+			t.Fatalf("push to the HTTP primary: %d", code)
+		}
+	}
+	standin.WaitFor(t, 20*time.Second, "the copies of the HTTP primary's pushes", func() bool {
+		return m.Distributors[0].Samples() == 30
+	})
+}
+
+// TestMirrorInAdminView: the admin view lists the mirror with its endpoints.
+func TestMirrorInAdminView(t *testing.T) {
+	cl, m := startCluster(t, 1), mirrorCluster(t, 2)
+	c := testcaddy.Start(t, fmt.Sprintf(`[{"handler": "metrics_gateway", "proxy": {"default": {"url": %q}},
+		"mirrors": [{"url": [%q]}]}]`, cl.Target(), m.Target()))
+	standin.WaitFor(t, 20*time.Second, "the mirror's 2 endpoints in the admin view", func() bool {
+		for _, bs := range backendStatuses(t, c) {
+			if bs.Component == "mirror" && bs.Target == m.Target() && len(bs.Endpoints) == 2 {
+				return true
+			}
+		}
+		return false
+	})
+}
