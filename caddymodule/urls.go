@@ -32,8 +32,6 @@ type ParsedURL struct {
 	Scheme string
 	// Dials are the host:port addresses of an HTTP backend.
 	Dials []string
-	// Target is the (first) gRPC target of a dns: backend, as written.
-	Target string
 	// Targets are all gRPC targets of a dns: backend, in priority order.
 	Targets []string
 }
@@ -46,7 +44,7 @@ func parseDNSTargets(fields []string) (*ParsedURL, error) {
 		if !strings.HasPrefix(f, "dns:") {
 			return nil, fmt.Errorf("%q: dns: and HTTP URLs cannot be mixed in one backend", f)
 		}
-		if err := checkDNSTarget(f); err != nil {
+		if _, err := grpcpush.ParseTarget(f); err != nil {
 			return nil, err
 		}
 		if seen[f] {
@@ -54,7 +52,7 @@ func parseDNSTargets(fields []string) (*ParsedURL, error) {
 		}
 		seen[f] = true
 	}
-	return &ParsedURL{Kind: KindGRPC, Scheme: "dns", Target: fields[0], Targets: fields}, nil
+	return &ParsedURL{Kind: KindGRPC, Scheme: "dns", Targets: fields}, nil
 }
 
 // ParseBackendURL checks a backend's url field. Errors say what is wrong
@@ -127,11 +125,4 @@ func parseHTTPURL(raw string) (scheme, dial string, err error) {
 		return "", "", fmt.Errorf("%q: invalid host %q", raw, u.Hostname())
 	}
 	return u.Scheme, dial, nil
-}
-
-// checkDNSTarget checks a dns: target: dns:///host:port or
-// dns://authority/host:port (RFC 4501).
-func checkDNSTarget(raw string) error {
-	_, err := grpcpush.ParseTarget(raw)
-	return err
 }

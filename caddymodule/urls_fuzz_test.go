@@ -52,9 +52,9 @@ func FuzzParseBackendURL(f *testing.F) {
 				}
 			}
 		case KindGRPC:
-			tg, err := grpcpush.ParseTarget(u.Target)
+			tg, err := grpcpush.ParseTarget(u.Targets[0])
 			if err != nil {
-				t.Fatalf("%q accepted, but grpcpush refuses %q: %v", raw, u.Target, err)
+				t.Fatalf("%q accepted, but grpcpush refuses %q: %v", raw, u.Targets[0], err)
 			}
 			again, err := grpcpush.ParseTarget(tg.String())
 			if err != nil || again != tg {
