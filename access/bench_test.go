@@ -2,6 +2,7 @@ package access
 
 import (
 	"fmt"
+	"github.com/metrics-gateway/metrics_gateway/internal/standin"
 	"net/http"
 	"testing"
 )
@@ -53,14 +54,14 @@ func BenchmarkDecideBearer(b *testing.B) {
 }
 
 func BenchmarkDecideJWT(b *testing.B) {
-	for _, key := range []testKey{rsaKey1(), ecKey()} {
-		b.Run(string(key.alg), func(b *testing.B) {
+	for _, key := range []standin.SigningKey{rsaKey1(), ecKey()} {
+		b.Run(string(key.Alg), func(b *testing.B) {
 			clock := newFakeClock(testStart)
-			is := newTestIssuer(b, key)
+			is := standin.StartIdP(b, key)
 			cfg := benchConfig()
-			cfg.OIDC = &OIDCConfig{Issuer: is.srv.URL, Audience: "metrics-gateway"}
-			g := benchGuard(b, cfg, Options{Now: clock.Now, HTTPClient: is.srv.Client()})
-			runDecide(b, g, bearerReq(key.sign(b, claims(is, clock, "bench-500")), "tenant-500"), ScopeMetricsWrite)
+			cfg.OIDC = &OIDCConfig{Issuer: is.URL(), Audience: "metrics-gateway"}
+			g := benchGuard(b, cfg, Options{Now: clock.Now, HTTPClient: is.Srv.Client()})
+			runDecide(b, g, bearerReq(key.Sign(b, claims(is, clock, "bench-500")), "tenant-500"), ScopeMetricsWrite)
 		})
 	}
 }

@@ -2,146 +2,44 @@ package access
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/rsa"
 	"encoding/base64"
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	jose "github.com/go-jose/go-jose/v4"
+	"github.com/metrics-gateway/metrics_gateway/internal/standin"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
-// testKey is a signing key of the test issuer.
-type testKey struct {
-	kid  string
-	alg  jose.SignatureAlgorithm
-	priv any
-	pub  any
-}
-
+// The keys of the tests' identity provider (standin.IdP).
 var (
-	rsaKey1 = sync.OnceValue(func() testKey { return newRSAKey("rsa-1") })
-	rsaKey2 = sync.OnceValue(func() testKey { return newRSAKey("rsa-2") })
-	ecKey   = sync.OnceValue(func() testKey {
-		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		if err != nil {
-			panic(err)
-		}
-		return testKey{kid: "ec-1", alg: jose.ES256, priv: k, pub: &k.PublicKey}
-	})
+	rsaKey1 = sync.OnceValue(func() standin.SigningKey { return standin.NewRSAKey("rsa-1") })
+	rsaKey2 = sync.OnceValue(func() standin.SigningKey { return standin.NewRSAKey("rsa-2") })
+	ecKey   = sync.OnceValue(func() standin.SigningKey { return standin.NewECKey("ec-1") })
 	// strayKey is published nowhere.
-	strayKey = sync.OnceValue(func() testKey { return newRSAKey("stray") })
+	strayKey = sync.OnceValue(func() standin.SigningKey { return standin.NewRSAKey("stray") })
 )
 
-func newRSAKey(kid string) testKey {
-	k, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		panic(err)
-	}
-	return testKey{kid: kid, alg: jose.RS256, priv: k, pub: &k.PublicKey}
-}
-
-// sign makes a compact JWS of claims with key k, with kid as its key ID.
-func (k testKey) signAs(t testing.TB, kid string, claims map[string]any) string {
-	t.Helper()
-	s, err := jose.NewSigner(jose.SigningKey{Algorithm: k.alg, Key: jose.JSONWebKey{Key: k.priv, KeyID: kid}},
-		(&jose.SignerOptions{}).WithType("JWT"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	payload, err := json.Marshal(claims)
-	if err != nil {
-		t.Fatal(err)
-	}
-	jws, err := s.Sign(payload)
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := jws.CompactSerialize()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return out
-}
-
-func (k testKey) sign(t testing.TB, claims map[string]any) string { return k.signAs(t, k.kid, claims) }
-
-// testIssuer is an OpenID provider on loopback: discovery and JWKS.
-type testIssuer struct {
-	srv       *httptest.Server
-	mu        sync.Mutex
-	keys      []testKey
-	down      atomic.Bool  // answer 500
-	discovers atomic.Int64 // discovery document requests
-	fetches   atomic.Int64 // JWKS requests
-	docIssuer atomic.Value // issuer the document states ("" = the right one)
-}
-
-func newTestIssuer(t testing.TB, keys ...testKey) *testIssuer {
-	is := &testIssuer{keys: keys}
-	is.docIssuer.Store("")
-	mux := http.NewServeMux()
-	mux.HandleFunc("/.well-known/openid-configuration", func(w http.ResponseWriter, r *http.Request) {
-		is.discovers.Add(1)
-		if is.down.Load() {
-			http.Error(w, "down", http.StatusInternalServerError)
-			return
-		}
-		iss := is.docIssuer.Load().(string)
-		if iss == "" {
-			iss = is.srv.URL
-		}
-		_ = json.NewEncoder(w).Encode(map[string]string{"issuer": iss, "jwks_uri": is.srv.URL + "/keys"})
-	})
-	mux.HandleFunc("/keys", func(w http.ResponseWriter, r *http.Request) {
-		is.fetches.Add(1)
-		if is.down.Load() {
-			http.Error(w, "down", http.StatusInternalServerError)
-			return
-		}
-		is.mu.Lock()
-		var set jose.JSONWebKeySet
-		for _, k := range is.keys {
-			set.Keys = append(set.Keys, jose.JSONWebKey{Key: k.pub, KeyID: k.kid, Algorithm: string(k.alg), Use: "sig"})
-		}
-		is.mu.Unlock()
-		_ = json.NewEncoder(w).Encode(set)
-	})
-	is.srv = httptest.NewServer(mux) // on 127.0.0.1, a free port
-	t.Cleanup(is.srv.Close)
-	return is
-}
-
-func (is *testIssuer) publish(keys ...testKey) {
-	is.mu.Lock()
-	is.keys = keys
-	is.mu.Unlock()
-}
-
 // oidcGuard is a guard with decisionConfig's policies and the issuer.
-func oidcGuard(t testing.TB, is *testIssuer, clock *fakeClock, mod func(*Config)) *Guard {
+func oidcGuard(t testing.TB, is *standin.IdP, clock *fakeClock, mod func(*Config)) *Guard {
 	cfg := decisionConfig()
-	cfg.OIDC = &OIDCConfig{Issuer: is.srv.URL, Audience: "metrics-gateway"}
+	cfg.OIDC = &OIDCConfig{Issuer: is.URL(), Audience: "metrics-gateway"}
 	if mod != nil {
 		mod(&cfg)
 	}
-	return newTestGuard(t, cfg, Options{Now: clock.Now, HTTPClient: is.srv.Client()})
+	return newTestGuard(t, cfg, Options{Now: clock.Now, HTTPClient: is.Srv.Client()})
 }
 
 // claims returns valid claims for the issuer at the clock's time.
-func claims(is *testIssuer, clock *fakeClock, policy any) map[string]any {
+func claims(is *standin.IdP, clock *fakeClock, policy any) map[string]any {
 	now := clock.Now()
 	c := map[string]any{
-		"iss": is.srv.URL,
+		"iss": is.URL(),
 		"aud": []string{"metrics-gateway", "other"},
 		"sub": "user-1",
 		"iat": now.Unix(),
@@ -156,14 +54,14 @@ func claims(is *testIssuer, clock *fakeClock, policy any) map[string]any {
 
 func TestOIDCAllowed(t *testing.T) {
 	clock := newFakeClock(testStart)
-	is := newTestIssuer(t, rsaKey1(), ecKey())
+	is := standin.StartIdP(t, rsaKey1(), ecKey())
 	vec := NewRequestsCounter()
 	cfg := decisionConfig()
-	cfg.OIDC = &OIDCConfig{Issuer: is.srv.URL, Audience: "metrics-gateway"}
-	g := newTestGuard(t, cfg, Options{Now: clock.Now, HTTPClient: is.srv.Client(), Metrics: vec})
+	cfg.OIDC = &OIDCConfig{Issuer: is.URL(), Audience: "metrics-gateway"}
+	g := newTestGuard(t, cfg, Options{Now: clock.Now, HTTPClient: is.Srv.Client(), Metrics: vec})
 
 	// RS256, one policy, the one-tenant default.
-	tok := rsaKey1().sign(t, claims(is, clock, "team-a"))
+	tok := rsaKey1().Sign(t, claims(is, clock, "team-a"))
 	d := g.Decide(bearerReq(tok), ScopeMetricsWrite)
 	if !d.Allowed() || d.Tenant != "team-a" || d.Policy != "team-a" || d.Subject != "user-1" {
 		t.Fatalf("%+v", d)
@@ -173,13 +71,13 @@ func TestOIDCAllowed(t *testing.T) {
 	}
 
 	// ES256, as the Basic password, with the tenant as username.
-	tok = ecKey().sign(t, claims(is, clock, []string{"team-a"}))
+	tok = ecKey().Sign(t, claims(is, clock, []string{"team-a"}))
 	if d := g.Decide(basicReq("team-a", tok), ScopeMetricsRead); !d.Allowed() || d.Tenant != "team-a" {
 		t.Fatalf("%+v", d)
 	}
 
 	// A list: the union of the known policies, in configuration order.
-	tok = rsaKey1().sign(t, claims(is, clock, []any{"ops", "nope", "multi", 7}))
+	tok = rsaKey1().Sign(t, claims(is, clock, []any{"ops", "nope", "multi", 7}))
 	d = g.Decide(bearerReq(tok, "team-b"), ScopeMetricsWrite) // metrics:write from multi
 	if !d.Allowed() || d.Policy != "multi+ops" {
 		t.Fatalf("%+v", d)
@@ -210,45 +108,45 @@ func TestOIDCAllowed(t *testing.T) {
 		claims(is, clock, nil),
 		claims(is, clock, map[string]any{"x": 1}),
 	} {
-		d := g.Decide(bearerReq(rsaKey1().sign(t, c), "team-a"), ScopeMetricsRead)
+		d := g.Decide(bearerReq(rsaKey1().Sign(t, c), "team-a"), ScopeMetricsRead)
 		if d.Status != 403 || d.Policy != "" || d.Message != "the token names no configured access policy" {
 			t.Fatalf("%+v", d)
 		}
 	}
-	if n := is.fetches.Load(); n != 1 {
+	if n := is.Fetches.Load(); n != 1 {
 		t.Fatalf("%d key-set fetches, want 1 (cached)", n)
 	}
-	if n := is.discovers.Load(); n != 1 {
+	if n := is.Discovers.Load(); n != 1 {
 		t.Fatalf("%d discoveries", n)
 	}
 	st := g.Status().OIDC
-	if st == nil || st.Keys != 2 || st.JWKSURI != is.srv.URL+"/keys" || st.Fetches != 1 || st.LastError != "" || st.PolicyClaim != DefaultPolicyClaim {
+	if st == nil || st.Keys != 2 || st.JWKSURI != is.URL()+"/keys" || st.Fetches != 1 || st.LastError != "" || st.PolicyClaim != DefaultPolicyClaim {
 		t.Fatalf("%+v", st)
 	}
 }
 
 func TestOIDCNestedClaimAndNoAudience(t *testing.T) {
 	clock := newFakeClock(testStart)
-	is := newTestIssuer(t, rsaKey1())
+	is := standin.StartIdP(t, rsaKey1())
 	g := oidcGuard(t, is, clock, func(c *Config) { c.OIDC.Audience = ""; c.OIDC.PolicyClaim = "realm_access.roles" })
 	c := claims(is, clock, nil)
 	c["aud"] = "anything"
 	c["realm_access"] = map[string]any{"roles": []string{"offline_access", "team-a"}}
-	if d := g.Decide(bearerReq(rsaKey1().sign(t, c)), ScopeMetricsWrite); !d.Allowed() || d.Policy != "team-a" {
+	if d := g.Decide(bearerReq(rsaKey1().Sign(t, c)), ScopeMetricsWrite); !d.Allowed() || d.Policy != "team-a" {
 		t.Fatalf("%+v", d)
 	}
 }
 
 func TestOIDCRejected(t *testing.T) {
 	clock := newFakeClock(testStart)
-	is := newTestIssuer(t, rsaKey1(), ecKey())
+	is := standin.StartIdP(t, rsaKey1(), ecKey())
 	g := oidcGuard(t, is, clock, nil)
 
 	b64 := func(v any) string {
 		b, _ := json.Marshal(v)
 		return base64.RawURLEncoding.EncodeToString(b)
 	}
-	valid := rsaKey1().sign(t, claims(is, clock, "team-a"))
+	valid := rsaKey1().Sign(t, claims(is, clock, "team-a"))
 	parts := strings.Split(valid, ".")
 	with := func(k string, v any) map[string]any {
 		c := claims(is, clock, "team-a")
@@ -264,19 +162,19 @@ func TestOIDCRejected(t *testing.T) {
 	tests := []struct {
 		name, token, detail string
 	}{
-		{"wrong audience", rsaKey1().sign(t, with("aud", "someone-else")), "audience"},
-		{"expired", rsaKey1().sign(t, with("exp", now.Add(-time.Second).Unix())), "expired"},
-		{"no exp", rsaKey1().sign(t, with("exp", nil)), "expired"},
-		{"nbf in the future", rsaKey1().sign(t, with("nbf", now.Add(time.Hour).Unix())), "nbf"},
-		{"wrong issuer", rsaKey1().sign(t, with("iss", "https://evil.example.com")), "issue"},
-		{"unknown key", strayKey().sign(t, claims(is, clock, "team-a")), "verify"},
-		{"published kid, other key", strayKey().signAs(t, "rsa-1", claims(is, clock, "team-a")), "verify"},
-		{"no kid, unknown key", strayKey().signAs(t, "", claims(is, clock, "team-a")), "verify"},
+		{"wrong audience", rsaKey1().Sign(t, with("aud", "someone-else")), "audience"},
+		{"expired", rsaKey1().Sign(t, with("exp", now.Add(-time.Second).Unix())), "expired"},
+		{"no exp", rsaKey1().Sign(t, with("exp", nil)), "expired"},
+		{"nbf in the future", rsaKey1().Sign(t, with("nbf", now.Add(time.Hour).Unix())), "nbf"},
+		{"wrong issuer", rsaKey1().Sign(t, with("iss", "https://evil.example.com")), "issue"},
+		{"unknown key", strayKey().Sign(t, claims(is, clock, "team-a")), "verify"},
+		{"published kid, other key", strayKey().SignAs(t, "rsa-1", claims(is, clock, "team-a")), "verify"},
+		{"no kid, unknown key", strayKey().SignAs(t, "", claims(is, clock, "team-a")), "verify"},
 		{"alg none", b64(map[string]string{"alg": "none", "typ": "JWT"}) + "." + parts[1] + ".", "malformed"},
 		{"alg none with kid", b64(map[string]string{"alg": "none", "kid": "rsa-1"}) + "." + parts[1] + "." + parts[2], "malformed"},
 		{"HS256", func() string {
 			s, _ := jose.NewSigner(jose.SigningKey{Algorithm: jose.HS256, Key: []byte("0123456789abcdef0123456789abcdef")}, nil)
-			jws, _ := s.Sign([]byte(`{"iss":"` + is.srv.URL + `"}`))
+			jws, _ := s.Sign([]byte(`{"iss":"` + is.URL() + `"}`))
 			out, _ := jws.CompactSerialize()
 			return out
 		}(), "malformed"},
@@ -308,62 +206,62 @@ func TestOIDCRejected(t *testing.T) {
 	if d := g.Decide(bearerReq(valid), ScopeMetricsWrite); !d.Allowed() {
 		t.Fatalf("%+v", d)
 	}
-	if n := is.fetches.Load(); n != 1 {
+	if n := is.Fetches.Load(); n != 1 {
 		t.Fatalf("%d fetches", n)
 	}
 }
 
 func TestOIDCKeyRotation(t *testing.T) {
 	clock := newFakeClock(testStart)
-	is := newTestIssuer(t, rsaKey1())
+	is := standin.StartIdP(t, rsaKey1())
 	g := oidcGuard(t, is, clock, nil)
-	if d := g.Decide(bearerReq(rsaKey1().sign(t, claims(is, clock, "team-a"))), ScopeMetricsWrite); !d.Allowed() {
+	if d := g.Decide(bearerReq(rsaKey1().Sign(t, claims(is, clock, "team-a"))), ScopeMetricsWrite); !d.Allowed() {
 		t.Fatalf("%+v", d)
 	}
 	// The provider publishes a new key and signs with it, a minute later.
-	is.publish(rsaKey1(), rsaKey2())
+	is.Publish(rsaKey1(), rsaKey2())
 	clock.Add(time.Minute)
-	if d := g.Decide(bearerReq(rsaKey2().sign(t, claims(is, clock, "team-a"))), ScopeMetricsWrite); !d.Allowed() {
+	if d := g.Decide(bearerReq(rsaKey2().Sign(t, claims(is, clock, "team-a"))), ScopeMetricsWrite); !d.Allowed() {
 		t.Fatalf("new key: %+v", d)
 	}
-	if d := g.Decide(bearerReq(rsaKey1().sign(t, claims(is, clock, "team-a"))), ScopeMetricsWrite); !d.Allowed() {
+	if d := g.Decide(bearerReq(rsaKey1().Sign(t, claims(is, clock, "team-a"))), ScopeMetricsWrite); !d.Allowed() {
 		t.Fatalf("old key: %+v", d)
 	}
-	if n := is.fetches.Load(); n != 2 {
+	if n := is.Fetches.Load(); n != 2 {
 		t.Fatalf("%d fetches, want 2", n)
 	}
 	// The old key is withdrawn; an hour on, the set is fetched again with
 	// the next JWT and the old key stops working.
-	is.publish(rsaKey2())
+	is.Publish(rsaKey2())
 	clock.Add(keyMaxAge)
-	if d := g.Decide(bearerReq(rsaKey1().sign(t, claims(is, clock, "team-a"))), ScopeMetricsWrite); d.Status != 401 {
+	if d := g.Decide(bearerReq(rsaKey1().Sign(t, claims(is, clock, "team-a"))), ScopeMetricsWrite); d.Status != 401 {
 		t.Fatalf("withdrawn key: %+v", d)
 	}
-	if n := is.fetches.Load(); n != 3 {
+	if n := is.Fetches.Load(); n != 3 {
 		t.Fatalf("%d fetches, want 3", n)
 	}
-	if d := g.Decide(bearerReq(rsaKey2().sign(t, claims(is, clock, "team-a"))), ScopeMetricsWrite); !d.Allowed() {
+	if d := g.Decide(bearerReq(rsaKey2().Sign(t, claims(is, clock, "team-a"))), ScopeMetricsWrite); !d.Allowed() {
 		t.Fatalf("%+v", d)
 	}
 }
 
 func TestOIDCRefetchRateLimit(t *testing.T) {
 	clock := newFakeClock(testStart)
-	is := newTestIssuer(t, rsaKey1())
+	is := standin.StartIdP(t, rsaKey1())
 	g := oidcGuard(t, is, clock, nil)
-	good := rsaKey1().sign(t, claims(is, clock, "team-a"))
+	good := rsaKey1().Sign(t, claims(is, clock, "team-a"))
 	if d := g.Decide(bearerReq(good), ScopeMetricsWrite); !d.Allowed() {
 		t.Fatalf("%+v", d)
 	}
 	// Tokens with made-up key IDs, many at once: one fetch for all of them
 	// after the interval, none before.
-	forged := func(kid string) string { return strayKey().signAs(t, kid, claims(is, clock, "team-a")) }
+	forged := func(kid string) string { return strayKey().SignAs(t, kid, claims(is, clock, "team-a")) }
 	for i := range 5 {
 		if d := g.Decide(bearerReq(forged("kid-a"+string(rune('0'+i)))), ScopeMetricsWrite); d.Status != 401 {
 			t.Fatalf("%+v", d)
 		}
 	}
-	if n := is.fetches.Load(); n != 1 {
+	if n := is.Fetches.Load(); n != 1 {
 		t.Fatalf("%d fetches within the interval, want 1", n)
 	}
 	clock.Add(minRefetchInterval)
@@ -380,45 +278,45 @@ func TestOIDCRefetchRateLimit(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	if n := is.fetches.Load(); n != 2 {
+	if n := is.Fetches.Load(); n != 2 {
 		t.Fatalf("%d fetches, want 2", n)
 	}
 	clock.Add(minRefetchInterval - time.Millisecond)
 	g.Decide(bearerReq(forged("kid-c")), ScopeMetricsWrite)
-	if n := is.fetches.Load(); n != 2 {
+	if n := is.Fetches.Load(); n != 2 {
 		t.Fatalf("%d fetches, want still 2", n)
 	}
 	clock.Add(time.Millisecond)
 	g.Decide(bearerReq(forged("kid-d")), ScopeMetricsWrite)
-	if n := is.fetches.Load(); n != 3 {
+	if n := is.Fetches.Load(); n != 3 {
 		t.Fatalf("%d fetches, want 3", n)
 	}
 	// Known tokens never wait for or cause a fetch.
-	if d := g.Decide(bearerReq(good), ScopeMetricsWrite); !d.Allowed() || is.fetches.Load() != 3 {
+	if d := g.Decide(bearerReq(good), ScopeMetricsWrite); !d.Allowed() || is.Fetches.Load() != 3 {
 		t.Fatalf("%+v", d)
 	}
 }
 
 func TestOIDCProviderDown(t *testing.T) {
 	clock := newFakeClock(testStart)
-	is := newTestIssuer(t, rsaKey1())
-	is.down.Store(true)
+	is := standin.StartIdP(t, rsaKey1())
+	is.Down.Store(true)
 	vec := NewRequestsCounter()
 	cfg := decisionConfig()
-	cfg.OIDC = &OIDCConfig{Issuer: is.srv.URL, Audience: "metrics-gateway"}
+	cfg.OIDC = &OIDCConfig{Issuer: is.URL(), Audience: "metrics-gateway"}
 	// The guard starts although the provider is down: nothing is fetched yet.
-	g := newTestGuard(t, cfg, Options{Now: clock.Now, HTTPClient: is.srv.Client(), Metrics: vec})
-	if n := is.discovers.Load(); n != 0 {
+	g := newTestGuard(t, cfg, Options{Now: clock.Now, HTTPClient: is.Srv.Client(), Metrics: vec})
+	if n := is.Discovers.Load(); n != 0 {
 		t.Fatalf("%d discoveries at start", n)
 	}
-	tok := rsaKey1().sign(t, claims(is, clock, "team-a"))
+	tok := rsaKey1().Sign(t, claims(is, clock, "team-a"))
 	for range 3 {
 		d := g.Decide(bearerReq(tok), ScopeMetricsWrite)
 		if d.Status != 503 || d.WWWAuthenticate != "" || !strings.Contains(d.Detail, "500") && !strings.Contains(d.Detail, "unavailable") {
 			t.Fatalf("%+v", d)
 		}
 	}
-	if n := is.discovers.Load(); n != 1 {
+	if n := is.Discovers.Load(); n != 1 {
 		t.Fatalf("%d discoveries, want 1 (rate-limited)", n)
 	}
 	if got := testutil.ToFloat64(vec.WithLabelValues("", "unavailable")); got != 3 {
@@ -432,7 +330,7 @@ func TestOIDCProviderDown(t *testing.T) {
 		t.Fatalf("%+v", d)
 	}
 	// Back up: the next attempt, 10 s later, succeeds.
-	is.down.Store(false)
+	is.Down.Store(false)
 	clock.Add(minRefetchInterval)
 	if d := g.Decide(bearerReq(tok), ScopeMetricsWrite); !d.Allowed() {
 		t.Fatalf("%+v", d)
@@ -443,26 +341,26 @@ func TestOIDCProviderDown(t *testing.T) {
 
 	// Down again while keys are cached: known keys still work; an unknown
 	// key ID cannot be checked (503).
-	is.down.Store(true)
+	is.Down.Store(true)
 	clock.Add(minRefetchInterval)
 	if d := g.Decide(bearerReq(tok), ScopeMetricsWrite); !d.Allowed() {
 		t.Fatalf("%+v", d)
 	}
-	if d := g.Decide(bearerReq(rsaKey2().sign(t, claims(is, clock, "team-a"))), ScopeMetricsWrite); d.Status != 503 {
+	if d := g.Decide(bearerReq(rsaKey2().Sign(t, claims(is, clock, "team-a"))), ScopeMetricsWrite); d.Status != 503 {
 		t.Fatalf("%+v", d)
 	}
 }
 
 func TestOIDCDiscoveryIssuerMismatch(t *testing.T) {
 	clock := newFakeClock(testStart)
-	is := newTestIssuer(t, rsaKey1())
-	is.docIssuer.Store("https://other.example.com")
+	is := standin.StartIdP(t, rsaKey1())
+	is.DocIssuer.Store("https://other.example.com")
 	g := oidcGuard(t, is, clock, nil)
-	d := g.Decide(bearerReq(rsaKey1().sign(t, claims(is, clock, "team-a"))), ScopeMetricsWrite)
+	d := g.Decide(bearerReq(rsaKey1().Sign(t, claims(is, clock, "team-a"))), ScopeMetricsWrite)
 	if d.Status != 503 || !strings.Contains(d.Detail, "not the configured") {
 		t.Fatalf("%+v", d)
 	}
-	if is.fetches.Load() != 0 {
+	if is.Fetches.Load() != 0 {
 		t.Fatal("keys fetched from a mismatched provider")
 	}
 }
@@ -485,8 +383,8 @@ func TestOIDCWaitEndsWithRequest(t *testing.T) {
 	cfg := decisionConfig()
 	cfg.OIDC = &OIDCConfig{Issuer: slow.URL}
 	g := newTestGuard(t, cfg, Options{Now: clock.Now, HTTPClient: slow.Client()})
-	is := &testIssuer{srv: slow}
-	tok := rsaKey1().sign(t, claims(is, clock, "team-a"))
+	is := &standin.IdP{Srv: slow}
+	tok := rsaKey1().Sign(t, claims(is, clock, "team-a"))
 
 	first := make(chan Decision)
 	go func() { first <- g.Decide(bearerReq(tok), ScopeMetricsWrite) }()

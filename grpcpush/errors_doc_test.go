@@ -165,25 +165,10 @@ func (f *docFixture) interceptor(ctx context.Context, req any, _ *grpc.UnaryServ
 	return next(ctx, req)
 }
 
-// componentAnswers makes the distributor answer /http/<n> itself, over
-// HTTP, with status n, Retry-After 7 and a header of its own.
-func componentAnswers(w http.ResponseWriter, r *http.Request) bool {
-	code, ok := strings.CutPrefix(r.URL.Path, "/http/")
-	if !ok {
-		return false
-	}
-	n, _ := strconv.Atoi(code)
-	w.Header().Set("Retry-After", "7")
-	w.Header().Set("X-From", "distributor")
-	w.WriteHeader(n)
-	_, _ = io.WriteString(w, "distributor says "+code)
-	return true
-}
-
 func newDocFixture(t *testing.T) *docFixture {
 	f := &docFixture{t: t, arrived: make(chan struct{}, 1)}
 	f.c = startCluster(t, 1, standin.WithUnaryInterceptors(f.interceptor))
-	f.c.Distributors[0].SetBehavior(componentAnswers)
+	f.c.Distributors[0].SetBehavior(distributorAnswers)
 	f.h = newHandler(t, f.c, Options{
 		Retries: Ptr(1), MaxRequestBody: docMaxBody, MaxResponseBody: docMaxResponse,
 		OnDone:   func(r *http.Request, _ string, code int) { f.done.Store(r, code) },
