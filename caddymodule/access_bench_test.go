@@ -8,9 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"syscall"
 	"testing"
-	"time"
 
 	"github.com/metrics-gateway/metrics_gateway/access"
 	"github.com/metrics-gateway/metrics_gateway/internal/standin"
@@ -81,7 +79,7 @@ func BenchmarkPushWithPolicies(b *testing.B) {
 			b.SetBytes(int64(len(body)))
 			b.ReportAllocs()
 			b.SetParallelism(8)
-			start, ok := processCPU()
+			start, ok := standin.ProcessCPU()
 			b.ResetTimer()
 			b.RunParallel(func(pb *testing.PB) {
 				for pb.Next() {
@@ -92,18 +90,9 @@ func BenchmarkPushWithPolicies(b *testing.B) {
 				}
 			})
 			b.StopTimer()
-			if end, _ := processCPU(); ok {
+			if end, _ := standin.ProcessCPU(); ok {
 				b.ReportMetric(float64(end-start)/float64(b.N), "cpu-ns/op")
 			}
 		})
 	}
-}
-
-// processCPU returns the user + system CPU this process has used so far.
-func processCPU() (time.Duration, bool) {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0, false
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()), true
 }

@@ -145,7 +145,7 @@ func BenchmarkPolicyCPU(b *testing.B) {
 			b.SetBytes(int64(len(body)))
 			b.ReportAllocs()
 			b.SetParallelism(8)
-			start, ok := processCPU()
+			start, ok := standin.ProcessCPU()
 			b.ResetTimer()
 			b.RunParallel(func(pb *testing.PB) {
 				if code := pushUntil(h, body, pb.Next); code != http.StatusOK {
@@ -153,7 +153,7 @@ func BenchmarkPolicyCPU(b *testing.B) {
 				}
 			})
 			b.StopTimer()
-			if end, _ := processCPU(); ok {
+			if end, _ := standin.ProcessCPU(); ok {
 				b.ReportMetric(float64(end-start)/float64(b.N), "cpu-ns/op")
 			}
 		})

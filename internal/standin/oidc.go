@@ -43,7 +43,9 @@ func NewECKey(id string) SigningKey {
 }
 
 // Sign makes a compact JWS of claims with the key and its ID.
-func (k SigningKey) Sign(t testing.TB, claims map[string]any) string { return k.SignAs(t, k.ID, claims) }
+func (k SigningKey) Sign(t testing.TB, claims map[string]any) string {
+	return k.SignAs(t, k.ID, claims)
+}
 
 // SignAs is Sign with another key ID in the header (a forged or unknown
 // kid).
