@@ -194,7 +194,8 @@ type GRPCConfig struct {
 	// Retry-After before more of it is read: the client retries, nothing is
 	// lost. At least max_request_body. Default: half the Go memory limit
 	// (GOMEMLIMIT, which Caddy sets to 90 % of the container's memory
-	// limit) or 1 GiB without one, and at least max_request_body.
+	// limit, or of the machine's memory without one) or 1 GiB without a Go
+	// memory limit, and at least max_request_body.
 	MaxBufferedBytes int64 `json:"max_buffered_bytes,omitempty"`
 
 	// MaxResponseBody is the largest response body, in bytes, accepted

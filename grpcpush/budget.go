@@ -10,7 +10,8 @@ import (
 
 // DefaultMaxBufferedBytes returns the default bound of a Budget: half the
 // Go memory limit when one is set (Caddy sets it to 90 % of the
-// container's cgroup memory limit), else 1 GiB; never less than
+// container's cgroup memory limit, or of the machine's memory without
+// one), else 1 GiB; never less than
 // maxRequestBody, so that the largest accepted body can always be held.
 func DefaultMaxBufferedBytes(maxRequestBody int64) int64 {
 	limit := int64(1 << 30)
