@@ -124,29 +124,18 @@ func raiseFDLimit(t *testing.T, n uint64) {
 func wellBehaved(t *testing.T, c *testcaddy.Caddy) (stop func() int64) {
 	client := oneConnClient(t, c)
 	body := standin.RemoteWriteBody(100, 1)
-	var ok atomic.Int64
-	done := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for i := 0; i < 1_000_000; i++ {
-			select {
-			case <-done:
-				return
-			default:
-			}
-			resp, b, err := push(client, body)
-			if err != nil || resp.StatusCode != http.StatusOK {
-				t.Errorf("well-behaved push %d failed: %v %v %q", i, resp, err, b)
-				continue
-			}
-			ok.Add(1)
+	var ok, tries atomic.Int64
+	stopLoad := runLoad(t, 1, func(int) {
+		i := tries.Add(1)
+		resp, b, err := push(client, body)
+		if err != nil || resp.StatusCode != http.StatusOK {
+			t.Errorf("well-behaved push %d failed: %v %v %q", i, resp, err, b)
+			return
 		}
-	}()
+		ok.Add(1)
+	})
 	return func() int64 {
-		close(done)
-		wg.Wait()
+		stopLoad()
 		client.CloseIdleConnections()
 		return ok.Load()
 	}

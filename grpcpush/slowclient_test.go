@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -23,14 +24,7 @@ func TestBodySlowerThanReadTimeout(t *testing.T) {
 	srv.Start()
 	t.Cleanup(srv.Close)
 
-	conn, err := net.Dial("tcp", srv.Listener.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	if _, err := conn.Write([]byte("POST /api/v1/push HTTP/1.1\r\nHost: gw\r\nX-Scope-OrgID: tenant-1\r\nContent-Length: 1000\r\n\r\nabc")); err != nil {
-		t.Fatal(err)
-	}
+	conn := sendHead(t, srv.Listener.Addr().String(), 1000)
 	_ = conn.SetReadDeadline(time.Now().Add(30 * time.Second))
 	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
 	if err != nil {
@@ -57,14 +51,7 @@ func TestBodySlowerThanReadTimeout(t *testing.T) {
 func TestBodyEndsEarly(t *testing.T) {
 	cl := startCluster(t, 1)
 	srv := frontend(t, newHandler(t, cl, Options{}))
-	conn, err := net.Dial("tcp", srv.Listener.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	if _, err := conn.Write([]byte("POST /api/v1/push HTTP/1.1\r\nHost: gw\r\nX-Scope-OrgID: tenant-1\r\nContent-Length: 1000\r\n\r\nabc")); err != nil {
-		t.Fatal(err)
-	}
+	conn := sendHead(t, srv.Listener.Addr().String(), 1000)
 	resp := halfCloseAndRead(t, conn)
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusBadRequest {
@@ -84,14 +71,7 @@ func TestHalfCloseAfterBody(t *testing.T) {
 		return true
 	})
 	srv := frontend(t, newHandler(t, cl, Options{}))
-	conn, err := net.Dial("tcp", srv.Listener.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	if _, err := conn.Write([]byte("POST /api/v1/push HTTP/1.1\r\nHost: gw\r\nX-Scope-OrgID: tenant-1\r\nContent-Length: 3\r\n\r\nabc")); err != nil {
-		t.Fatal(err)
-	}
+	conn := sendHead(t, srv.Listener.Addr().String(), 3)
 	standin.WaitFor(t, 20*time.Second, "the call to reach the distributor", func() bool { return cl.Distributors[0].Requests() == 1 })
 	resp := halfCloseAndRead(t, conn)
 	defer resp.Body.Close()
@@ -114,4 +94,20 @@ func halfCloseAndRead(t *testing.T, conn net.Conn) *http.Response {
 		t.Fatal(err)
 	}
 	return resp
+}
+
+// sendHead connects to addr and sends a push announcing contentLength bytes
+// of which only "abc" follows; the connection closes when the test ends.
+func sendHead(t *testing.T, addr string, contentLength int) net.Conn {
+	t.Helper()
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	head := "POST /api/v1/push HTTP/1.1\r\nHost: gw\r\nX-Scope-OrgID: tenant-1\r\nContent-Length: " + strconv.Itoa(contentLength) + "\r\n\r\nabc"
+	if _, err := conn.Write([]byte(head)); err != nil {
+		t.Fatal(err)
+	}
+	return conn
 }
