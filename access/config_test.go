@@ -2,7 +2,7 @@ package access
 
 import (
 	"encoding/json"
-	"os"
+	"github.com/metrics-gateway/metrics_gateway/internal/standin"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -138,18 +138,8 @@ func TestTokenJSON(t *testing.T) {
 	}
 }
 
-// writeFile replaces path's content at once (a new file renamed over it),
-// as configuration tools and Kubernetes do.
-func writeFile(t *testing.T, path, content string) {
-	t.Helper()
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, []byte(content), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		t.Fatal(err)
-	}
-}
+// writeFile replaces path's content at once (standin.ReplaceFile).
+func writeFile(t *testing.T, path, content string) { standin.ReplaceFile(t, path, content) }
 
 func TestLoadFile(t *testing.T) {
 	dir := t.TempDir()

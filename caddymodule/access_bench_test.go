@@ -78,10 +78,7 @@ func BenchmarkPushWithPolicies(b *testing.B) {
 			}
 			b.SetBytes(int64(len(body)))
 			b.ReportAllocs()
-			b.SetParallelism(8)
-			start, ok := standin.ProcessCPU()
-			b.ResetTimer()
-			b.RunParallel(func(pb *testing.PB) {
+			standin.ParallelCPU(b, func(pb *testing.PB) {
 				for pb.Next() {
 					if err := pushOnce(); err != nil {
 						b.Error(err)
@@ -89,10 +86,6 @@ func BenchmarkPushWithPolicies(b *testing.B) {
 					}
 				}
 			})
-			b.StopTimer()
-			if end, _ := standin.ProcessCPU(); ok {
-				b.ReportMetric(float64(end-start)/float64(b.N), "cpu-ns/op")
-			}
 		})
 	}
 }

@@ -524,18 +524,7 @@ func TestAccessVisible(t *testing.T) {
 func TestAccessPolicyFile(t *testing.T) {
 	dir := t.TempDir()
 	file := filepath.Join(dir, "policies.yaml")
-	writeFile := func(content string) {
-		t.Helper()
-		// As a config management tool would: a new file renamed over the
-		// old one, so the gateway never reads half of it.
-		tmp := file + ".tmp"
-		if err := os.WriteFile(tmp, []byte(content), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Rename(tmp, file); err != nil {
-			t.Fatal(err)
-		}
-	}
+	writeFile := func(content string) { standin.ReplaceFile(t, file, content) }
 	filePolicy := func(name, tenant, token string) string {
 		return fmt.Sprintf("  - name: %s\n    tenants: [%s]\n    scopes: [metrics:read]\n    tokens:\n      - hash: %s\n", name, tenant, access.HashToken(token))
 	}

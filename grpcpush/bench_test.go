@@ -145,18 +145,11 @@ func BenchmarkPolicyCPU(b *testing.B) {
 			warmUp(b, h, body, 1000)
 			b.SetBytes(int64(len(body)))
 			b.ReportAllocs()
-			b.SetParallelism(8)
-			start, ok := standin.ProcessCPU()
-			b.ResetTimer()
-			b.RunParallel(func(pb *testing.PB) {
+			standin.ParallelCPU(b, func(pb *testing.PB) {
 				if code := pushUntil(h, body, pb.Next); code != http.StatusOK {
 					b.Errorf("status %d", code)
 				}
 			})
-			b.StopTimer()
-			if end, _ := standin.ProcessCPU(); ok {
-				b.ReportMetric(float64(end-start)/float64(b.N), "cpu-ns/op")
-			}
 		})
 	}
 }

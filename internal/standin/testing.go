@@ -2,6 +2,7 @@ package standin
 
 import (
 	"net/http"
+	"os"
 	"runtime"
 	"strings"
 	"sync/atomic"
@@ -107,4 +108,32 @@ func Goroutines(ignore ...string) (int, string) {
 		}
 	}
 	return n, stacks
+}
+
+// ReplaceFile replaces path's content at once: a new file renamed over it,
+// as configuration tools and Kubernetes do, so that a reader never sees
+// half of it.
+func ReplaceFile(t testing.TB, path, content string) {
+	t.Helper()
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// ParallelCPU runs body in 8 goroutines per core (b.RunParallel) and
+// reports the process's CPU per iteration as cpu-ns/op: the gateway's CPU
+// alone when its peers run in another process.
+func ParallelCPU(b *testing.B, body func(pb *testing.PB)) {
+	b.SetParallelism(8)
+	start, ok := ProcessCPU()
+	b.ResetTimer()
+	b.RunParallel(body)
+	b.StopTimer()
+	if end, _ := ProcessCPU(); ok {
+		b.ReportMetric(float64(end-start)/float64(b.N), "cpu-ns/op")
+	}
 }
