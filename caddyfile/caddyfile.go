@@ -327,7 +327,9 @@ func unmarshalMirror(d *parser.Dispenser, m *caddymodule.MirrorConfig) error {
 				err = argError
 			}
 		case "percent":
-			m.Percent, err = intArg(d)
+			var n int
+			n, err = intArg(d)
+			m.Percent = &n
 		case "max_in_flight":
 			m.MaxInFlight, err = intArg(d)
 		default:

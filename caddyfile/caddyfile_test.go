@@ -370,7 +370,7 @@ func TestMirrorAdapts(t *testing.T) {
 	}
 	for _, c := range []struct{ name, block, want string }{
 		{"no URL", "mirror", "mirror: missing URL"},
-		{"percent over 100", "mirror dns:///m:9095 {\n percent 101\n }", "mirrors[0]: percent 101: must be 1 to 100"},
+		{"percent over 100", "mirror dns:///m:9095 {\n percent 101\n }", "mirrors[0]: percent 101: must be 0 to 100"},
 		{"negative max_in_flight", "mirror dns:///m:9095 {\n max_in_flight -1\n }", "mirrors[0]: max_in_flight -1: must not be negative"},
 		{"bad tenant", "mirror dns:///m:9095 {\n tenants team/a\n }", `mirrors[0].tenants: "team/a": tenant ID 'team/a' contains unsupported character '/'`},
 		{"dns option on an HTTP mirror", "mirror http://m:8080 {\n lb_policy least_conn\n }", `mirrors[0]: {"lb_policy":"least_conn"} are options of dns: mirrors`},

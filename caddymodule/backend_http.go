@@ -1,12 +1,11 @@
 package caddymodule
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
+	"os"
 	"sync/atomic"
 
 	"github.com/caddyserver/caddy/v2"
@@ -53,7 +52,15 @@ func newHTTPBackend(ctx caddy.Context, name Component, b *Backend, u *ParsedURL,
 	}
 	h := &httpBackend{name: name, target: b.URL, rp: mod.(*reverseproxy.Handler), logger: g.logger, answer: g.answerError}
 	if len(g.tee) > 0 {
-		h.tee, h.budget = g.tee, grpcpush.NewBudget(0, grpcMetrics, string(name))
+		// The mirrored writes are read whole once, into buffers of a Budget
+		// pooled like a gRPC backend's.
+		if err := registerCollectors(ctx, grpcMetrics.Collectors()...); err != nil {
+			return nil, err
+		}
+		if h.budget, err = g.pooledBudget(name, b.URL, new(GRPCConfig)); err != nil {
+			return nil, err
+		}
+		h.tee = g.tee
 	}
 	return h, nil
 }
@@ -120,14 +127,17 @@ func (h *httpBackend) serve(w http.ResponseWriter, r *http.Request, next caddyht
 	h.inflight.Add(1)
 	defer h.done()
 	if mirrored && h.tee != nil {
-		q, err := grpcpush.ReadRequest(r, grpcpush.DefaultMaxRequestBody, h.budget)
+		q, err := grpcpush.ReadRequest(r, grpcpush.DefaultMaxRequestBody, h.budget, forwardedHeaders(r))
 		if err != nil {
 			return h.answer(w, r, bodyStatus(err), string(h.name)+": reading request body: "+err.Error())
 		}
-		defer q.Release()
-		// The primary gets the same bytes, from memory.
-		r.Body, r.ContentLength = io.NopCloser(bytes.NewReader(q.Body())), int64(len(q.Body()))
+		// The primary gets the same bytes, from memory, through a reader
+		// that holds them until the transport, or this handler, closes it.
+		body := q.BodyReader()
+		defer body.Close()
+		r.Body, r.ContentLength = body, int64(len(q.Body()))
 		h.tee.Copy(q)
+		q.Release()
 	}
 	err := h.rp.ServeHTTP(w, r, next)
 	if err == nil || hasErrorRoutes(r) || responseStarted(w) || r.Context().Err() != nil {
@@ -145,8 +155,9 @@ func (h *httpBackend) serve(w http.ResponseWriter, r *http.Request, next caddyht
 }
 
 // bodyStatus is the status of a body that could not be read whole for the
-// mirrors: too large (also for request_body's max_size) 413, over the
-// buffered bytes 503 (retried), anything else 400.
+// mirrors, as on the gRPC path: too large (also for request_body's
+// max_size) 413, over the buffered bytes 503 (retried), not there within
+// the server's read timeout 408, anything else 400.
 func bodyStatus(err error) int {
 	var maxBytes *http.MaxBytesError
 	switch {
@@ -154,6 +165,8 @@ func bodyStatus(err error) int {
 		return http.StatusRequestEntityTooLarge
 	case errors.Is(err, grpcpush.ErrBudgetFull):
 		return http.StatusServiceUnavailable
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return http.StatusRequestTimeout
 	}
 	return http.StatusBadRequest
 }
@@ -186,5 +199,9 @@ func (h *httpBackend) closeIdleConnections() {
 }
 
 func (h *httpBackend) status() BackendStatus {
-	return BackendStatus{Component: h.name, Kind: KindHTTP, Target: h.target}
+	st := BackendStatus{Component: h.name, Kind: KindHTTP, Target: h.target}
+	if h.budget != nil {
+		st.BufferedBytes, st.MaxBufferedBytes = h.budget.Used(), h.budget.Limit()
+	}
+	return st
 }

@@ -452,3 +452,35 @@ func logContent(c *testcaddy.Caddy, name string) string {
 func logHas(c *testcaddy.Caddy, name, msg string) bool {
 	return strings.Contains(logContent(c, name), msg)
 }
+
+// TestNonCanonicalPathsRefused: the route, and with access_policies its
+// scope, is chosen on the path as sent; a path a backend would resolve to
+// another one ("..", ".", "//") is refused with 400 and reaches no backend,
+// so that a read token cannot reach a write route through
+// /prometheus/api/v1/../../../api/v1/push.
+func TestNonCanonicalPathsRefused(t *testing.T) {
+	def := startEchoBackend(t, "default")
+	c := testcaddy.Start(t, fmt.Sprintf(`[{"handler": "metrics_gateway", "proxy": {"default": {"url": %q}}}]`, def.URL()))
+	for _, path := range []string{
+		"/prometheus/api/v1/../../../api/v1/push",
+		"/prometheus/api/v1/query/../admin/tsdb/delete_series",
+		"/prometheus/../distributor/all_user_stats",
+		"/prometheus/./api/v1/query",
+		"//api/v1/push",
+		"/prometheus/api/v1//query",
+	} {
+		conn := dialRaw(t, c)
+		if _, err := fmt.Fprintf(conn, "POST %s HTTP/1.1\r\nHost: gateway\r\nX-Scope-OrgID: team-a\r\nContent-Length: 0\r\n\r\n", path); err != nil {
+			t.Fatal(err)
+		}
+		if resp := conn.response(t); resp == nil || resp.StatusCode != http.StatusBadRequest {
+			t.Errorf("%s: %v, want 400", path, resp)
+		}
+	}
+	if n := def.served.Load(); n != 0 {
+		t.Errorf("%d requests with non-canonical paths reached the backend", n)
+	}
+	if resp, _, err := c.Get("/prometheus/api/v1/query?query=up"); err != nil || resp.StatusCode != 200 {
+		t.Errorf("a canonical path: %v %v", err, resp)
+	}
+}

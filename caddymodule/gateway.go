@@ -319,10 +319,31 @@ func (g *Gateway) serveRoute(w http.ResponseWriter, r *http.Request, next caddyh
 	if route.Component == ComponentGateway {
 		return serveLocal(w, route, repl)
 	}
+	if !canonicalPath(r.URL.Path) {
+		// The route (and its access scope) is chosen on this path; a
+		// backend that resolves "..", "." or "//" would serve another one.
+		return g.answerError(w, r, http.StatusBadRequest, "path is not in canonical form (no ., .. or empty segments)")
+	}
 	if status, msg := g.admit(w, r, route, repl); status != 0 {
 		return g.answerError(w, r, status, msg)
 	}
 	return g.backends[route.Component].serve(w, r, next, len(g.tee) > 0 && route.mirrored(r.Method))
+}
+
+// canonicalPath reports whether p has no ".", ".." or empty segments (a
+// trailing slash aside): the path every backend resolves to itself.
+func canonicalPath(p string) bool {
+	for rest := p; rest != ""; {
+		var seg string
+		seg, rest, _ = strings.Cut(strings.TrimPrefix(rest, "/"), "/")
+		if seg == "." || seg == ".." || (seg == "" && rest != "") {
+			return false
+		}
+		if rest != "" {
+			rest = "/" + rest
+		}
+	}
+	return true
 }
 
 // serveLocal answers the paths the gateway owns. While Caddy shuts down

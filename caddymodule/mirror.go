@@ -1,7 +1,6 @@
 package caddymodule
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -39,10 +38,10 @@ type MirrorConfig struct {
 	// Tenants are the only tenants mirrored. Default: all.
 	Tenants []string `json:"tenants,omitempty"`
 
-	// Percent is the share of tenants mirrored, 1-100, chosen by a hash of
+	// Percent is the share of tenants mirrored, 0-100, chosen by a hash of
 	// the tenant: a tenant is mirrored whole or not at all, the same on
-	// every gateway. Default: 100.
-	Percent int `json:"percent,omitempty"`
+	// every gateway. 0 pauses the mirror. Default: 100.
+	Percent *int `json:"percent,omitempty"`
 
 	// MaxInFlight bounds the copies in flight; a copy beyond it is dropped
 	// (counted), never queued. Default: 256.
@@ -84,6 +83,14 @@ type mirrorSender interface {
 	status() BackendStatus
 }
 
+// percent is Percent with its default.
+func (m *MirrorConfig) percent() int {
+	if m.Percent == nil {
+		return mirror.DefaultPercent
+	}
+	return *m.Percent
+}
+
 // name is a mirror's label in metrics and logs: its URL.
 func (m *MirrorConfig) name() string { return strings.Join(m.URL, " ") }
 
@@ -102,8 +109,11 @@ func (m *MirrorConfig) check(i int) error {
 			return fmt.Errorf("%s.tenants: %q: %v", field, t, err)
 		}
 	}
-	if err := (mirror.Options{Percent: m.Percent, MaxInFlight: m.MaxInFlight, Timeout: time.Duration(m.Timeout)}).Check(); err != nil {
+	if err := (mirror.Options{Percent: m.percent(), MaxInFlight: m.MaxInFlight, Timeout: time.Duration(m.Timeout)}).Check(); err != nil {
 		return fmt.Errorf("%s: %v", field, err)
+	}
+	if m.MinReady < 0 {
+		return fmt.Errorf("%s.min_ready %d: must not be negative (0 means the default, 1)", field, m.MinReady)
 	}
 	if u.Kind == KindHTTP {
 		rest := m.GRPCConfig
@@ -140,7 +150,7 @@ func (g *Gateway) newMirrors(ctx caddy.Context) error {
 	if len(g.Mirrors) == 0 {
 		return nil
 	}
-	if err := registerCollectors(ctx, mirrorMetrics.Collectors()...); err != nil {
+	if err := registerCollectors(ctx, append(mirrorMetrics.Collectors(), grpcMetrics.Collectors()...)...); err != nil {
 		return err
 	}
 	for i := range g.Mirrors {
@@ -185,7 +195,7 @@ func (g *Gateway) pooledMirror(ctx caddy.Context, cfg *MirrorConfig) (*pooledMir
 			}
 		}
 		m, err := mirror.New(sender, mirror.Options{
-			Name: cfg.name(), Tenants: cfg.Tenants, Percent: cfg.Percent, MaxInFlight: cfg.MaxInFlight,
+			Name: cfg.name(), Tenants: cfg.Tenants, Percent: cfg.percent(), MaxInFlight: cfg.MaxInFlight,
 			Timeout: time.Duration(orDefault(cfg.Timeout, caddy.Duration(mirrorTimeout))),
 			Logger:  g.logger.Named("mirror"), Metrics: mirrorMetrics,
 		})
@@ -258,15 +268,25 @@ type httpMirror struct {
 }
 
 func newHTTPMirrorSender(ctx caddy.Context, cfg *MirrorConfig, u *ParsedURL) (*httpMirror, error) {
-	raw := json.RawMessage(`{}`)
-	if u.Scheme == "https" {
-		raw = json.RawMessage(`{"tls": {}}`)
+	raw, err := transportFor(nil, u.Scheme) // TLS for https, HTTP/2 for h2c
+	if err != nil {
+		return nil, err
+	}
+	transport := map[string]any{}
+	if len(raw) > 0 {
+		if err := json.Unmarshal(raw, &transport); err != nil {
+			return nil, err
+		}
+	}
+	delete(transport, "protocol") // the module's name, not one of its fields
+	if raw, err = json.Marshal(transport); err != nil {
+		return nil, err
 	}
 	mod, err := ctx.LoadModuleByID("http.reverse_proxy.transport.http", raw)
 	if err != nil {
 		return nil, fmt.Errorf("transport: %v", err)
 	}
-	scheme := "http"
+	scheme := "http" // h2c too: the transport speaks HTTP/2 over it
 	if u.Scheme == "https" {
 		scheme = "https"
 	}
@@ -275,10 +295,13 @@ func newHTTPMirrorSender(ctx caddy.Context, cfg *MirrorConfig, u *ParsedURL) (*h
 
 func (s *httpMirror) Send(ctx context.Context, q *grpcpush.Request) (int, error) {
 	host := s.hosts[int(s.next.Add(1)-1)%len(s.hosts)]
-	req, err := http.NewRequestWithContext(ctx, q.Method, s.scheme+"://"+host+q.URL, bytes.NewReader(q.Body()))
+	body := q.BodyReader() // closed by the transport, or below
+	defer body.Close()
+	req, err := http.NewRequestWithContext(ctx, q.Method, s.scheme+"://"+host+q.URL, body)
 	if err != nil {
 		return 0, err
 	}
+	req.ContentLength = int64(len(q.Body()))
 	for _, hd := range q.Headers {
 		if hd.Key == "Host" {
 			continue // the mirror's own host

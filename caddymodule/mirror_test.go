@@ -54,6 +54,7 @@ func pushAs(t *testing.T, client *http.Client, tenant string, body []byte) (int,
 	t.Helper()
 	req, _ := http.NewRequest(http.MethodPost, "http://gateway/api/v1/push", strings.NewReader(string(body)))
 	standin.SetPushHeaders(req.Header, tenant)
+	req.SetBasicAuth(tenant, "the-client-secret") // for the primary, never for a mirror
 	start := time.Now()
 	resp, err := client.Do(req)
 	if err != nil {
@@ -110,6 +111,9 @@ func TestMirrorTenants(t *testing.T) {
 			perTenant[rec.Tenant]++
 			if rec.URL != standin.PushPath || rec.Method != http.MethodPost {
 				t.Errorf("mirrored %s %s", rec.Method, rec.URL)
+			}
+			if v := rec.Header.Get("Authorization"); v != "" {
+				t.Errorf("the mirror got the client's Authorization %q", v)
 			}
 		}
 	}
@@ -244,13 +248,23 @@ func TestMirrorOverHTTP(t *testing.T) {
 	}
 	standin.WaitFor(t, 20*time.Second, "the copies", func() bool { return d.Samples() == 70 })
 	for _, rec := range d.Records() {
-		if rec.Tenant != "team-a" || rec.URL != standin.PushPath {
-			t.Errorf("HTTP mirror got %s as %q", rec.URL, rec.Tenant)
+		if rec.Tenant != "team-a" || rec.URL != standin.PushPath || rec.Header.Get("Authorization") != "" {
+			t.Errorf("HTTP mirror got %s as %q, Authorization %q", rec.URL, rec.Tenant, rec.Header.Get("Authorization"))
 		}
 	}
-	// And an HTTP primary with a dns: mirror: the body is read once, for both.
+	// And an HTTP primary with a dns: mirror: the body is read once, for
+	// both, also when the primary refuses the push.
 	m := mirrorCluster(t, 1)
-	primary := httptest.NewServer(standin.NewDistributor("primary-over-http"))
+	primaryD := standin.NewDistributor("primary-over-http")
+	var early atomic.Int64
+	primaryD.SetBehavior(func(w http.ResponseWriter, r *http.Request) bool {
+		if early.Add(1)%2 == 0 {
+			http.Error(w, "slow down", http.StatusTooManyRequests)
+			return true
+		}
+		return false
+	})
+	primary := httptest.NewServer(primaryD)
 	t.Cleanup(primary.Close)
 	if err := c.Reload(fmt.Sprintf(`[{"handler": "metrics_gateway", "proxy": {"default": {"url": %q}},
 		"mirrors": [{"url": [%q]}]}]`, primary.URL, m.Target())); err != nil {
@@ -258,7 +272,7 @@ func TestMirrorOverHTTP(t *testing.T) {
 	}
 	client = oneConnClient(t, c)
 	for i := 0; i < 10; i++ {
-		if code, _ := pushAs(t, client, "team-b", standin.RemoteWriteBody(3, 1)); code != http.StatusOK {
+		if code, _ := pushAs(t, client, "team-b", standin.RemoteWriteBody(3, 1)); code != http.StatusOK && code != http.StatusTooManyRequests {
 			t.Fatalf("push to the HTTP primary: %d", code)
 		}
 	}

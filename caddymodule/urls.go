@@ -111,7 +111,8 @@ func parseHTTPURL(raw string) (scheme, dial string, err error) {
 		return "", "", fmt.Errorf("%q: a backend URL is scheme://host[:port] only; the request's own path is sent", raw)
 	}
 	if u.User != nil {
-		return "", "", fmt.Errorf("%q: credentials in backend URLs are not supported; use header_up Authorization in a reverse_proxy block", raw)
+		// Quoted redacted: the error reaches logs and the admin API.
+		return "", "", fmt.Errorf("%q: credentials in backend URLs are not supported; use header_up Authorization in a reverse_proxy block", u.Redacted())
 	}
 	port := u.Port()
 	if port == "" {

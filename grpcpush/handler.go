@@ -314,6 +314,9 @@ func (h *Handler) invoke(ctx context.Context, c *call) error {
 			c.group.tracker.release(ep)
 		}
 		c.group = next
+		// The earlier attempt's transport may still hold the prefix it
+		// sent from the headroom: encode this one apart.
+		c.req.shared = true
 		err = next.conn.Invoke(ctx, handleMethod, &c.req, &c.resp)
 	}
 	return err

@@ -1,9 +1,13 @@
 package grpcpush
 
 import (
+	"bytes"
 	"context"
+	"errors"
+	"io"
 	"net/http"
 	"slices"
+	"sync"
 
 	"github.com/grafana/dskit/grpcutil"
 	"github.com/grafana/dskit/httpgrpc"
@@ -35,23 +39,80 @@ type Request struct {
 	root    mem.Buffer // owns buf
 	bodyLen int
 	kept    bool
+	budget  *Budget // that holds the body
 }
 
 // Body returns the body bytes; they must not be modified.
 func (q *Request) Body() []byte { return (*q.buf)[headroom : headroom+q.bodyLen] }
 
+// BufferedShare is the share of its Budget's bound that the budget holding
+// the body holds now (0 to 1): a copy that would keep bodies in it should
+// not take what the requests themselves need.
+func (q *Request) BufferedShare() float64 {
+	if q.budget == nil {
+		return 0
+	}
+	return float64(q.budget.Used()) / float64(q.budget.Limit())
+}
+
+// credentials are the headers a kept Request (a copy for another cluster)
+// does not carry: the client's credentials are for the gateway and the
+// cluster it fronts, nobody else.
+var clientCredentials = map[string]bool{"Authorization": true, "Proxy-Authorization": true, "Cookie": true}
+
 // Keep returns a Request that stays valid until its Release, sharing the
-// body (one more reference to its buffer, no copy).
+// body (one more reference to its buffer, no copy), without the client's
+// credentials (Authorization, Cookie).
 func (q *Request) Keep() *Request {
-	k := &Request{Method: q.Method, URL: q.URL, Tenant: q.Tenant, buf: q.buf, root: q.root, bodyLen: q.bodyLen, kept: true}
-	k.Headers = make([]httpgrpc.Header, len(q.Headers))
-	for i, hd := range q.Headers {
+	k := &Request{Method: q.Method, URL: q.URL, Tenant: q.Tenant, buf: q.buf, root: q.root, bodyLen: q.bodyLen, kept: true, budget: q.budget}
+	k.Headers = make([]httpgrpc.Header, 0, len(q.Headers))
+	for _, hd := range q.Headers {
+		if clientCredentials[hd.Key] {
+			continue
+		}
 		// The lists may live in the pooled call (Host) and be reused.
-		k.Headers[i] = httpgrpc.Header{Key: hd.Key, Values: slices.Clone(hd.Values)}
+		k.Headers = append(k.Headers, httpgrpc.Header{Key: hd.Key, Values: slices.Clone(hd.Values)})
 	}
 	q.root.Ref()
 	return k
 }
+
+// BodyReader returns a reader of the body that holds its own reference to
+// the buffer until Close, for an HTTP request that sends the body: a
+// transport may read the body after RoundTrip returned, and closes it when
+// done. Close is idempotent; a Read after Close fails rather than reading a
+// buffer given back.
+func (q *Request) BodyReader() io.ReadCloser {
+	q.root.Ref()
+	return &bodyReader{r: bytes.NewReader(q.Body()), root: q.root}
+}
+
+type bodyReader struct {
+	mu   sync.Mutex
+	r    *bytes.Reader
+	root mem.Buffer // nil once closed
+}
+
+func (b *bodyReader) Read(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.root == nil {
+		return 0, errBodyReaderClosed
+	}
+	return b.r.Read(p)
+}
+
+func (b *bodyReader) Close() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.root != nil {
+		b.root.Free()
+		b.root = nil
+	}
+	return nil
+}
+
+var errBodyReaderClosed = errors.New("request body closed")
 
 // Release drops a kept Request's reference to the body; the buffer goes
 // back to the pool when the last holder lets go. Only for Keep's Requests.
@@ -65,16 +126,17 @@ func (q *Request) Release() {
 // view fills c's Request view for a Tee, valid while the call's request is.
 func (c *call) view(tenant string) *Request {
 	c.tee = Request{Method: c.req.msg.Method, URL: c.req.msg.Url, Tenant: tenant, Headers: c.headers,
-		buf: c.req.buf, root: c.req.root, bodyLen: c.req.bodyLen}
+		buf: c.req.buf, root: c.req.root, bodyLen: c.req.bodyLen, budget: c.site.budget}
 	return &c.tee
 }
 
 // ReadRequest reads r's body (up to limit bytes) into a buffer of budget and
-// returns it as a kept Request with r's method, URI, headers and tenant, for
-// a caller that sends r elsewhere itself (over HTTP) and tees it: the caller
-// gives the body to its own request (Body) and Releases the Request when
-// done. The errors are ErrBodyTooLarge, ErrBudgetFull, or the body's own.
-func ReadRequest(r *http.Request, limit int64, budget *Budget) (*Request, error) {
+// returns it as a kept Request with r's method, URI, headers (those in
+// replace instead of the client's, as Options.ReplaceHeaders) and tenant,
+// for a caller that sends r elsewhere itself (over HTTP) and tees it: the
+// caller gives its own request a BodyReader and Releases the Request. The
+// errors are ErrBodyTooLarge, ErrBudgetFull, or the body's own.
+func ReadRequest(r *http.Request, limit int64, budget *Budget, replace []httpgrpc.Header) (*Request, error) {
 	buf, n, err := readBody(r.Body, r.ContentLength, limit, budget)
 	if err != nil {
 		return nil, err
@@ -83,14 +145,19 @@ func ReadRequest(r *http.Request, limit int64, budget *Budget) (*Request, error)
 	defer putCall(c)
 	c.site = &site{budget: budget}
 	c.setBody(buf, n) // the Request takes over this reference
-	c.setRequest(r, nil)
+	c.setRequest(r, replace)
 	var tenant string
 	if v := r.Header[tenantHeader]; len(v) > 0 {
 		tenant = v[0]
 	}
-	q := c.view(tenant).Keep()
-	c.releaseBody()
-	return q, nil
+	q := c.view(tenant)
+	k := *q // the request's own headers, credentials included, for its own hop
+	k.Headers = slices.Clone(q.Headers)
+	for i := range k.Headers {
+		k.Headers[i].Values = slices.Clone(k.Headers[i].Values)
+	}
+	k.kept = true
+	return &k, nil
 }
 
 // Send tunnels a kept Request to one of h's endpoints like a request of its

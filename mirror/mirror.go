@@ -23,6 +23,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	dskittenant "github.com/grafana/dskit/tenant"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"google.golang.org/grpc/codes"
@@ -37,6 +38,10 @@ const (
 	DefaultMaxInFlight = 256
 	DefaultTimeout     = 10 * time.Second
 )
+
+// maxBufferedShare is the share of the primary backend's max_buffered_bytes
+// past which copies are dropped rather than keep bodies in it.
+const maxBufferedShare = 0.5
 
 // warnEvery is how often a mirror that drops or loses copies says so at
 // warn level at most; every drop and failure is logged at debug.
@@ -62,8 +67,9 @@ type Options struct {
 	Name string
 	// Tenants are the only tenants mirrored; empty: all.
 	Tenants []string
-	// Percent is the share of tenants mirrored, 1-100, picked by a hash of
-	// the tenant: a tenant is mirrored whole or not at all. Default 100.
+	// Percent is the share of tenants mirrored, 0-100, picked by a hash of
+	// the tenant: a tenant is mirrored whole or not at all. 0 mirrors
+	// nothing (a paused mirror); use DefaultPercent for all.
 	Percent int
 	// MaxInFlight bounds the copies in flight; one more is dropped.
 	// Default 256.
@@ -80,7 +86,7 @@ type Options struct {
 func (o Options) Check() error {
 	var errs []error
 	if o.Percent < 0 || o.Percent > 100 {
-		errs = append(errs, fmt.Errorf("percent %d: must be 1 to 100", o.Percent))
+		errs = append(errs, fmt.Errorf("percent %d: must be 0 to 100", o.Percent))
 	}
 	if o.MaxInFlight < 0 {
 		errs = append(errs, fmt.Errorf("max_in_flight %d: must not be negative (0 means the default, %d)", o.MaxInFlight, DefaultMaxInFlight))
@@ -123,7 +129,7 @@ func New(s Sender, o Options) (*Mirror, error) {
 		sender:  s,
 		name:    o.Name,
 		tenants: slices.Sorted(slices.Values(o.Tenants)),
-		percent: orDefault(o.Percent, DefaultPercent),
+		percent: o.Percent,
 		timeout: orDefault(o.Timeout, DefaultTimeout),
 		slots:   make(chan struct{}, orDefault(o.MaxInFlight, DefaultMaxInFlight)),
 		logger:  o.Logger,
@@ -154,8 +160,10 @@ func orDefault[T comparable](v, def T) T {
 }
 
 // Mirrors reports whether requests of tenant are mirrored: it is listed
-// (or no list is given) and falls in Percent by its hash.
+// (or no list is given) and falls in Percent by its hash. dskit's
+// ":key=value" metadata suffix is not part of the tenant.
 func (m *Mirror) Mirrors(tenant string) bool {
+	tenant = dskittenant.TrimMetadata(tenant)
 	if len(m.tenants) > 0 {
 		if _, ok := slices.BinarySearch(m.tenants, tenant); !ok {
 			return false
@@ -175,6 +183,12 @@ func bucket(tenant string) int {
 // drops it; it never waits.
 func (m *Mirror) Copy(q *grpcpush.Request) {
 	if !m.Mirrors(q.Tenant) {
+		return
+	}
+	if share := q.BufferedShare(); share > maxBufferedShare {
+		// The copies must not take from the requests themselves: past half
+		// of the backend's max_buffered_bytes, they are dropped.
+		m.done(ResultDropped, fmt.Errorf("the backend holds %.0f%% of its max_buffered_bytes", 100*share))
 		return
 	}
 	select {

@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
+	"context"
 	"github.com/metrics-gateway/metrics_gateway/grpcpush"
 	"github.com/metrics-gateway/metrics_gateway/internal/standin"
 )
@@ -77,7 +78,7 @@ func counter(t *testing.T, m *Metrics, name, result string) float64 {
 func TestMirrorListedTenants(t *testing.T) {
 	metrics := NewMetrics()
 	primary, p, m, budget := clusters(t, 3, 2, func(s Sender) *Mirror {
-		mm, err := New(s, Options{Name: "new", Tenants: []string{"team-a", "team-b"}, Metrics: metrics})
+		mm, err := New(s, Options{Name: "new", Tenants: []string{"team-a", "team-b"}, Percent: DefaultPercent, Metrics: metrics})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -174,7 +175,7 @@ func countMirrored(m *standin.Cluster) int {
 func TestMirrorHungOrDown(t *testing.T) {
 	metrics := NewMetrics()
 	primary, _, m, budget := clusters(t, 1, 1, func(s Sender) *Mirror {
-		mm, err := New(s, Options{Name: "sick", MaxInFlight: 4, Timeout: time.Second, Metrics: metrics})
+		mm, err := New(s, Options{Name: "sick", Percent: DefaultPercent, MaxInFlight: 4, Timeout: time.Second, Metrics: metrics})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -232,3 +233,78 @@ func TestMirrorCheck(t *testing.T) {
 	}
 	var _ prometheus.Collector = NewMetrics().requests
 }
+
+// TestMirrorSelection: percent 0 mirrors nothing (a paused mirror); a
+// tenant with dskit's ":key=value" suffix is the tenant without it.
+func TestMirrorSelection(t *testing.T) {
+	paused, err := New(nil, Options{Percent: 0})
+	if err != nil {
+		t.Fatal(err)
+	}
+	listed, err := New(nil, Options{Tenants: []string{"team-a"}, Percent: DefaultPercent})
+	if err != nil {
+		t.Fatal(err)
+	}
+	half, err := New(nil, Options{Percent: 50})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 100; i++ {
+		tenant := fmt.Sprintf("tenant-%d", i)
+		if paused.Mirrors(tenant) {
+			t.Fatalf("percent 0 mirrors %s", tenant)
+		}
+		if half.Mirrors(tenant) != half.Mirrors(tenant+":src=ci") {
+			t.Errorf("%s and %s:src=ci fall on different sides", tenant, tenant)
+		}
+	}
+	if !listed.Mirrors("team-a:src=ci") || listed.Mirrors("team-b") {
+		t.Error("the tenants list does not see team-a:src=ci as team-a")
+	}
+}
+
+// TestMirrorLeavesTheBudgetToRequests: once the primary backend's buffered
+// bytes are past half their bound, copies are dropped rather than keep
+// bodies in it; a copy never carries the client's credentials.
+func TestMirrorLeavesTheBudgetToRequests(t *testing.T) {
+	metrics := NewMetrics()
+	var got atomic.Pointer[grpcpush.Request]
+	m, err := New(senderFunc(func(_ context.Context, q *grpcpush.Request) (int, error) {
+		got.Store(q)
+		return 200, nil
+	}), Options{Name: "share", Percent: DefaultPercent, Metrics: metrics})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.Close)
+	read := func(budget *grpcpush.Budget, size int) *grpcpush.Request {
+		r := httptest.NewRequest(http.MethodPost, standin.PushPath, bytes.NewReader(make([]byte, size)))
+		standin.SetPushHeaders(r.Header, "team-a")
+		r.Header.Set("Authorization", "Basic dGVhbS1hOnNlY3JldA==")
+		r.Header.Set("Cookie", "session=1")
+		q, err := grpcpush.ReadRequest(r, 1<<20, budget, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return q
+	}
+	small := read(grpcpush.NewBudget(1<<30, nil, ""), 100)
+	m.Copy(small)
+	small.Release()
+	standin.WaitFor(t, 10*time.Second, "the copy", func() bool { return got.Load() != nil })
+	for _, hd := range got.Load().Headers {
+		if hd.Key == "Authorization" || hd.Key == "Cookie" {
+			t.Errorf("the copy carries %s", hd.Key)
+		}
+	}
+	full := read(grpcpush.NewBudget(3<<19, nil, ""), 600<<10) // its 1 MiB buffer is 2/3 of the bound
+	m.Copy(full)
+	full.Release()
+	if n := counter(t, metrics, "share", ResultDropped); n != 1 {
+		t.Errorf("%v copies dropped with the budget full, want 1", n)
+	}
+}
+
+type senderFunc func(ctx context.Context, q *grpcpush.Request) (int, error)
+
+func (f senderFunc) Send(ctx context.Context, q *grpcpush.Request) (int, error) { return f(ctx, q) }
