@@ -70,6 +70,9 @@ func newOIDCVerifier(ctx context.Context, cfg OIDCConfig, client *http.Client, n
 		ctx:      ctx,
 		sem:      make(chan struct{}, 1),
 	}
+	if set, ok := lastKeys.Load(cfg.Issuer); ok {
+		ks.cur.Store(set.(*jwks)) // still aged from its fetch: keyMaxAge holds
+	}
 	algs := make([]string, len(signingAlgs))
 	for i, a := range signingAlgs {
 		algs[i] = string(a)
@@ -346,8 +349,16 @@ func (k *keySet) refreshLocked(ctx context.Context, seen *jwks) (*jwks, error) {
 	}
 	k.log.Info("fetched the OIDC provider's keys", zap.Strings("kids", kids))
 	k.cur.Store(set)
+	lastKeys.Store(k.issuer, set)
 	return set, nil
 }
+
+// lastKeys holds each issuer's last key set fetched, by issuer URL, so
+// that the Guard of a reloaded configuration starts with the keys its
+// predecessor had: a reload while the provider is down does not make every
+// JWT unverifiable, and costs no fetch. One entry per issuer ever
+// configured.
+var lastKeys sync.Map // string → *jwks
 
 func markUnavailable(ctx context.Context) {
 	if n, ok := ctx.Value(fetchNoteKey{}).(*fetchNote); ok {

@@ -245,6 +245,29 @@ func TestOIDCKeyRotation(t *testing.T) {
 	}
 }
 
+// TestOIDCKeysSurviveAReload: the Guard of a reloaded configuration starts
+// with the keys its predecessor fetched: with the provider down meanwhile,
+// JWTs signed with them still verify, without a fetch.
+func TestOIDCKeysSurviveAReload(t *testing.T) {
+	clock := newFakeClock(testStart)
+	is := standin.StartIdP(t, rsaKey1())
+	old := oidcGuard(t, is, clock, nil)
+	tok := rsaKey1().Sign(t, claims(is, clock, "team-a"))
+	if d := old.Decide(bearerReq(tok), ScopeMetricsWrite); !d.Allowed() {
+		t.Fatalf("%+v", d)
+	}
+	_ = old.Close()
+	is.Down.Store(true)
+	fetches := is.Fetches.Load() + is.Discovers.Load()
+	reloaded := oidcGuard(t, is, clock, nil)
+	if d := reloaded.Decide(bearerReq(tok), ScopeMetricsWrite); !d.Allowed() {
+		t.Fatalf("after a reload with the provider down: %+v", d)
+	}
+	if n := is.Fetches.Load() + is.Discovers.Load() - fetches; n != 0 {
+		t.Errorf("%d requests to the provider after the reload, want 0", n)
+	}
+}
+
 func TestOIDCRefetchRateLimit(t *testing.T) {
 	clock := newFakeClock(testStart)
 	is := standin.StartIdP(t, rsaKey1())
