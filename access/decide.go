@@ -92,6 +92,9 @@ func (d Decision) Apply(r *http.Request) {
 // the tenant is not given (no X-Scope-OrgID, or an empty Basic username) and
 // the policy grants exactly one tenant (not "*"), that tenant is used; else
 // the request is refused with 400. A Basic username wins over X-Scope-OrgID.
+// The metric counts an OIDC token naming several policies under policy
+// "+" (their combinations are the identity provider's to make, not the
+// configuration's); Decision.Policy names them all, for logs.
 func (g *Guard) Decide(r *http.Request, scope Scope) Decision {
 	d := g.decide(r, scope)
 	if g.metrics != nil {
@@ -100,8 +103,8 @@ func (g *Guard) Decide(r *http.Request, scope Scope) Decision {
 			d.ctr[d.result].Inc()
 		case d.Policy == "":
 			g.anonCtr[d.result].Inc()
-		default:
-			g.metrics.WithLabelValues(d.Policy, resultNames[d.result]).Inc()
+		default: // an OIDC token naming several policies
+			g.metrics.WithLabelValues(severalPolicies, resultNames[d.result]).Inc()
 		}
 	}
 	return d
@@ -286,3 +289,7 @@ func looksLikeJWT(b []byte) bool {
 	}
 	return dots == 2
 }
+
+// severalPolicies is the policy label of a decision for an OIDC token
+// naming several policies.
+const severalPolicies = "+"

@@ -76,10 +76,9 @@ type Guard struct {
 // metrics_gateway_auth_requests_total{policy, result}, unregistered: the
 // caller registers it (once) and passes it in Options.Metrics of every
 // Guard. policy is a configured policy name, "" before a credential is
-// matched to a policy, or for an OIDC token naming several policies their
-// names joined with "+" in configuration order (so the values are bounded by
-// the configuration and the combinations the identity provider puts in
-// tokens, never by what a client sends). result is allowed,
+// matched to a policy, or "+" for an OIDC token naming several policies, so
+// the values are bounded by the configuration, never by what a client or an
+// identity provider sends. result is allowed,
 // unauthenticated, forbidden, bad_request or unavailable (the OIDC
 // provider's keys could not be fetched).
 func NewRequestsCounter() *prometheus.CounterVec {
