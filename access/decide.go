@@ -123,13 +123,13 @@ func (g *Guard) unauthenticated(msg, detail string) Decision {
 func badRequest(gr *grant, msg string) Decision {
 	d := Decision{Status: http.StatusBadRequest, Message: msg, result: resultBadRequest}
 	if gr != nil {
-		d.Policy, d.ctr = gr.name, gr.ctr
+		d.Policy, d.ctr = gr.name, gr.counters()
 	}
 	return d
 }
 
 func forbidden(gr *grant, msg string) Decision {
-	return Decision{Status: http.StatusForbidden, Message: msg, Policy: gr.name, ctr: gr.ctr, result: resultForbidden}
+	return Decision{Status: http.StatusForbidden, Message: msg, Policy: gr.name, ctr: gr.counters(), result: resultForbidden}
 }
 
 const msgNoCredentials = "authentication required: send Basic credentials (username: tenant, password: token) or a Bearer token"
@@ -264,7 +264,7 @@ func (g *Guard) decide(r *http.Request, scope Scope) Decision {
 		}
 		rest = more
 	}
-	return Decision{Policy: gr.name, Subject: subject, Tenant: tenantArg, ctr: gr.ctr, result: resultAllowed}
+	return Decision{Policy: gr.name, Subject: subject, Tenant: tenantArg, ctr: gr.counters(), result: resultAllowed}
 }
 
 // looksLikeJWT reports whether a credential has the shape of a JWS in

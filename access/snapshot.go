@@ -1,6 +1,7 @@
 package access
 
 import (
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -55,11 +56,27 @@ type grant struct {
 	all     bool   // "*"
 	only    string // the one tenant when exactly one (not "*") is granted
 	scopes  scopeMask
-	ctr     *counters // nil without metrics, or for a union
+	vec     *prometheus.CounterVec   // nil without metrics, or for a union
+	ctr     atomic.Pointer[counters] // made at the first decision (counters)
 	// parts are the policies of a union. A union grants a scope on a
 	// tenant when one of its policies does: the scopes of one policy do
 	// not extend to the tenants of another.
 	parts []*grant
+}
+
+// counters returns the grant's counters, made at its first decision: a
+// configuration of thousands of policies keeps no series, and nothing for
+// the garbage collector to scan, for those that are not used. nil without
+// metrics or for a union.
+func (g *grant) counters() *counters {
+	if g.vec == nil {
+		return nil
+	}
+	if c := g.ctr.Load(); c != nil {
+		return c
+	}
+	g.ctr.CompareAndSwap(nil, newCounters(g.vec, g.name))
+	return g.ctr.Load()
 }
 
 // hasTenant reports whether the grant gives scope on tenant t; the caller
@@ -124,7 +141,7 @@ func compile(inline, file []Policy, vec *prometheus.CounterVec) *snapshot {
 				grant: grant{
 					name:    p.Name,
 					tenants: map[string]struct{}{},
-					ctr:     newCounters(vec, p.Name),
+					vec:     vec,
 				},
 				source: source,
 				cfg:    p,
