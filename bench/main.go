@@ -60,9 +60,13 @@ type config struct {
 	sickScenarios       map[string]bool
 	standinsProfile     bool
 	standinsCodec       string
+	mirrorDuration      time.Duration
+	mirrorDelayMS       int
+	mirrorMaxInFlight   int
+	mirrorTimeout       time.Duration
 }
 
-var phaseNames = []string{"main", "capacity", "balance", "latency", "rss", "profile", "sick"}
+var phaseNames = []string{"main", "capacity", "balance", "latency", "rss", "profile", "sick", "mirror", "policies"}
 
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == "standins" {
@@ -110,6 +114,10 @@ func parseFlags(args []string) (*config, error) {
 	fs.IntVar(&c.sickDelayMS, "sick-delay", 0, "pause in ms after each answer, per connection, in the sick phase (0: closed loop at full speed, which saturates the load CPU)")
 	fs.DurationVar(&c.sickLatency, "sick-latency", 15*time.Millisecond, "unhealthy_latency of gateway-health and caddy-lc-health in the slow scenario (the stand-in is 20 ms late; set it above the healthy stand-ins' tail latency on the machine)")
 	fs.StringVar(&c.sickWork, "sick-work", workCount, "stand-in work in the sick phase: count (the proxies' own cost shows most) or decode (each push decoded, nearer a distributor's work)")
+	fs.DurationVar(&c.mirrorDuration, "mirror-duration", 10*time.Second, "measured duration of each run of the mirror phase")
+	fs.IntVar(&c.mirrorDelayMS, "mirror-delay", 6, "pause in ms after each answer, per connection, in the mirror phase, so that the load CPU, which serves the mirror stand-ins too, is not saturated (0: closed loop at full speed)")
+	fs.IntVar(&c.mirrorMaxInFlight, "mirror-max-in-flight", 256, "max_in_flight of the mirror")
+	fs.DurationVar(&c.mirrorTimeout, "mirror-timeout", 10*time.Second, "timeout of the mirror")
 	var sick string
 	fs.StringVar(&sick, "sick-scenarios", "healthy,slow,503", "scenarios of the sick phase")
 	fs.IntVar(&c.balanceConns, "balance-connections", 4, "clients of the balance run")
@@ -177,8 +185,11 @@ func parseFlags(args []string) (*config, error) {
 	if c.repeats < 1 || c.connections < 1 || c.duration < time.Second {
 		return nil, errors.New("need -repeats >= 1, -connections >= 1, -duration >= 1s")
 	}
-	if c.caddy == "" && !c.renderOnly && (contains(c.systems, sysCaddy) || contains(c.systems, sysGateway)) {
-		return nil, errors.New("-caddy is required for caddy-rp and gateway (go build -o /tmp/caddy ./cmd/caddy)")
+	if c.mirrorMaxInFlight < 1 || c.mirrorTimeout <= 0 || c.mirrorDuration < time.Second || c.mirrorDelayMS < 0 {
+		return nil, errors.New("need -mirror-max-in-flight >= 1, -mirror-timeout > 0, -mirror-duration >= 1s, -mirror-delay >= 0")
+	}
+	if c.caddy == "" && !c.renderOnly && (contains(c.systems, sysCaddy) || contains(c.systems, sysGateway) || c.phases["mirror"] || c.phases["policies"]) {
+		return nil, errors.New("-caddy is required for caddy-rp and gateway, and the mirror and policies phases (go build -o /tmp/caddy ./cmd/caddy)")
 	}
 	if c.caddyBase == "" && !c.renderOnly && contains(c.systems, sysGatewayBase) {
 		return nil, errors.New("-caddy-base is required for gateway-base (the other build of ./cmd/caddy)")
@@ -238,6 +249,11 @@ func run(ctx context.Context, cfg *config) error {
 		e.bodyPaths[n], e.bodyBytes[n] = p, b
 	}
 
+	if cfg.phases["policies"] {
+		if e.policies, e.auth, err = policyLines(otherPolicies); err != nil {
+			return err
+		}
+	}
 	stopStandins, err := e.startStandins(ctx)
 	if err != nil {
 		return err
@@ -312,6 +328,12 @@ func run(ctx context.Context, cfg *config) error {
 			return err
 		}
 	}
+	if cfg.phases["mirror"] {
+		e.runMirror(ctx, rep, body)
+	}
+	if cfg.phases["policies"] {
+		e.runPolicies(ctx, rep, body)
+	}
 	if cfg.phases["profile"] && contains(cfg.systems, sysGateway) {
 		if err := e.profile(ctx, rep, body); err != nil {
 			logf("profile: %v", err)
@@ -363,9 +385,13 @@ func (e *env) startStandins(ctx context.Context) (func(), error) {
 	if err != nil {
 		return nil, err
 	}
+	mirrors := 0
+	if e.cfg.phases["mirror"] {
+		mirrors = mirrorStandins
+	}
 	cmd := exec.Command("taskset", "-c", strconv.Itoa(e.cfg.loadCPU), self, "standins",
 		"-n", strconv.Itoa(e.cfg.standins), "-codec", e.cfg.standinsCodec, "-grpc-workers", strconv.Itoa(e.cfg.standinsWorkers),
-		"-max-lifetime", (e.cfg.maxTotal + time.Minute).String())
+		"-mirror", strconv.Itoa(mirrors), "-max-lifetime", (e.cfg.maxTotal + time.Minute).String())
 	cmd.Stderr = os.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	stdin, err := cmd.StdinPipe()
