@@ -262,6 +262,9 @@ func run(ctx context.Context, cfg *config) error {
 
 	rep := &report{cfg: cfg, Started: time.Now(), LoadBefore: loadAvg(), Machine: machineInfo(cfg)}
 	logf("stand-ins: %v http :%d grpc :%d dns %s; load average %s", e.info.IPs, e.info.HTTPPort, e.info.GRPCPort, e.info.DNS, rep.LoadBefore)
+	if e.mirror.Control != "" {
+		logf("mirror stand-ins: %v grpc :%d, hung :%d, dns %s", e.mirror.MirrorIPs, e.mirror.MirrorGRPCPort, e.mirror.HungGRPCPort, e.mirror.DNS)
+	}
 
 	if cfg.phases["main"] {
 		for r := 1; r <= cfg.repeats; r++ {
@@ -379,33 +382,50 @@ func logf(format string, args ...any) {
 }
 
 // startStandins runs `bench standins` pinned to the load CPU and reads its
-// addresses. The returned func stops it.
+// addresses, and for the mirror phase a second one with the mirror
+// clusters only (so that what the mirror stand-ins hold and allocate does
+// not change the garbage collection of the primary ones). The returned func
+// stops them.
 func (e *env) startStandins(ctx context.Context) (func(), error) {
+	common := []string{"-codec", e.cfg.standinsCodec, "-grpc-workers", strconv.Itoa(e.cfg.standinsWorkers),
+		"-max-lifetime", (e.cfg.maxTotal + time.Minute).String()}
+	var err error
+	var stop func()
+	e.info, e.standinsPID, stop, err = e.startStandinsProc(ctx, append([]string{"-n", strconv.Itoa(e.cfg.standins)}, common...))
+	if err != nil || !e.cfg.phases["mirror"] {
+		return stop, err
+	}
+	var stopMirror func()
+	e.mirror, e.mirrorPID, stopMirror, err = e.startStandinsProc(ctx, append([]string{"-n", "0", "-mirror", strconv.Itoa(mirrorStandins)}, common...))
+	if err != nil {
+		stop()
+		return nil, fmt.Errorf("mirror stand-ins: %w", err)
+	}
+	return func() { stopMirror(); stop() }, nil
+}
+
+// startStandinsProc starts one `bench standins` process and reads the line
+// it prints once it listens.
+func (e *env) startStandinsProc(ctx context.Context, args []string) (standinsInfo, int, func(), error) {
+	var info standinsInfo
 	self, err := os.Executable()
 	if err != nil {
-		return nil, err
+		return info, 0, nil, err
 	}
-	mirrors := 0
-	if e.cfg.phases["mirror"] {
-		mirrors = mirrorStandins
-	}
-	cmd := exec.Command("taskset", "-c", strconv.Itoa(e.cfg.loadCPU), self, "standins",
-		"-n", strconv.Itoa(e.cfg.standins), "-codec", e.cfg.standinsCodec, "-grpc-workers", strconv.Itoa(e.cfg.standinsWorkers),
-		"-mirror", strconv.Itoa(mirrors), "-max-lifetime", (e.cfg.maxTotal + time.Minute).String())
+	cmd := exec.Command("taskset", append([]string{"-c", strconv.Itoa(e.cfg.loadCPU), self, "standins"}, args...)...)
 	cmd.Stderr = os.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
-		return nil, err
+		return info, 0, nil, err
 	}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
-		return nil, err
+		return info, 0, nil, err
 	}
 	if err := cmd.Start(); err != nil {
-		return nil, err
+		return info, 0, nil, err
 	}
-	e.standinsPID = cmd.Process.Pid
 	stop := func() {
 		_ = stdin.Close()
 		done := make(chan struct{})
@@ -430,32 +450,50 @@ func (e *env) startStandins(ctx context.Context) (func(), error) {
 	case line, ok := <-lines:
 		if !ok {
 			stop()
-			return nil, errors.New("standins exited before listening")
+			return info, 0, nil, errors.New("standins exited before listening")
 		}
-		if err := json.Unmarshal([]byte(line), &e.info); err != nil {
+		if err := json.Unmarshal([]byte(line), &info); err != nil {
 			stop()
-			return nil, fmt.Errorf("standins said %q: %w", line, err)
+			return info, 0, nil, fmt.Errorf("standins said %q: %w", line, err)
 		}
 	case <-time.After(30 * time.Second):
 		stop()
-		return nil, errors.New("standins did not start within 30s")
+		return info, 0, nil, errors.New("standins did not start within 30s")
 	case <-ctx.Done():
 		stop()
-		return nil, ctx.Err()
+		return info, 0, nil, ctx.Err()
 	}
-	return stop, nil
+	return info, cmd.Process.Pid, stop, nil // taskset execs the program: same pid
 }
 
-// stats reads the stand-ins' counters.
+// standinsCPUSeconds is the CPU time of the stand-ins processes.
+func (e *env) standinsCPUSeconds() float64 {
+	t := treeCPUSeconds(e.standinsPID)
+	if e.mirrorPID > 0 {
+		t += treeCPUSeconds(e.mirrorPID)
+	}
+	return t
+}
+
+// stats reads the stand-ins' counters, the mirror stand-ins' in Mirror.
 func (e *env) stats(ctx context.Context) (statsReply, error) {
-	var rep statsReply
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+e.info.Control+"/stats", nil)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
+	get := func(control string) (statsReply, error) {
+		var rep statsReply
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+control+"/stats", nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return rep, err
+		}
+		defer resp.Body.Close()
+		return rep, json.NewDecoder(resp.Body).Decode(&rep)
+	}
+	rep, err := get(e.info.Control)
+	if err != nil || e.mirror.Control == "" {
 		return rep, err
 	}
-	defer resp.Body.Close()
-	return rep, json.NewDecoder(resp.Body).Decode(&rep)
+	m, err := get(e.mirror.Control)
+	rep.Mirror = m.Mirror
+	return rep, err
 }
 
 // setWork switches the stand-ins between decode and count.
@@ -463,14 +501,19 @@ func (e *env) setWork(ctx context.Context, mode string) error {
 	if e.work == mode {
 		return nil
 	}
-	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+e.info.Control+"/work?mode="+mode, nil)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return err
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusNoContent {
-		return fmt.Errorf("setting work %s: status %d", mode, resp.StatusCode)
+	for _, control := range []string{e.info.Control, e.mirror.Control} {
+		if control == "" {
+			continue
+		}
+		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+control+"/work?mode="+mode, nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusNoContent {
+			return fmt.Errorf("setting work %s: status %d", mode, resp.StatusCode)
+		}
 	}
 	e.work = mode
 	return nil

@@ -123,7 +123,7 @@ func (e *env) measure(ctx context.Context, s runSpec) sample {
 			return fail(fmt.Errorf("mirror metrics: %w", err))
 		}
 	}
-	sCPU0 := treeCPUSeconds(e.standinsPID)
+	sCPU0 := e.standinsCPUSeconds()
 	var cpu0 float64
 	if r != nil && r.pid > 0 {
 		cpu0 = treeCPUSeconds(r.pid)
@@ -154,7 +154,7 @@ func (e *env) measure(ctx context.Context, s runSpec) sample {
 	if err != nil {
 		return fail(err)
 	}
-	sCPU1 := treeCPUSeconds(e.standinsPID)
+	sCPU1 := e.standinsCPUSeconds()
 	if hasMirror(s.system) {
 		mirror1, err := scrapeMirror(ctx, r.adminAddr)
 		if err != nil {

@@ -26,7 +26,7 @@ var mirrorSystems = []string{sysGateway, sysGatewayMirror, sysGatewayMirrorHung,
 var mirrorKinds = map[string]string{
 	sysGateway:           "none",
 	sysGatewayMirror:     "healthy",
-	sysGatewayMirrorHung: "hung (holds each copy 30 s)",
+	sysGatewayMirrorHung: "hung (answers after 30 s)",
 	sysGatewayMirrorDown: "down (connection refused)",
 }
 
@@ -54,12 +54,12 @@ const otherPolicies = 1000
 func (e *env) extraLines(name string) (string, bool) {
 	switch name {
 	case sysGatewayMirror:
-		return e.mirrorLines(mirrorName, e.info.MirrorGRPCPort), false
+		return e.mirrorLines(mirrorName, e.mirror.MirrorGRPCPort), false
 	case sysGatewayMirrorHung:
-		return e.mirrorLines(mirrorHungName, e.info.HungGRPCPort), false
+		return e.mirrorLines(mirrorHungName, e.mirror.HungGRPCPort), false
 	case sysGatewayMirrorDown:
 		// The healthy mirror's port, on an address nothing listens on.
-		return e.mirrorLines(mirrorDownName, e.info.MirrorGRPCPort), false
+		return e.mirrorLines(mirrorDownName, e.mirror.MirrorGRPCPort), false
 	case sysGatewayPolicies:
 		return e.policies, true
 	}
@@ -72,7 +72,7 @@ func (e *env) mirrorLines(name string, port int) string {
 			refresh       5s
 			max_in_flight %d
 			timeout       %s
-		}`, e.info.DNS, name, port, e.cfg.mirrorMaxInFlight, e.cfg.mirrorTimeout)
+		}`, e.mirror.DNS, name, port, e.cfg.mirrorMaxInFlight, e.cfg.mirrorTimeout)
 }
 
 // policyLines makes gateway-policies' access_policies block: others
@@ -261,7 +261,7 @@ func (r *report) mirrorMarkdown(body int) string {
 	}
 	fmt.Fprintf(&b, "## Mirror: %d keep-alive connections%s, body %d, stand-ins count, %s per run, medians of %d runs\n\n",
 		r.cfg.connections, pause, body, r.cfg.mirrorDuration, r.cfg.repeats)
-	fmt.Fprintf(&b, "Mirror: `max_in_flight %d`, `timeout %s`, to %d more stand-ins (`%s`, on CPU %d with the others), to %d that hold each copy %s (`%s`), or to `%s` (%s: nothing listens there).\n\n",
+	fmt.Fprintf(&b, "Mirror: `max_in_flight %d`, `timeout %s`, to %d more stand-ins (`%s`, in a stand-ins process of their own on CPU %d), to %d that answer each copy %s late (`%s`), or to `%s` (%s: nothing listens there).\n\n",
 		r.cfg.mirrorMaxInFlight, r.cfg.mirrorTimeout, mirrorStandins, mirrorName, r.cfg.loadCPU, mirrorStandins, mirrorHang, mirrorHungName, mirrorDownName, mirrorDownIP)
 	b.WriteString("| system | mirror | req/s | p50 ms | p99 ms | failed requests | proxy CPU-s / 1k req | CPU ÷ gateway's | peak RSS MiB | anon RSS at the end MiB | copies ok / failed / timeout / dropped | in flight at the end | copies the mirror stand-ins got | load core busy % |\n" +
 		"|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|\n")

@@ -47,7 +47,7 @@ func TestMirrorAndPolicyConfigs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &env{cfg: cfg, info: standinsInfo{DNS: "127.0.0.1:5353", MirrorGRPCPort: 9096, HungGRPCPort: 9097}}
+	e := &env{cfg: cfg, info: standinsInfo{DNS: "127.0.0.1:5353"}, mirror: standinsInfo{DNS: "127.0.0.1:5354", MirrorGRPCPort: 9096, HungGRPCPort: 9097}}
 	if e.policies, e.auth, err = policyLines(20); err != nil {
 		t.Fatal(err)
 	}
@@ -61,9 +61,9 @@ func TestMirrorAndPolicyConfigs(t *testing.T) {
 	dir := t.TempDir()
 	for sys, want := range map[string][]string{
 		sysGateway:           {`"default_tenant":"bench"`},
-		sysGatewayMirror:     {`"mirrors":[{"max_in_flight":256,"refresh":5000000000,"timeout":10000000000,"url":["dns://127.0.0.1:5353/mirror.bench:9096"]}]`},
-		sysGatewayMirrorHung: {`"url":["dns://127.0.0.1:5353/mirror-hung.bench:9097"]`},
-		sysGatewayMirrorDown: {`"url":["dns://127.0.0.1:5353/mirror-down.bench:9096"]`},
+		sysGatewayMirror:     {`"mirrors":[{"max_in_flight":256,"refresh":5000000000,"timeout":10000000000,"url":["dns://127.0.0.1:5354/mirror.bench:9096"]}]`},
+		sysGatewayMirrorHung: {`"url":["dns://127.0.0.1:5354/mirror-hung.bench:9097"]`},
+		sysGatewayMirrorDown: {`"url":["dns://127.0.0.1:5354/mirror-down.bench:9096"]`},
 		sysGatewayPolicies:   {`"access_policies":{"policies":[{"name":"other-0"`, `"name":"bench-writer","scopes":["metrics:write"],"tenants":["bench"]`},
 	} {
 		data := tmplData{Dir: dir, Port: 8000, Admin: 2019, DNS: e.info.DNS, Name: dnsName, GRPCPort: 9095}
@@ -125,7 +125,7 @@ func TestMirrorTargets(t *testing.T) {
 	for _, want := range []string{
 		"3 rounds alternating gateway → gateway-mirror → gateway-mirror-hung → gateway-mirror-down",
 		"| gateway-mirror | healthy | 0 | 1.15 | 11.50 | 0 | 0.154 | 1.40× | 62.0 |",
-		"| gateway-mirror-hung | hung (holds each copy 30 s) | 0 | 1.10 | 13.00 | 0 | 0.090 | 0.82× | 90.0 | 0.0 | 0 / 0 / 768 / 2232 | 256 | 0 |",
+		"| gateway-mirror-hung | hung (answers after 30 s) | 0 | 1.10 | 13.00 | 0 | 0.090 | 0.82× | 90.0 | 0.0 | 0 / 0 / 768 / 2232 | 256 | 0 |",
 		"| gateway-mirror: client p50 within the run-to-run spread without a mirror | 1.15 ms (runs 1.05 1.25 1.15) vs gateway 1.10 ms (runs 1.00 1.20 1.10; 1.00–1.20) | yes |",
 		"| gateway-mirror: client p99 within the run-to-run spread without a mirror | 11.50 ms (runs 10.50 12.50 11.50) vs gateway 11.00 ms (runs 10.00 12.00 11.00; 10.00–12.00) | yes |",
 		"| gateway-mirror: gateway CPU per request ≤ 1.5× without a mirror | 0.154 vs 0.110 CPU-s / 1k req = 1.40×",

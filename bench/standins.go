@@ -89,13 +89,17 @@ const (
 // SIGTERM/SIGINT, or after -max-lifetime.
 func runStandins(args []string) int {
 	fs := flag.NewFlagSet("standins", flag.ExitOnError)
-	n := fs.Int("n", 3, "number of stand-ins (127.0.0.2 ...)")
+	n := fs.Int("n", 3, "number of stand-ins (127.0.0.2 ...); 0: none, only the mirror clusters (-mirror)")
 	work := fs.String("work", workDecode, "initial work mode: decode or count")
 	codec := fs.String("codec", codecMimir, "how the gRPC stand-ins decode requests: mimir (as a Mimir process does) or grpc (grpc-go's default proto codec)")
 	workers := fs.Int("grpc-workers", mimirGRPCWorkers, "gRPC stream workers of each stand-in (grpc.NumStreamWorkers; 0: a goroutine per call)")
 	mirrors := fs.Int("mirror", 0, "stand-ins of each mirror cluster (the healthy one and the hung one, gRPC only; 0: none)")
 	maxLife := fs.Duration("max-lifetime", 40*time.Minute, "exit after this long whatever happens")
 	_ = fs.Parse(args)
+	if *n < 0 || *mirrors < 0 || *n+*mirrors == 0 {
+		fmt.Fprintln(os.Stderr, "standins: need -n >= 0, -mirror >= 0, one of them > 0")
+		return 2
+	}
 
 	grpcOpts, err := standinGRPCOptions(*codec)
 	if err != nil {
@@ -202,9 +206,13 @@ func serveStandins(n, mirrors int, work string, maxLife time.Duration, grpcOpts 
 		return err
 	}
 
-	grpcs, err := standin.StartGRPCGroup(handlers, grpcOpts...)
-	if err != nil {
-		return err
+	// -n 0: no primary stand-ins (the mirror phase's second process).
+	var grpcs []*standin.GRPCServer
+	var err error
+	if n > 0 {
+		if grpcs, err = standin.StartGRPCGroup(handlers, grpcOpts...); err != nil {
+			return err
+		}
 	}
 	defer func() {
 		for _, g := range grpcs {
@@ -238,9 +246,11 @@ func serveStandins(n, mirrors int, work string, maxLife time.Duration, grpcOpts 
 		}
 	}
 
-	httpLis, err := listenHTTPGroup(n)
-	if err != nil {
-		return err
+	var httpLis []net.Listener
+	if n > 0 {
+		if httpLis, err = listenHTTPGroup(n); err != nil {
+			return err
+		}
 	}
 	var httpSrvs []*http.Server
 	ips := make([]string, n)
@@ -261,7 +271,9 @@ func serveStandins(n, mirrors int, work string, maxLife time.Duration, grpcOpts 
 		return err
 	}
 	defer func() { _ = dnsSrv.Stop() }()
-	dnsSrv.SetA(dnsName, ips...)
+	if n > 0 {
+		dnsSrv.SetA(dnsName, ips...)
+	}
 	var mirrorIPs []string
 	if mirrors > 0 {
 		for i := range mirrors {
@@ -317,12 +329,9 @@ func serveStandins(n, mirrors int, work string, maxLife time.Duration, grpcOpts 
 	go func() { _ = ctl.Serve(ctlLis) }()
 	defer func() { _ = ctl.Close() }()
 
-	info := standinsInfo{
-		IPs:      ips,
-		HTTPPort: httpLis[0].Addr().(*net.TCPAddr).Port,
-		GRPCPort: grpcs[0].Port(),
-		DNS:      dnsSrv.Addr(),
-		Control:  ctlLis.Addr().String(),
+	info := standinsInfo{IPs: ips, DNS: dnsSrv.Addr(), Control: ctlLis.Addr().String()}
+	if n > 0 {
+		info.HTTPPort, info.GRPCPort = httpLis[0].Addr().(*net.TCPAddr).Port, grpcs[0].Port()
 	}
 	if mirrors > 0 {
 		info.MirrorIPs, info.MirrorGRPCPort, info.HungGRPCPort = mirrorIPs, mirrorGRPCs[0].Port(), mirrorGRPCs[mirrors].Port()
@@ -370,15 +379,10 @@ func sickBehavior(mode string, next standin.Behavior) standin.Behavior {
 	return next
 }
 
-// hang holds a request mirrorHang, or until its caller gives up, then
-// answers it 200: a mirror cluster that stopped answering in time.
-func hang(w http.ResponseWriter, r *http.Request) bool {
-	t := time.NewTimer(mirrorHang)
-	defer t.Stop()
-	select {
-	case <-t.C:
-	case <-r.Context().Done():
-	}
+// hang answers a request 200 after mirrorHang, whether its caller still
+// waits or not: a mirror cluster that stopped answering in time.
+func hang(w http.ResponseWriter, _ *http.Request) bool {
+	time.Sleep(mirrorHang)
 	w.WriteHeader(http.StatusOK)
 	return true
 }

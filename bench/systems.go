@@ -75,6 +75,10 @@ type env struct {
 	work      string // the stand-ins' current work mode
 	// standinsPID is the stand-ins process (taskset execs it: same pid).
 	standinsPID int
+	// mirror and mirrorPID are the mirror phase's second stand-ins process,
+	// with the mirror clusters and a DNS server of their own.
+	mirror    standinsInfo
+	mirrorPID int
 	// passiveHealth are the passive health lines of the sick scenario
 	// running, the same words for metrics_gateway and reverse_proxy.
 	passiveHealth string
