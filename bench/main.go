@@ -64,6 +64,7 @@ type config struct {
 	mirrorDelayMS       int
 	mirrorMaxInFlight   int
 	mirrorTimeout       time.Duration
+	mirrorCPU           int
 }
 
 var phaseNames = []string{"main", "capacity", "balance", "latency", "rss", "profile", "sick", "mirror", "policies"}
@@ -118,6 +119,7 @@ func parseFlags(args []string) (*config, error) {
 	fs.IntVar(&c.mirrorDelayMS, "mirror-delay", 6, "pause in ms after each answer, per connection, in the mirror phase, so that the load CPU, which serves the mirror stand-ins too, is not saturated (0: closed loop at full speed)")
 	fs.IntVar(&c.mirrorMaxInFlight, "mirror-max-in-flight", 256, "max_in_flight of the mirror")
 	fs.DurationVar(&c.mirrorTimeout, "mirror-timeout", 10*time.Second, "timeout of the mirror")
+	fs.IntVar(&c.mirrorCPU, "mirror-cpu", -1, "CPU the mirror stand-ins are pinned to (-1: the load CPU, with the other stand-ins; the proxy's CPU takes their work off the load CPU, where it lands right before each push's own call)")
 	var sick string
 	fs.StringVar(&sick, "sick-scenarios", "healthy,slow,503", "scenarios of the sick phase")
 	fs.IntVar(&c.balanceConns, "balance-connections", 4, "clients of the balance run")
@@ -391,12 +393,16 @@ func (e *env) startStandins(ctx context.Context) (func(), error) {
 		"-max-lifetime", (e.cfg.maxTotal + time.Minute).String()}
 	var err error
 	var stop func()
-	e.info, e.standinsPID, stop, err = e.startStandinsProc(ctx, append([]string{"-n", strconv.Itoa(e.cfg.standins)}, common...))
+	e.info, e.standinsPID, stop, err = e.startStandinsProc(ctx, e.cfg.loadCPU, append([]string{"-n", strconv.Itoa(e.cfg.standins)}, common...))
 	if err != nil || !e.cfg.phases["mirror"] {
 		return stop, err
 	}
 	var stopMirror func()
-	e.mirror, e.mirrorPID, stopMirror, err = e.startStandinsProc(ctx, append([]string{"-n", "0", "-mirror", strconv.Itoa(mirrorStandins)}, common...))
+	mirrorCPU := e.cfg.loadCPU
+	if e.cfg.mirrorCPU >= 0 {
+		mirrorCPU = e.cfg.mirrorCPU
+	}
+	e.mirror, e.mirrorPID, stopMirror, err = e.startStandinsProc(ctx, mirrorCPU, append([]string{"-n", "0", "-mirror", strconv.Itoa(mirrorStandins)}, common...))
 	if err != nil {
 		stop()
 		return nil, fmt.Errorf("mirror stand-ins: %w", err)
@@ -406,13 +412,13 @@ func (e *env) startStandins(ctx context.Context) (func(), error) {
 
 // startStandinsProc starts one `bench standins` process and reads the line
 // it prints once it listens.
-func (e *env) startStandinsProc(ctx context.Context, args []string) (standinsInfo, int, func(), error) {
+func (e *env) startStandinsProc(ctx context.Context, cpu int, args []string) (standinsInfo, int, func(), error) {
 	var info standinsInfo
 	self, err := os.Executable()
 	if err != nil {
 		return info, 0, nil, err
 	}
-	cmd := exec.Command("taskset", append([]string{"-c", strconv.Itoa(e.cfg.loadCPU), self, "standins"}, args...)...)
+	cmd := exec.Command("taskset", append([]string{"-c", strconv.Itoa(cpu), self, "standins"}, args...)...)
 	cmd.Stderr = os.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	stdin, err := cmd.StdinPipe()

@@ -261,10 +261,14 @@ func (r *report) mirrorMarkdown(body int) string {
 	}
 	fmt.Fprintf(&b, "## Mirror: %d keep-alive connections%s, body %d, stand-ins count, %s per run, medians of %d runs\n\n",
 		r.cfg.connections, pause, body, r.cfg.mirrorDuration, r.cfg.repeats)
+	mirrorCPU := r.cfg.loadCPU
+	if r.cfg.mirrorCPU >= 0 {
+		mirrorCPU = r.cfg.mirrorCPU
+	}
 	fmt.Fprintf(&b, "Mirror: `max_in_flight %d`, `timeout %s`, to %d more stand-ins (`%s`, in a stand-ins process of their own on CPU %d), to %d that answer each copy %s late (`%s`), or to `%s` (%s: nothing listens there).\n\n",
-		r.cfg.mirrorMaxInFlight, r.cfg.mirrorTimeout, mirrorStandins, mirrorName, r.cfg.loadCPU, mirrorStandins, mirrorHang, mirrorHungName, mirrorDownName, mirrorDownIP)
-	b.WriteString("| system | mirror | req/s | p50 ms | p99 ms | failed requests | proxy CPU-s / 1k req | CPU ÷ gateway's | peak RSS MiB | anon RSS at the end MiB | copies ok / failed / timeout / dropped | in flight at the end | copies the mirror stand-ins got | load core busy % |\n" +
-		"|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|\n")
+		r.cfg.mirrorMaxInFlight, r.cfg.mirrorTimeout, mirrorStandins, mirrorName, mirrorCPU, mirrorStandins, mirrorHang, mirrorHungName, mirrorDownName, mirrorDownIP)
+	b.WriteString("| system | mirror | req/s | p50 ms | p99 ms | failed requests | proxy CPU-s / 1k req | CPU ÷ gateway's | peak RSS MiB | anon RSS at the end MiB | copies ok / failed / timeout / dropped | in flight at the end | copies the mirror stand-ins got | busy %: load core, proxy core |\n" +
+		"|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|\n")
 	g := r.median("mirror", sysGateway, body)
 	for _, sys := range mirrorSystems {
 		s := r.median("mirror", sys, body)
@@ -281,10 +285,10 @@ func (r *report) mirrorMarkdown(body int) string {
 			copies = fmt.Sprintf("%d / %d / %d / %d", s.MirrorOK, s.MirrorFailed, s.MirrorTimeout, s.MirrorDropped)
 			end, got = fmt.Sprint(s.MirrorInFlightEnd), fmt.Sprint(s.MirrorReceived)
 		}
-		fmt.Fprintf(&b, "| %s | %s | %.0f | %.2f | %.2f | %d | %.3f | %s | %.1f | %.1f | %s | %s | %s | %.0f |\n", sys, mirrorKinds[sys], s.RPS, s.P50US/1000, s.P99US/1000,
-			s.Non2xx+s.SocketErrors, s.CPUPer1k, ratio, s.PeakRSSMiB, s.AnonRSSMiB, copies, end, got, s.LoadCorePct)
+		fmt.Fprintf(&b, "| %s | %s | %.0f | %.2f | %.2f | %d | %.3f | %s | %.1f | %.1f | %s | %s | %s | %.0f, %.0f |\n", sys, mirrorKinds[sys], s.RPS, s.P50US/1000, s.P99US/1000,
+			s.Non2xx+s.SocketErrors, s.CPUPer1k, ratio, s.PeakRSSMiB, s.AnonRSSMiB, copies, end, got, s.LoadCorePct, s.ProxyCorePct)
 	}
-	b.WriteString("\nFailed requests, copies and copies received are summed over the runs (copies: `metrics_gateway_mirror_requests_total` over the measured seconds, from the gateway's admin `/metrics`); the other columns are medians; in flight at the end is the median of `metrics_gateway_mirror_in_flight`.\n\n")
+	b.WriteString("\nFailed requests, copies and copies received are summed over the runs (copies: `metrics_gateway_mirror_requests_total` over the measured seconds, from the gateway's admin `/metrics`); the other columns are medians; in flight at the end is the median of `metrics_gateway_mirror_in_flight`. A proxy core busier than the proxy's own CPU % (proxy CPU-s / 1k req × req/s) ran other work too.\n\n")
 	return b.String()
 }
 
@@ -355,15 +359,15 @@ func (r *report) policiesMarkdown(body int) string {
 		r.cfg.connections, body, r.cfg.duration, r.cfg.repeats)
 	fmt.Fprintf(&b, "gateway-policies: `access_policies` with %d policies (one granting `metrics:write` on `%s`, %d others a tenant each), pushes with `Authorization: Basic` (tenant:token) and no `X-Scope-OrgID`; gateway: `default_tenant %s`, pushes with `X-Scope-OrgID`.\n\n",
 		otherPolicies+1, benchTenant, otherPolicies, benchTenant)
-	b.WriteString("| system | req/s | p50 ms | p99 ms | failed requests | proxy CPU-s / 1k req | runs | peak RSS MiB |\n|---|---:|---:|---:|---:|---:|---|---:|\n")
+	b.WriteString("| system | req/s | p50 ms | p99 ms | failed requests | proxy CPU-s / 1k req | runs | peak RSS MiB | busy %: load core, proxy core |\n|---|---:|---:|---:|---:|---:|---|---:|---|\n")
 	for _, sys := range policiesSystems {
 		s := r.median("policies", sys, body)
 		if s == nil {
-			fmt.Fprintf(&b, "| %s | failed (%d runs) |||||||\n", sys, r.failures("policies", sys, body))
+			fmt.Fprintf(&b, "| %s | failed (%d runs) ||||||||\n", sys, r.failures("policies", sys, body))
 			continue
 		}
-		fmt.Fprintf(&b, "| %s | %.0f | %.2f | %.2f | %d | %.3f | %s | %.1f |\n", sys, s.RPS, s.P50US/1000, s.P99US/1000,
-			s.Non2xx+s.SocketErrors, s.CPUPer1k, perRun(r.runsOf("policies", sys, body), "%.3f", cpuOf), s.PeakRSSMiB)
+		fmt.Fprintf(&b, "| %s | %.0f | %.2f | %.2f | %d | %.3f | %s | %.1f | %.0f, %.0f |\n", sys, s.RPS, s.P50US/1000, s.P99US/1000,
+			s.Non2xx+s.SocketErrors, s.CPUPer1k, perRun(r.runsOf("policies", sys, body), "%.3f", cpuOf), s.PeakRSSMiB, s.LoadCorePct, s.ProxyCorePct)
 	}
 	b.WriteString("\n")
 	return b.String()

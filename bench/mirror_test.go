@@ -159,7 +159,7 @@ func TestPoliciesTargets(t *testing.T) {
 	md := r.markdown()
 	for _, want := range []string{
 		"4 rounds alternating gateway → gateway-policies",
-		"| gateway-policies | 0 | 0.00 | 14.00 | 0 | 0.127 | 0.112 0.132 0.122 0.142 | 0.0 |",
+		"| gateway-policies | 0 | 0.00 | 14.00 | 0 | 0.127 | 0.112 0.132 0.122 0.142 | 0.0 | 0, 0 |",
 		"| access_policies: CPU per request change ≤ the run-to-run spread | 0.127 vs 0.115 CPU-s / 1k req: +0.012 (+10.4 %); spread 0.030 (the larger range over runs: gateway 0.100–0.130, gateway-policies 0.112–0.142) | yes |",
 		"| access_policies: p99 change ≤ the run-to-run spread | 14.00 vs 11.50 ms: +2.50 (+21.7 %); spread 3.00 (the larger range over runs: gateway 10.00–13.00, gateway-policies 14.00–14.00) | yes |",
 		"| access_policies: every push accepted (a refused credential is a 401) | 0 failed of 400 | yes |",
