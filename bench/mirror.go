@@ -19,15 +19,18 @@ import (
 // than the mirror's timeout), and that refuses connections. Every system
 // gets the same load; the question is what the mirror costs the clients
 // (nothing, whatever the mirror does) and the gateway (one more call per
-// push, no copy of the body; at most max_in_flight bodies held).
-var mirrorSystems = []string{sysGateway, sysGatewayMirror, sysGatewayMirrorHung, sysGatewayMirrorDown}
+// push, no copy of the body; at most max_in_flight bodies held). The last
+// system is the refused mirror with `retries 0`: by default a failed copy
+// is tried twice more, with grpc-go's backoff in between.
+var mirrorSystems = []string{sysGateway, sysGatewayMirror, sysGatewayMirrorHung, sysGatewayMirrorDown, sysGatewayMirrorDownR0}
 
 // mirrorKinds say what each mirror system's mirror does.
 var mirrorKinds = map[string]string{
-	sysGateway:           "none",
-	sysGatewayMirror:     "healthy",
-	sysGatewayMirrorHung: "hung (answers after 30 s)",
-	sysGatewayMirrorDown: "down (connection refused)",
+	sysGateway:             "none",
+	sysGatewayMirror:       "healthy",
+	sysGatewayMirrorHung:   "hung (answers after 30 s)",
+	sysGatewayMirrorDown:   "down (connection refused)",
+	sysGatewayMirrorDownR0: "down, `retries 0`",
 }
 
 // The policies phase: the gateway without and with access_policies, in
@@ -60,19 +63,26 @@ func (e *env) extraLines(name string) (string, bool) {
 	case sysGatewayMirrorDown:
 		// The healthy mirror's port, on an address nothing listens on.
 		return e.mirrorLines(mirrorDownName, e.mirror.MirrorGRPCPort), false
+	case sysGatewayMirrorDownR0:
+		return e.mirrorLines(mirrorDownName, e.mirror.MirrorGRPCPort, "retries       0"), false
 	case sysGatewayPolicies:
 		return e.policies, true
 	}
 	return "", false
 }
 
-// mirrorLines is a mirror block for the cluster name answers.
-func (e *env) mirrorLines(name string, port int) string {
+// mirrorLines is a mirror block for the cluster name answers, with extra
+// lines.
+func (e *env) mirrorLines(name string, port int, extra ...string) string {
+	var more string
+	for _, l := range extra {
+		more += "\n\t\t\t" + l
+	}
 	return fmt.Sprintf(`		mirror dns://%s/%s:%d {
 			refresh       5s
 			max_in_flight %d
-			timeout       %s
-		}`, e.mirror.DNS, name, port, e.cfg.mirrorMaxInFlight, e.cfg.mirrorTimeout)
+			timeout       %s%s
+		}`, e.mirror.DNS, name, port, e.cfg.mirrorMaxInFlight, e.cfg.mirrorTimeout, more)
 }
 
 // policyLines makes gateway-policies' access_policies block: others
@@ -127,7 +137,7 @@ func (e *env) runPolicies(ctx context.Context, rep *report, body int) {
 
 // hasMirror says a system's gateway has a mirror.
 func hasMirror(sys string) bool {
-	return sys == sysGatewayMirror || sys == sysGatewayMirrorHung || sys == sysGatewayMirrorDown
+	return sys == sysGatewayMirror || sys == sysGatewayMirrorHung || sys == sysGatewayMirrorDown || sys == sysGatewayMirrorDownR0
 }
 
 // mirrorCounts are a gateway's mirror metrics: copies by result
@@ -265,7 +275,7 @@ func (r *report) mirrorMarkdown(body int) string {
 	if r.cfg.mirrorCPU >= 0 {
 		mirrorCPU = r.cfg.mirrorCPU
 	}
-	fmt.Fprintf(&b, "Mirror: `max_in_flight %d`, `timeout %s`, to %d more stand-ins (`%s`, in a stand-ins process of their own on CPU %d), to %d that answer each copy %s late (`%s`), or to `%s` (%s: nothing listens there).\n\n",
+	fmt.Fprintf(&b, "Mirror: `max_in_flight %d`, `timeout %s`, to %d more stand-ins (`%s`, in a stand-ins process of their own on CPU %d), to %d that answer each copy %s late (`%s`), or to `%s` (%s: nothing listens there; the last system with `retries 0`).\n\n",
 		r.cfg.mirrorMaxInFlight, r.cfg.mirrorTimeout, mirrorStandins, mirrorName, mirrorCPU, mirrorStandins, mirrorHang, mirrorHungName, mirrorDownName, mirrorDownIP)
 	b.WriteString("| system | mirror | req/s | p50 ms | p99 ms | failed requests | proxy CPU-s / 1k req | CPU ÷ gateway's | peak RSS MiB | anon RSS at the end MiB | copies ok / failed / timeout / dropped | in flight at the end | copies the mirror stand-ins got | busy %: load core, proxy core |\n" +
 		"|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|\n")

@@ -60,11 +60,12 @@ func TestMirrorAndPolicyConfigs(t *testing.T) {
 	}
 	dir := t.TempDir()
 	for sys, want := range map[string][]string{
-		sysGateway:           {`"default_tenant":"bench"`},
-		sysGatewayMirror:     {`"mirrors":[{"max_in_flight":256,"refresh":5000000000,"timeout":10000000000,"url":["dns://127.0.0.1:5354/mirror.bench:9096"]}]`},
-		sysGatewayMirrorHung: {`"url":["dns://127.0.0.1:5354/mirror-hung.bench:9097"]`},
-		sysGatewayMirrorDown: {`"url":["dns://127.0.0.1:5354/mirror-down.bench:9096"]`},
-		sysGatewayPolicies:   {`"access_policies":{"policies":[{"name":"other-0"`, `"name":"bench-writer","scopes":["metrics:write"],"tenants":["bench"]`},
+		sysGateway:             {`"default_tenant":"bench"`},
+		sysGatewayMirror:       {`"mirrors":[{"max_in_flight":256,"refresh":5000000000,"timeout":10000000000,"url":["dns://127.0.0.1:5354/mirror.bench:9096"]}]`},
+		sysGatewayMirrorHung:   {`"url":["dns://127.0.0.1:5354/mirror-hung.bench:9097"]`},
+		sysGatewayMirrorDown:   {`"url":["dns://127.0.0.1:5354/mirror-down.bench:9096"]`},
+		sysGatewayMirrorDownR0: {`"mirrors":[{"max_in_flight":256,"refresh":5000000000,"retries":0,"timeout":10000000000,"url":["dns://127.0.0.1:5354/mirror-down.bench:9096"]}]`},
+		sysGatewayPolicies:     {`"access_policies":{"policies":[{"name":"other-0"`, `"name":"bench-writer","scopes":["metrics:write"],"tenants":["bench"]`},
 	} {
 		data := tmplData{Dir: dir, Port: 8000, Admin: 2019, DNS: e.info.DNS, Name: dnsName, GRPCPort: 9095}
 		data.Extra, data.NoDefaultTenant = e.extraLines(sys)
@@ -123,7 +124,7 @@ func TestMirrorTargets(t *testing.T) {
 	}
 	md := r.markdown()
 	for _, want := range []string{
-		"3 rounds alternating gateway → gateway-mirror → gateway-mirror-hung → gateway-mirror-down",
+		"3 rounds alternating gateway → gateway-mirror → gateway-mirror-hung → gateway-mirror-down → gateway-mirror-down-r0",
 		"| gateway-mirror | healthy | 0 | 1.15 | 11.50 | 0 | 0.154 | 1.40× | 62.0 |",
 		"| gateway-mirror-hung | hung (answers after 30 s) | 0 | 1.10 | 13.00 | 0 | 0.090 | 0.82× | 90.0 | 0.0 | 0 / 0 / 768 / 2232 | 256 | 0 |",
 		"| gateway-mirror: client p50 within the run-to-run spread without a mirror | 1.15 ms (runs 1.05 1.25 1.15) vs gateway 1.10 ms (runs 1.00 1.20 1.10; 1.00–1.20) | yes |",

@@ -40,6 +40,9 @@ const (
 	sysGatewayMirror     = "gateway-mirror"
 	sysGatewayMirrorHung = "gateway-mirror-hung"
 	sysGatewayMirrorDown = "gateway-mirror-down"
+	// sysGatewayMirrorDownR0 is gateway-mirror-down with `retries 0` in
+	// the mirror block: a failed copy is not tried again.
+	sysGatewayMirrorDownR0 = "gateway-mirror-down-r0"
 	// sysGatewayPolicies is the gateway with access_policies (1001
 	// policies), pushed to with Basic credentials (bench/mirror.go).
 	sysGatewayPolicies = "gateway-policies"
@@ -56,10 +59,11 @@ var blockLines = map[string]string{
 	sysCaddyLC:       "lb_policy least_conn",
 	sysCaddyHealth:   "lb_policy least_conn",
 	// The mirror and policies systems add lines of their own (extraLines).
-	sysGatewayMirror:     "",
-	sysGatewayMirrorHung: "",
-	sysGatewayMirrorDown: "",
-	sysGatewayPolicies:   "",
+	sysGatewayMirror:       "",
+	sysGatewayMirrorHung:   "",
+	sysGatewayMirrorDown:   "",
+	sysGatewayMirrorDownR0: "",
+	sysGatewayPolicies:     "",
 }
 
 var allSystems = []string{sysDirect, sysNginx, sysNginxHelm, sysCaddy, sysGateway}
@@ -145,7 +149,7 @@ func (e *env) startSystem(ctx context.Context, name string, body []byte) (*runni
 		}
 		args = []string{e.cfg.nginx, "-p", dir, "-c", conf, "-e", filepath.Join(dir, "error.log")}
 	case sysCaddy, sysGateway, sysGatewayBase, sysGatewayLC, sysGatewayHealth, sysCaddyLC, sysCaddyHealth,
-		sysGatewayMirror, sysGatewayMirrorHung, sysGatewayMirrorDown, sysGatewayPolicies:
+		sysGatewayMirror, sysGatewayMirrorHung, sysGatewayMirrorDown, sysGatewayMirrorDownR0, sysGatewayPolicies:
 		data.Block = blockLines[name]
 		data.Extra, data.NoDefaultTenant = e.extraLines(name)
 		if name == sysGatewayPolicies {
