@@ -163,8 +163,11 @@ func (e *env) measure(ctx context.Context, s runSpec) sample {
 		d := mirror1.sub(mirror0)
 		res.MirrorOK, res.MirrorFailed, res.MirrorTimeout, res.MirrorDropped = d.OK, d.Failed, d.Timeout, d.Dropped
 		res.MirrorInFlightStart, res.MirrorInFlightEnd = mirror0.InFlight, mirror1.InFlight
+		// Only the stand-ins this system mirrors to: a hung stand-in may
+		// count a copy of an earlier system's run late.
+		prefix := map[string]string{sysGatewayMirror: "mirror-", sysGatewayMirrorHung: "hung-"}[s.system]
 		for i := range after.Mirror {
-			if i < len(before.Mirror) {
+			if i < len(before.Mirror) && prefix != "" && strings.HasPrefix(after.Mirror[i].Name, prefix) {
 				res.MirrorReceived += after.Mirror[i].Requests - before.Mirror[i].Requests
 			}
 		}

@@ -293,7 +293,10 @@ func (r *report) mirrorMarkdown(body int) string {
 		copies, end, got := "—", "—", "—"
 		if hasMirror(sys) {
 			copies = fmt.Sprintf("%d / %d / %d / %d", s.MirrorOK, s.MirrorFailed, s.MirrorTimeout, s.MirrorDropped)
-			end, got = fmt.Sprint(s.MirrorInFlightEnd), fmt.Sprint(s.MirrorReceived)
+			end = fmt.Sprint(s.MirrorInFlightEnd)
+		}
+		if sys == sysGatewayMirror || sys == sysGatewayMirrorHung {
+			got = fmt.Sprint(s.MirrorReceived) // a refused mirror has no stand-ins
 		}
 		fmt.Fprintf(&b, "| %s | %s | %.0f | %.2f | %.2f | %d | %.3f | %s | %.1f | %.1f | %s | %s | %s | %.0f, %.0f |\n", sys, mirrorKinds[sys], s.RPS, s.P50US/1000, s.P99US/1000,
 			s.Non2xx+s.SocketErrors, s.CPUPer1k, ratio, s.PeakRSSMiB, s.AnonRSSMiB, copies, end, got, s.LoadCorePct, s.ProxyCorePct)
