@@ -38,7 +38,7 @@ const (
 )
 
 // mirrorHang is how long a hung mirror stand-in holds a copy before it
-// answers (unless the gateway gives up first).
+// answers, whether the gateway still waits or not.
 const mirrorHang = 30 * time.Second
 
 // standinsInfo is the one JSON line the standins process prints on stdout
