@@ -41,7 +41,8 @@ type loadSpec struct {
 	threads     int
 	duration    time.Duration
 	bodyPath    string
-	delayMS     int // per-connection pause after each response (0 = closed loop at full speed)
+	delayMS     int    // per-connection pause after each response (0 = closed loop at full speed)
+	auth        string // Authorization header instead of X-Scope-OrgID, if set
 }
 
 // runWrk runs wrk pinned to the load CPU and returns its summary.
@@ -65,7 +66,7 @@ func (e *env) runWrk(ctx context.Context, s loadSpec) (wrkResult, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.duration+30*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "taskset", args...)
-	cmd.Env = append(cmd.Environ(), "BENCH_BODY="+s.bodyPath, "BENCH_DELAY_MS="+strconv.Itoa(s.delayMS))
+	cmd.Env = append(cmd.Environ(), "BENCH_BODY="+s.bodyPath, "BENCH_DELAY_MS="+strconv.Itoa(s.delayMS), "BENCH_AUTH="+s.auth)
 	var out, errb bytes.Buffer
 	cmd.Stdout = &out
 	cmd.Stderr = &errb

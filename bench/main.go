@@ -60,9 +60,14 @@ type config struct {
 	sickScenarios       map[string]bool
 	standinsProfile     bool
 	standinsCodec       string
+	mirrorDuration      time.Duration
+	mirrorDelayMS       int
+	mirrorMaxInFlight   int
+	mirrorTimeout       time.Duration
+	mirrorCPU           int
 }
 
-var phaseNames = []string{"main", "capacity", "balance", "latency", "rss", "profile", "sick"}
+var phaseNames = []string{"main", "capacity", "balance", "latency", "rss", "profile", "sick", "mirror", "policies"}
 
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == "standins" {
@@ -110,6 +115,11 @@ func parseFlags(args []string) (*config, error) {
 	fs.IntVar(&c.sickDelayMS, "sick-delay", 0, "pause in ms after each answer, per connection, in the sick phase (0: closed loop at full speed, which saturates the load CPU)")
 	fs.DurationVar(&c.sickLatency, "sick-latency", 15*time.Millisecond, "unhealthy_latency of gateway-health and caddy-lc-health in the slow scenario (the stand-in is 20 ms late; set it above the healthy stand-ins' tail latency on the machine)")
 	fs.StringVar(&c.sickWork, "sick-work", workCount, "stand-in work in the sick phase: count (the proxies' own cost shows most) or decode (each push decoded, nearer a distributor's work)")
+	fs.DurationVar(&c.mirrorDuration, "mirror-duration", 10*time.Second, "measured duration of each run of the mirror phase")
+	fs.IntVar(&c.mirrorDelayMS, "mirror-delay", 6, "pause in ms after each answer, per connection, in the mirror phase, so that the load CPU, which serves the mirror stand-ins too, is not saturated (0: closed loop at full speed)")
+	fs.IntVar(&c.mirrorMaxInFlight, "mirror-max-in-flight", 256, "max_in_flight of the mirror")
+	fs.DurationVar(&c.mirrorTimeout, "mirror-timeout", 10*time.Second, "timeout of the mirror")
+	fs.IntVar(&c.mirrorCPU, "mirror-cpu", -1, "CPU the mirror stand-ins are pinned to (-1: the load CPU, with the other stand-ins; the proxy's CPU takes their work off the load CPU, where it lands right before each push's own call)")
 	var sick string
 	fs.StringVar(&sick, "sick-scenarios", "healthy,slow,503", "scenarios of the sick phase")
 	fs.IntVar(&c.balanceConns, "balance-connections", 4, "clients of the balance run")
@@ -177,8 +187,11 @@ func parseFlags(args []string) (*config, error) {
 	if c.repeats < 1 || c.connections < 1 || c.duration < time.Second {
 		return nil, errors.New("need -repeats >= 1, -connections >= 1, -duration >= 1s")
 	}
-	if c.caddy == "" && !c.renderOnly && (contains(c.systems, sysCaddy) || contains(c.systems, sysGateway)) {
-		return nil, errors.New("-caddy is required for caddy-rp and gateway (go build -o /tmp/caddy ./cmd/caddy)")
+	if c.mirrorMaxInFlight < 1 || c.mirrorTimeout <= 0 || c.mirrorDuration < time.Second || c.mirrorDelayMS < 0 {
+		return nil, errors.New("need -mirror-max-in-flight >= 1, -mirror-timeout > 0, -mirror-duration >= 1s, -mirror-delay >= 0")
+	}
+	if c.caddy == "" && !c.renderOnly && (contains(c.systems, sysCaddy) || contains(c.systems, sysGateway) || c.phases["mirror"] || c.phases["policies"]) {
+		return nil, errors.New("-caddy is required for caddy-rp and gateway, and the mirror and policies phases (go build -o /tmp/caddy ./cmd/caddy)")
 	}
 	if c.caddyBase == "" && !c.renderOnly && contains(c.systems, sysGatewayBase) {
 		return nil, errors.New("-caddy-base is required for gateway-base (the other build of ./cmd/caddy)")
@@ -238,6 +251,11 @@ func run(ctx context.Context, cfg *config) error {
 		e.bodyPaths[n], e.bodyBytes[n] = p, b
 	}
 
+	if cfg.phases["policies"] {
+		if e.policies, e.auth, err = policyLines(otherPolicies); err != nil {
+			return err
+		}
+	}
 	stopStandins, err := e.startStandins(ctx)
 	if err != nil {
 		return err
@@ -246,6 +264,9 @@ func run(ctx context.Context, cfg *config) error {
 
 	rep := &report{cfg: cfg, Started: time.Now(), LoadBefore: loadAvg(), Machine: machineInfo(cfg)}
 	logf("stand-ins: %v http :%d grpc :%d dns %s; load average %s", e.info.IPs, e.info.HTTPPort, e.info.GRPCPort, e.info.DNS, rep.LoadBefore)
+	if e.mirror.Control != "" {
+		logf("mirror stand-ins: %v grpc :%d, hung :%d, dns %s", e.mirror.MirrorIPs, e.mirror.MirrorGRPCPort, e.mirror.HungGRPCPort, e.mirror.DNS)
+	}
 
 	if cfg.phases["main"] {
 		for r := 1; r <= cfg.repeats; r++ {
@@ -312,6 +333,12 @@ func run(ctx context.Context, cfg *config) error {
 			return err
 		}
 	}
+	if cfg.phases["mirror"] {
+		e.runMirror(ctx, rep, body)
+	}
+	if cfg.phases["policies"] {
+		e.runPolicies(ctx, rep, body)
+	}
 	if cfg.phases["profile"] && contains(cfg.systems, sysGateway) {
 		if err := e.profile(ctx, rep, body); err != nil {
 			logf("profile: %v", err)
@@ -357,29 +384,54 @@ func logf(format string, args ...any) {
 }
 
 // startStandins runs `bench standins` pinned to the load CPU and reads its
-// addresses. The returned func stops it.
+// addresses, and for the mirror phase a second one with the mirror
+// clusters only (so that what the mirror stand-ins hold and allocate does
+// not change the garbage collection of the primary ones). The returned func
+// stops them.
 func (e *env) startStandins(ctx context.Context) (func(), error) {
+	common := []string{"-codec", e.cfg.standinsCodec, "-grpc-workers", strconv.Itoa(e.cfg.standinsWorkers),
+		"-max-lifetime", (e.cfg.maxTotal + time.Minute).String()}
+	var err error
+	var stop func()
+	e.info, e.standinsPID, stop, err = e.startStandinsProc(ctx, e.cfg.loadCPU, append([]string{"-n", strconv.Itoa(e.cfg.standins)}, common...))
+	if err != nil || !e.cfg.phases["mirror"] {
+		return stop, err
+	}
+	var stopMirror func()
+	mirrorCPU := e.cfg.loadCPU
+	if e.cfg.mirrorCPU >= 0 {
+		mirrorCPU = e.cfg.mirrorCPU
+	}
+	e.mirror, e.mirrorPID, stopMirror, err = e.startStandinsProc(ctx, mirrorCPU, append([]string{"-n", "0", "-mirror", strconv.Itoa(mirrorStandins)}, common...))
+	if err != nil {
+		stop()
+		return nil, fmt.Errorf("mirror stand-ins: %w", err)
+	}
+	return func() { stopMirror(); stop() }, nil
+}
+
+// startStandinsProc starts one `bench standins` process and reads the line
+// it prints once it listens.
+func (e *env) startStandinsProc(ctx context.Context, cpu int, args []string) (standinsInfo, int, func(), error) {
+	var info standinsInfo
 	self, err := os.Executable()
 	if err != nil {
-		return nil, err
+		return info, 0, nil, err
 	}
-	cmd := exec.Command("taskset", "-c", strconv.Itoa(e.cfg.loadCPU), self, "standins",
-		"-n", strconv.Itoa(e.cfg.standins), "-codec", e.cfg.standinsCodec, "-grpc-workers", strconv.Itoa(e.cfg.standinsWorkers),
-		"-max-lifetime", (e.cfg.maxTotal + time.Minute).String())
+	cmd := exec.Command("taskset", append([]string{"-c", strconv.Itoa(cpu), self, "standins"}, args...)...)
 	cmd.Stderr = os.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
-		return nil, err
+		return info, 0, nil, err
 	}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
-		return nil, err
+		return info, 0, nil, err
 	}
 	if err := cmd.Start(); err != nil {
-		return nil, err
+		return info, 0, nil, err
 	}
-	e.standinsPID = cmd.Process.Pid
 	stop := func() {
 		_ = stdin.Close()
 		done := make(chan struct{})
@@ -404,32 +456,50 @@ func (e *env) startStandins(ctx context.Context) (func(), error) {
 	case line, ok := <-lines:
 		if !ok {
 			stop()
-			return nil, errors.New("standins exited before listening")
+			return info, 0, nil, errors.New("standins exited before listening")
 		}
-		if err := json.Unmarshal([]byte(line), &e.info); err != nil {
+		if err := json.Unmarshal([]byte(line), &info); err != nil {
 			stop()
-			return nil, fmt.Errorf("standins said %q: %w", line, err)
+			return info, 0, nil, fmt.Errorf("standins said %q: %w", line, err)
 		}
 	case <-time.After(30 * time.Second):
 		stop()
-		return nil, errors.New("standins did not start within 30s")
+		return info, 0, nil, errors.New("standins did not start within 30s")
 	case <-ctx.Done():
 		stop()
-		return nil, ctx.Err()
+		return info, 0, nil, ctx.Err()
 	}
-	return stop, nil
+	return info, cmd.Process.Pid, stop, nil // taskset execs the program: same pid
 }
 
-// stats reads the stand-ins' counters.
+// standinsCPUSeconds is the CPU time of the stand-ins processes.
+func (e *env) standinsCPUSeconds() float64 {
+	t := treeCPUSeconds(e.standinsPID)
+	if e.mirrorPID > 0 {
+		t += treeCPUSeconds(e.mirrorPID)
+	}
+	return t
+}
+
+// stats reads the stand-ins' counters, the mirror stand-ins' in Mirror.
 func (e *env) stats(ctx context.Context) (statsReply, error) {
-	var rep statsReply
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+e.info.Control+"/stats", nil)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
+	get := func(control string) (statsReply, error) {
+		var rep statsReply
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+control+"/stats", nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return rep, err
+		}
+		defer resp.Body.Close()
+		return rep, json.NewDecoder(resp.Body).Decode(&rep)
+	}
+	rep, err := get(e.info.Control)
+	if err != nil || e.mirror.Control == "" {
 		return rep, err
 	}
-	defer resp.Body.Close()
-	return rep, json.NewDecoder(resp.Body).Decode(&rep)
+	m, err := get(e.mirror.Control)
+	rep.Mirror = m.Mirror
+	return rep, err
 }
 
 // setWork switches the stand-ins between decode and count.
@@ -437,14 +507,19 @@ func (e *env) setWork(ctx context.Context, mode string) error {
 	if e.work == mode {
 		return nil
 	}
-	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+e.info.Control+"/work?mode="+mode, nil)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return err
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusNoContent {
-		return fmt.Errorf("setting work %s: status %d", mode, resp.StatusCode)
+	for _, control := range []string{e.info.Control, e.mirror.Control} {
+		if control == "" {
+			continue
+		}
+		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+control+"/work?mode="+mode, nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusNoContent {
+			return fmt.Errorf("setting work %s: status %d", mode, resp.StatusCode)
+		}
 	}
 	e.work = mode
 	return nil

@@ -59,13 +59,26 @@ type sample struct {
 	TakenOut    []int    `json:"per_standin_taken_out,omitempty"`
 	OutFailures []string `json:"out_failures,omitempty"` // the first failures that took one out
 	MaxOverMean float64  `json:"max_over_mean"`
-	LoadAvg     string   `json:"loadavg"`
-	Err         string   `json:"error,omitempty"`
+	// BodyBytes is the size of the pushed body.
+	BodyBytes int `json:"body_bytes,omitempty"`
+	// The mirror phase: the gateway's copies by result over the measured
+	// run (metrics_gateway_mirror_requests_total), its copies in flight
+	// when it started and ended (metrics_gateway_mirror_in_flight), and the
+	// copies the mirror stand-ins received.
+	MirrorOK            int64  `json:"mirror_ok,omitempty"`
+	MirrorFailed        int64  `json:"mirror_failed,omitempty"`
+	MirrorTimeout       int64  `json:"mirror_timeout,omitempty"`
+	MirrorDropped       int64  `json:"mirror_dropped,omitempty"`
+	MirrorInFlightStart int64  `json:"mirror_in_flight_start,omitempty"`
+	MirrorInFlightEnd   int64  `json:"mirror_in_flight_end,omitempty"`
+	MirrorReceived      int64  `json:"mirror_received,omitempty"`
+	LoadAvg             string `json:"loadavg"`
+	Err                 string `json:"error,omitempty"`
 }
 
 func (e *env) measure(ctx context.Context, s runSpec) sample {
 	res := sample{Phase: s.phase, System: s.system, Body: s.body, Rep: s.rep, Work: s.work,
-		Connections: s.conns, DelayMS: s.delayMS, LoadAvg: loadAvg()}
+		Connections: s.conns, DelayMS: s.delayMS, LoadAvg: loadAvg(), BodyBytes: len(e.bodyBytes[s.body])}
 	fail := func(err error) sample {
 		res.Err = err.Error()
 		logf("%-8s %-13s body=%d rep=%d: ERROR %v", s.phase, s.system, s.body, s.rep, err)
@@ -86,7 +99,7 @@ func (e *env) measure(ctx context.Context, s runSpec) sample {
 			return fail(err)
 		}
 		defer r.stop()
-		spec.url = r.url
+		spec.url, spec.auth = r.url, r.auth
 		if r.pid > 0 {
 			res.IdleRSSMiB = float64(treeMemKiB(r.pid).rss) / 1024
 		}
@@ -104,7 +117,13 @@ func (e *env) measure(ctx context.Context, s runSpec) sample {
 	if err != nil {
 		return fail(err)
 	}
-	sCPU0 := treeCPUSeconds(e.standinsPID)
+	var mirror0 mirrorCounts
+	if hasMirror(s.system) {
+		if mirror0, err = scrapeMirror(ctx, r.adminAddr); err != nil {
+			return fail(fmt.Errorf("mirror metrics: %w", err))
+		}
+	}
+	sCPU0 := e.standinsCPUSeconds()
 	var cpu0 float64
 	if r != nil && r.pid > 0 {
 		cpu0 = treeCPUSeconds(r.pid)
@@ -135,7 +154,24 @@ func (e *env) measure(ctx context.Context, s runSpec) sample {
 	if err != nil {
 		return fail(err)
 	}
-	sCPU1 := treeCPUSeconds(e.standinsPID)
+	sCPU1 := e.standinsCPUSeconds()
+	if hasMirror(s.system) {
+		mirror1, err := scrapeMirror(ctx, r.adminAddr)
+		if err != nil {
+			return fail(fmt.Errorf("mirror metrics: %w", err))
+		}
+		d := mirror1.sub(mirror0)
+		res.MirrorOK, res.MirrorFailed, res.MirrorTimeout, res.MirrorDropped = d.OK, d.Failed, d.Timeout, d.Dropped
+		res.MirrorInFlightStart, res.MirrorInFlightEnd = mirror0.InFlight, mirror1.InFlight
+		// Only the stand-ins this system mirrors to: a hung stand-in may
+		// count a copy of an earlier system's run late.
+		prefix := map[string]string{sysGatewayMirror: "mirror-", sysGatewayMirrorHung: "hung-"}[s.system]
+		for i := range after.Mirror {
+			if i < len(before.Mirror) && prefix != "" && strings.HasPrefix(after.Mirror[i].Name, prefix) {
+				res.MirrorReceived += after.Mirror[i].Requests - before.Mirror[i].Requests
+			}
+		}
+	}
 
 	res.Requests = w.Requests
 	res.Seconds = float64(w.DurationUS) / 1e6
@@ -184,6 +220,10 @@ func (e *env) measure(ctx context.Context, s runSpec) sample {
 	logf("%-8s %-13s body=%d c=%d rep=%d: %7.0f req/s p50 %6.2f ms p99 %7.2f ms cpu %.3f s/1k (%3.0f%%) stand-ins %.3f wrk %.3f rss %5.1f MiB max/mean %.3f %v non2xx %d err %d",
 		s.phase, s.system, s.body, s.conns, s.rep, res.RPS, res.P50US/1000, res.P99US/1000, res.CPUPer1k, res.ProxyCPUPct,
 		res.StandinCPUPer1k, res.WrkCPUPer1k, res.PeakRSSMiB, res.MaxOverMean, res.PerStandin, res.Non2xx, res.SocketErrors)
+	if hasMirror(s.system) {
+		logf("%-8s %-13s copies ok %d failed %d timeout %d dropped %d; in flight %d -> %d; the mirror stand-ins got %d",
+			s.phase, s.system, res.MirrorOK, res.MirrorFailed, res.MirrorTimeout, res.MirrorDropped, res.MirrorInFlightStart, res.MirrorInFlightEnd, res.MirrorReceived)
+	}
 	return res
 }
 

@@ -137,7 +137,9 @@ func busyPct(before, after map[int64][2]float64, cpu int) float64 {
 	if a[1] <= b[1] {
 		return 0
 	}
-	return 100 * (a[0] - b[0]) / (a[1] - b[1])
+	// Clamped: the float sums of /proc/stat's fields can differ in the
+	// last bits (an idle CPU read as -3e-09 % busy).
+	return min(100, max(0, 100*(a[0]-b[0])/(a[1]-b[1])))
 }
 
 // loadAvg returns the 1, 5 and 15 minute load averages as /proc/loadavg

@@ -1,6 +1,8 @@
 -- wrk script: POST a snappy Remote-Write 1.0 body, as Prometheus does.
 -- BENCH_BODY names the body file; BENCH_DELAY_MS > 0 makes each connection
--- pause that long after every response (for the fixed-rate latency run).
+-- pause that long after every response (for the fixed-rate latency run);
+-- BENCH_AUTH, if set, is sent as the Authorization header in place of
+-- X-Scope-OrgID (as Prometheus with basic_auth does).
 local f = assert(io.open(os.getenv("BENCH_BODY"), "rb"))
 local body = f:read("*a")
 f:close()
@@ -12,6 +14,11 @@ wrk.headers["Content-Encoding"] = "snappy"
 wrk.headers["X-Prometheus-Remote-Write-Version"] = "0.1.0"
 wrk.headers["User-Agent"] = "Prometheus/3.0.0"
 wrk.headers["X-Scope-OrgID"] = "bench"
+local auth = os.getenv("BENCH_AUTH") or ""
+if auth ~= "" then
+  wrk.headers["Authorization"] = auth
+  wrk.headers["X-Scope-OrgID"] = nil
+end
 
 local pause = tonumber(os.getenv("BENCH_DELAY_MS") or "0") or 0
 if pause > 0 then

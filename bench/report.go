@@ -108,8 +108,8 @@ func machineInfo(cfg *config) machine {
 }
 
 // median aggregates the successful samples of one cell: every number is the
-// median over repeats, except the counts Requests, Non2xx, SocketErrors and
-// TakenOut, which are summed.
+// median over repeats, except the counts Requests, Non2xx, SocketErrors,
+// TakenOut and the mirror's copies by result and received, which are summed.
 func (r *report) median(phase, system string, body int) *sample {
 	var ss []sample
 	for _, s := range r.Samples {
@@ -147,7 +147,15 @@ func (r *report) median(phase, system string, body int) *sample {
 	m.ProxyCorePct = med(func(s sample) float64 { return s.ProxyCorePct })
 	m.MaxOverMean = med(func(s sample) float64 { return s.MaxOverMean })
 	m.Non2xx, m.SocketErrors, m.Requests, m.TakenOut, m.OutFailures = 0, 0, 0, nil, nil
+	m.MirrorOK, m.MirrorFailed, m.MirrorTimeout, m.MirrorDropped, m.MirrorReceived = 0, 0, 0, 0, 0
+	m.MirrorInFlightStart = int64(med(func(s sample) float64 { return float64(s.MirrorInFlightStart) }))
+	m.MirrorInFlightEnd = int64(med(func(s sample) float64 { return float64(s.MirrorInFlightEnd) }))
 	for _, s := range ss {
+		m.MirrorOK += s.MirrorOK
+		m.MirrorFailed += s.MirrorFailed
+		m.MirrorTimeout += s.MirrorTimeout
+		m.MirrorDropped += s.MirrorDropped
+		m.MirrorReceived += s.MirrorReceived
 		m.Non2xx += s.Non2xx
 		m.SocketErrors += s.SocketErrors
 		m.Requests += s.Requests
@@ -238,8 +246,13 @@ func (r *report) markdown() string {
 	}
 	fmt.Fprintf(&b, "- load average (1/5/15 min) before: %s, after: %s; run took %s\n", r.LoadBefore, r.LoadAfter, r.Finished.Sub(r.Started).Round(time.Second))
 	systems, duration := c.systems, c.duration
-	if len(c.phases) == 1 && c.phases["sick"] {
-		systems, duration = sickSystems, c.sickDuration // the sick phase's own
+	switch { // the phases with systems of their own
+	case len(c.phases) == 1 && c.phases["sick"]:
+		systems, duration = sickSystems, c.sickDuration
+	case len(c.phases) == 1 && c.phases["mirror"]:
+		systems, duration = mirrorSystems, c.mirrorDuration
+	case len(c.phases) == 1 && c.phases["policies"]:
+		systems = policiesSystems
 	}
 	fmt.Fprintf(&b, "- systems under test pinned to CPU %d; wrk and the %d stand-ins to CPU %d; each measurement starts the system afresh, warms up %s, measures %s; %d rounds alternating %s; medians\n",
 		c.proxyCPU, c.standins, c.loadCPU, c.warmup, duration, c.repeats, strings.Join(systems, " → "))
@@ -339,6 +352,8 @@ func (r *report) markdown() string {
 		b.WriteString("\n")
 	}
 	b.WriteString(r.sickMarkdown(body))
+	b.WriteString(r.mirrorMarkdown(body))
+	b.WriteString(r.policiesMarkdown(body))
 	b.WriteString(r.targets())
 	if r.PprofCPU != "" {
 		fmt.Fprintf(&b, "## Gateway CPU profile under load (%.0f req/s, count-only stand-ins, %d s)\n\n```\n%s```\n\n", r.ProfileRPS, c.profileSeconds, headLines(r.PprofCPU, 40))
@@ -418,6 +433,8 @@ func (r *report) targets() string {
 		fmt.Fprintf(&b, "| RSS ≤ 100 MiB with %d keep-alive clients | %.1f MiB | %s |\n", r.cfg.rssConns, s.PeakRSSMiB, verdict(s.PeakRSSMiB <= 100))
 	}
 	b.WriteString(r.sickTargets(body))
+	b.WriteString(r.mirrorTargets(body))
+	b.WriteString(r.policiesTargets(body))
 	if b.Len() == 0 {
 		return ""
 	}

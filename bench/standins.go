@@ -26,6 +26,21 @@ import (
 // stand-ins, like a headless Service.
 const dnsName = "distributors.bench"
 
+// The mirror phase's names: a second cluster of stand-ins (mirrorName), one
+// whose stand-ins never answer in time (mirrorHungName), and an address
+// nothing listens on (mirrorDownName, connection refused).
+const (
+	mirrorName     = "mirror.bench"
+	mirrorHungName = "mirror-hung.bench"
+	mirrorDownName = "mirror-down.bench"
+	// mirrorDownIP is on loopback, and no stand-in listens there.
+	mirrorDownIP = "127.0.0.254"
+)
+
+// mirrorHang is how long a hung mirror stand-in holds a copy before it
+// answers, whether the gateway still waits or not.
+const mirrorHang = 30 * time.Second
+
 // standinsInfo is the one JSON line the standins process prints on stdout
 // once everything listens.
 type standinsInfo struct {
@@ -34,6 +49,12 @@ type standinsInfo struct {
 	GRPCPort int      `json:"grpc_port"`
 	DNS      string   `json:"dns"`
 	Control  string   `json:"control"`
+	// The mirror clusters (-mirror > 0): mirrorName's stand-ins and
+	// mirrorHungName's on ports of their own (mirrorDownName: the
+	// healthy mirror's port on mirrorDownIP).
+	MirrorIPs      []string `json:"mirror_ips,omitempty"`
+	MirrorGRPCPort int      `json:"mirror_grpc_port,omitempty"`
+	HungGRPCPort   int      `json:"hung_grpc_port,omitempty"`
 }
 
 // standinStats is what the control endpoint reports for one stand-in.
@@ -49,6 +70,9 @@ type standinStats struct {
 type statsReply struct {
 	Work     string         `json:"work"`
 	Standins []standinStats `json:"standins"`
+	// Mirror are the healthy mirror cluster's stand-ins, then the hung
+	// one's.
+	Mirror []standinStats `json:"mirror,omitempty"`
 }
 
 // Work modes of the stand-ins.
@@ -65,12 +89,17 @@ const (
 // SIGTERM/SIGINT, or after -max-lifetime.
 func runStandins(args []string) int {
 	fs := flag.NewFlagSet("standins", flag.ExitOnError)
-	n := fs.Int("n", 3, "number of stand-ins (127.0.0.2 ...)")
+	n := fs.Int("n", 3, "number of stand-ins (127.0.0.2 ...); 0: none, only the mirror clusters (-mirror)")
 	work := fs.String("work", workDecode, "initial work mode: decode or count")
 	codec := fs.String("codec", codecMimir, "how the gRPC stand-ins decode requests: mimir (as a Mimir process does) or grpc (grpc-go's default proto codec)")
 	workers := fs.Int("grpc-workers", mimirGRPCWorkers, "gRPC stream workers of each stand-in (grpc.NumStreamWorkers; 0: a goroutine per call)")
+	mirrors := fs.Int("mirror", 0, "stand-ins of each mirror cluster (the healthy one and the hung one, gRPC only; 0: none)")
 	maxLife := fs.Duration("max-lifetime", 40*time.Minute, "exit after this long whatever happens")
 	_ = fs.Parse(args)
+	if *n < 0 || *mirrors < 0 || *n+*mirrors == 0 {
+		fmt.Fprintln(os.Stderr, "standins: need -n >= 0, -mirror >= 0, one of them > 0")
+		return 2
+	}
 
 	grpcOpts, err := standinGRPCOptions(*codec)
 	if err != nil {
@@ -80,7 +109,7 @@ func runStandins(args []string) int {
 	if *workers > 0 {
 		grpcOpts = append(grpcOpts, standin.WithServerOptions(grpc.NumStreamWorkers(uint32(*workers))))
 	}
-	if err := serveStandins(*n, *work, *maxLife, grpcOpts); err != nil {
+	if err := serveStandins(*n, *mirrors, *work, *maxLife, grpcOpts); err != nil {
 		fmt.Fprintln(os.Stderr, "standins:", err)
 		return 1
 	}
@@ -110,12 +139,22 @@ func standinGRPCOptions(codec string) ([]standin.GRPCOption, error) {
 	}
 }
 
-func serveStandins(n int, work string, maxLife time.Duration, grpcOpts []standin.GRPCOption) error {
+func serveStandins(n, mirrors int, work string, maxLife time.Duration, grpcOpts []standin.GRPCOption) error {
 	dists := make([]*standin.Distributor, n)
 	handlers := make([]http.Handler, n)
 	for i := range dists {
 		dists[i] = standin.NewDistributor(string(rune('a' + i)))
 		handlers[i] = dists[i]
+	}
+	// The mirror clusters: healthy ones (working as the primary's do) and
+	// hung ones, which hold every copy mirrorHang.
+	mirrorDists := make([]*standin.Distributor, 2*mirrors)
+	for i := range mirrorDists {
+		kind := "mirror"
+		if i >= mirrors {
+			kind = "hung"
+		}
+		mirrorDists[i] = standin.NewDistributor(fmt.Sprintf("%s-%d", kind, i%mirrors+1))
 	}
 	var workMu sync.Mutex
 	sick, sickIndex := sickNone, 1
@@ -129,6 +168,16 @@ func serveStandins(n int, work string, maxLife time.Duration, grpcOpts []standin
 			}
 			if i == sickIndex {
 				b = sickBehavior(sick, b)
+			}
+			d.SetBehavior(b)
+		}
+		for i, d := range mirrorDists {
+			var b standin.Behavior
+			if work == workCount {
+				b = countOnly
+			}
+			if i >= mirrors {
+				b = hang
 			}
 			d.SetBehavior(b)
 		}
@@ -157,19 +206,51 @@ func serveStandins(n int, work string, maxLife time.Duration, grpcOpts []standin
 		return err
 	}
 
-	grpcs, err := standin.StartGRPCGroup(handlers, grpcOpts...)
-	if err != nil {
-		return err
+	// -n 0: no primary stand-ins (the mirror phase's second process).
+	var grpcs []*standin.GRPCServer
+	var err error
+	if n > 0 {
+		if grpcs, err = standin.StartGRPCGroup(handlers, grpcOpts...); err != nil {
+			return err
+		}
 	}
 	defer func() {
 		for _, g := range grpcs {
 			g.Stop()
 		}
 	}()
+	// mirrorGRPCs serve mirrorDists: the healthy cluster's, then the hung one's.
+	var mirrorGRPCs []*standin.GRPCServer
+	if mirrors > 0 {
+		group := func(ds []*standin.Distributor) ([]*standin.GRPCServer, error) {
+			hs := make([]http.Handler, len(ds))
+			for i, d := range ds {
+				hs[i] = d
+			}
+			return standin.StartGRPCGroup(hs, grpcOpts...)
+		}
+		healthy, err := group(mirrorDists[:mirrors])
+		if err != nil {
+			return err
+		}
+		mirrorGRPCs = healthy
+		hung, err := group(mirrorDists[mirrors:])
+		mirrorGRPCs = append(mirrorGRPCs, hung...)
+		defer func() {
+			for _, g := range mirrorGRPCs {
+				g.Stop()
+			}
+		}()
+		if err != nil {
+			return err
+		}
+	}
 
-	httpLis, err := listenHTTPGroup(n)
-	if err != nil {
-		return err
+	var httpLis []net.Listener
+	if n > 0 {
+		if httpLis, err = listenHTTPGroup(n); err != nil {
+			return err
+		}
 	}
 	var httpSrvs []*http.Server
 	ips := make([]string, n)
@@ -190,7 +271,18 @@ func serveStandins(n int, work string, maxLife time.Duration, grpcOpts []standin
 		return err
 	}
 	defer func() { _ = dnsSrv.Stop() }()
-	dnsSrv.SetA(dnsName, ips...)
+	if n > 0 {
+		dnsSrv.SetA(dnsName, ips...)
+	}
+	var mirrorIPs []string
+	if mirrors > 0 {
+		for i := range mirrors {
+			mirrorIPs = append(mirrorIPs, standin.GroupIP(i))
+		}
+		dnsSrv.SetA(mirrorName, mirrorIPs...)
+		dnsSrv.SetA(mirrorHungName, mirrorIPs...)
+		dnsSrv.SetA(mirrorDownName, mirrorDownIP)
+	}
 
 	ctlLis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -204,6 +296,11 @@ func serveStandins(n int, work string, maxLife time.Duration, grpcOpts []standin
 		for i, d := range dists {
 			rep.Standins = append(rep.Standins, standinStats{
 				Name: d.Name(), IP: ips[i], Requests: d.Requests(), Samples: d.Samples(), GRPCCalls: grpcs[i].Calls(),
+			})
+		}
+		for i, d := range mirrorDists {
+			rep.Mirror = append(rep.Mirror, standinStats{
+				Name: d.Name(), IP: mirrorIPs[i%mirrors], Requests: d.Requests(), Samples: d.Samples(), GRPCCalls: mirrorGRPCs[i].Calls(),
 			})
 		}
 		w.Header().Set("Content-Type", "application/json")
@@ -232,12 +329,12 @@ func serveStandins(n int, work string, maxLife time.Duration, grpcOpts []standin
 	go func() { _ = ctl.Serve(ctlLis) }()
 	defer func() { _ = ctl.Close() }()
 
-	info := standinsInfo{
-		IPs:      ips,
-		HTTPPort: httpLis[0].Addr().(*net.TCPAddr).Port,
-		GRPCPort: grpcs[0].Port(),
-		DNS:      dnsSrv.Addr(),
-		Control:  ctlLis.Addr().String(),
+	info := standinsInfo{IPs: ips, DNS: dnsSrv.Addr(), Control: ctlLis.Addr().String()}
+	if n > 0 {
+		info.HTTPPort, info.GRPCPort = httpLis[0].Addr().(*net.TCPAddr).Port, grpcs[0].Port()
+	}
+	if mirrors > 0 {
+		info.MirrorIPs, info.MirrorGRPCPort, info.HungGRPCPort = mirrorIPs, mirrorGRPCs[0].Port(), mirrorGRPCs[mirrors].Port()
 	}
 	line, _ := json.Marshal(info)
 	fmt.Println(string(line))
@@ -280,6 +377,14 @@ func sickBehavior(mode string, next standin.Behavior) standin.Behavior {
 		}
 	}
 	return next
+}
+
+// hang answers a request 200 after mirrorHang, whether its caller still
+// waits or not: a mirror cluster that stopped answering in time.
+func hang(w http.ResponseWriter, _ *http.Request) bool {
+	time.Sleep(mirrorHang)
+	w.WriteHeader(http.StatusOK)
+	return true
 }
 
 // countOnly answers a push 200 once the Distributor has read (and counted)

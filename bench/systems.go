@@ -34,6 +34,18 @@ const (
 	sysNginxHealth   = "nginx-health"    // nginx least_conn + max_fails + proxy_next_upstream
 	sysCaddyLC       = "caddy-lc"        // Caddy reverse_proxy, lb_policy least_conn
 	sysCaddyHealth   = "caddy-lc-health" // least_conn + Caddy's passive health checks
+	// The mirror phase's systems (bench/mirror.go): the gateway with a
+	// mirror that works, that never answers in time, that refuses
+	// connections.
+	sysGatewayMirror     = "gateway-mirror"
+	sysGatewayMirrorHung = "gateway-mirror-hung"
+	sysGatewayMirrorDown = "gateway-mirror-down"
+	// sysGatewayMirrorDownR0 is gateway-mirror-down with `retries 0` in
+	// the mirror block: a failed copy is not tried again.
+	sysGatewayMirrorDownR0 = "gateway-mirror-down-r0"
+	// sysGatewayPolicies is the gateway with access_policies (1001
+	// policies), pushed to with Basic credentials (bench/mirror.go).
+	sysGatewayPolicies = "gateway-policies"
 )
 
 // blockLines are the extra lines of each Caddy-based system's backend
@@ -46,6 +58,12 @@ var blockLines = map[string]string{
 	sysCaddy:         "lb_policy round_robin",
 	sysCaddyLC:       "lb_policy least_conn",
 	sysCaddyHealth:   "lb_policy least_conn",
+	// The mirror and policies systems add lines of their own (extraLines).
+	sysGatewayMirror:       "",
+	sysGatewayMirrorHung:   "",
+	sysGatewayMirrorDown:   "",
+	sysGatewayMirrorDownR0: "",
+	sysGatewayPolicies:     "",
 }
 
 var allSystems = []string{sysDirect, sysNginx, sysNginxHelm, sysCaddy, sysGateway}
@@ -61,9 +79,16 @@ type env struct {
 	work      string // the stand-ins' current work mode
 	// standinsPID is the stand-ins process (taskset execs it: same pid).
 	standinsPID int
+	// mirror and mirrorPID are the mirror phase's second stand-ins process,
+	// with the mirror clusters and a DNS server of their own.
+	mirror    standinsInfo
+	mirrorPID int
 	// passiveHealth are the passive health lines of the sick scenario
 	// running, the same words for metrics_gateway and reverse_proxy.
 	passiveHealth string
+	// policies is gateway-policies' access_policies block and auth the
+	// Authorization header its clients send (made once per run).
+	policies, auth string
 }
 
 // running is a started system under test.
@@ -74,6 +99,7 @@ type running struct {
 	cmd       *exec.Cmd
 	adminAddr string // Caddy admin (pprof), if any
 	logPath   string
+	auth      string // the Authorization header pushes need, if any
 }
 
 // freePort asks the kernel for an unused loopback port.
@@ -122,8 +148,13 @@ func (e *env) startSystem(ctx context.Context, name string, body []byte) (*runni
 			return nil, err
 		}
 		args = []string{e.cfg.nginx, "-p", dir, "-c", conf, "-e", filepath.Join(dir, "error.log")}
-	case sysCaddy, sysGateway, sysGatewayBase, sysGatewayLC, sysGatewayHealth, sysCaddyLC, sysCaddyHealth:
+	case sysCaddy, sysGateway, sysGatewayBase, sysGatewayLC, sysGatewayHealth, sysCaddyLC, sysCaddyHealth,
+		sysGatewayMirror, sysGatewayMirrorHung, sysGatewayMirrorDown, sysGatewayMirrorDownR0, sysGatewayPolicies:
 		data.Block = blockLines[name]
+		data.Extra, data.NoDefaultTenant = e.extraLines(name)
+		if name == sysGatewayPolicies {
+			r.auth = e.auth
+		}
 		if name == sysGatewayHealth || name == sysCaddyHealth {
 			data.Block += e.passiveHealth
 		}
@@ -183,7 +214,7 @@ func waitReady(ctx context.Context, r *running, body []byte, limit time.Duration
 			return errors.New("process exited")
 		}
 		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, r.url, bytes.NewReader(body))
-		setPushHeaders(req.Header)
+		setPushHeaders(req.Header, r.auth)
 		resp, err := client.Do(req)
 		if err == nil {
 			resp.Body.Close()
@@ -202,12 +233,22 @@ func waitReady(ctx context.Context, r *running, body []byte, limit time.Duration
 	return lastErr
 }
 
-func setPushHeaders(h http.Header) {
+// setPushHeaders sets a push's headers as push.lua does: the tenant in
+// X-Scope-OrgID, or, given an Authorization header, that instead (a Basic
+// username names the tenant).
+func setPushHeaders(h http.Header, auth string) {
 	h.Set("Content-Type", "application/x-protobuf")
 	h.Set("Content-Encoding", "snappy")
 	h.Set("X-Prometheus-Remote-Write-Version", "0.1.0")
-	h.Set("X-Scope-OrgID", "bench")
+	if auth != "" {
+		h.Set("Authorization", auth)
+	} else {
+		h.Set("X-Scope-OrgID", benchTenant)
+	}
 }
+
+// benchTenant is the tenant every push is for.
+const benchTenant = "bench"
 
 // stop ends the system's process group: SIGTERM, then SIGKILL after 5 s.
 func (r *running) stop() {
@@ -241,6 +282,11 @@ type tmplData struct {
 	IPs                []string
 	HTTPPort, GRPCPort int
 	Block              string // extra lines of the backend block
+	// Extra are lines of the metrics_gateway block (mirror,
+	// access_policies); NoDefaultTenant leaves out default_tenant, which
+	// access_policies refuses.
+	Extra           string
+	NoDefaultTenant bool
 }
 
 func writeTemplate(path, tmpl string, data tmplData) error {
@@ -384,7 +430,12 @@ const gatewayConf = `{
 				{{.Block}}
 			}
 		}
+{{- if not .NoDefaultTenant}}
 		default_tenant bench
+{{- end}}
+{{- if .Extra}}
+{{.Extra}}
+{{- end}}
 	}
 }
 `
