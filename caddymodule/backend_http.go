@@ -136,8 +136,13 @@ func (h *httpBackend) serve(w http.ResponseWriter, r *http.Request, next caddyht
 		body := q.BodyReader()
 		defer body.Close()
 		r.Body, r.ContentLength = body, int64(len(q.Body()))
-		h.tee.Copy(q)
-		q.Release()
+		defer q.Release()
+		defer func() {
+			// Once the primary accepted it, as on the gRPC path.
+			if rec, ok := w.(caddyhttp.ResponseRecorder); ok && rec.Status()/100 == 2 {
+				h.tee.Copy(q)
+			}
+		}()
 	}
 	err := h.rp.ServeHTTP(w, r, next)
 	if err == nil || hasErrorRoutes(r) || responseStarted(w) || r.Context().Err() != nil {

@@ -132,6 +132,37 @@ func TestMirrorTenants(t *testing.T) {
 	}
 }
 
+// TestMirrorOnlyAccepted: a push the primary refuses or fails is not
+// copied (the client retries it, and the copy of the retry follows).
+func TestMirrorOnlyAccepted(t *testing.T) {
+	cl, m := startCluster(t, 1), mirrorCluster(t, 1)
+	var n atomic.Int64
+	cl.Distributors[0].SetBehavior(func(w http.ResponseWriter, _ *http.Request) bool {
+		switch n.Add(1) % 3 {
+		case 1:
+			http.Error(w, "out of order sample", http.StatusBadRequest)
+			return true
+		case 2:
+			http.Error(w, "ingesters down", http.StatusServiceUnavailable)
+			return true
+		}
+		return false
+	})
+	c := testcaddy.Start(t, fmt.Sprintf(`[{"handler": "metrics_gateway", "proxy": {"default": {"url": %q}},
+		"mirrors": [{"url": [%q]}]}]`, cl.Target(), m.Target()))
+	client := oneConnClient(t, c)
+	accepted := 0
+	for i := 0; i < 30; i++ {
+		if code, _ := pushAs(t, client, "team-a", standin.RemoteWriteBody(2, 1)); code == http.StatusOK {
+			accepted++
+		}
+	}
+	standin.WaitFor(t, 20*time.Second, "the copies", func() bool { return mirrorCopies(t, c, m.Target(), "ok") == float64(accepted) })
+	if got := m.Distributors[0].Requests(); got != int64(accepted) || accepted != 10 {
+		t.Errorf("the mirror got %d pushes; the primary accepted %d of 30 (every third)", got, accepted)
+	}
+}
+
 // TestMirrorPercent: percent 50 over 100 tenants mirrors 30 to 70 of them,
 // each with all of its pushes or none.
 func TestMirrorPercent(t *testing.T) {
@@ -253,7 +284,8 @@ func TestMirrorOverHTTP(t *testing.T) {
 		}
 	}
 	// And an HTTP primary with a dns: mirror: the body is read once, for
-	// both, also when the primary refuses the push.
+	// both; a push the primary refuses (the client will retry it) is not
+	// copied.
 	m := mirrorCluster(t, 1)
 	primaryD := standin.NewDistributor("primary-over-http")
 	var early atomic.Int64
@@ -271,14 +303,22 @@ func TestMirrorOverHTTP(t *testing.T) {
 		t.Fatal(err)
 	}
 	client = oneConnClient(t, c)
+	accepted := 0
 	for i := 0; i < 10; i++ {
-		if code, _ := pushAs(t, client, "team-b", standin.RemoteWriteBody(3, 1)); code != http.StatusOK && code != http.StatusTooManyRequests {
+		switch code, _ := pushAs(t, client, "team-b", standin.RemoteWriteBody(3, 1)); code {
+		case http.StatusOK:
+			accepted++
+		case http.StatusTooManyRequests:
+		default:
 			t.Fatalf("push to the HTTP primary: %d", code)
 		}
 	}
-	standin.WaitFor(t, 20*time.Second, "the copies of the HTTP primary's pushes", func() bool {
-		return m.Distributors[0].Samples() == 30
+	standin.WaitFor(t, 20*time.Second, "the copies of the HTTP primary's accepted pushes", func() bool {
+		return m.Distributors[0].Samples() == int64(3*accepted)
 	})
+	if accepted == 10 || accepted == 0 {
+		t.Errorf("%d of 10 pushes accepted: the primary was to refuse every other one", accepted)
+	}
 }
 
 // TestMirrorInAdminView: the admin view lists the mirror with its endpoints.

@@ -272,9 +272,6 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, c *call, start t
 		replace = h.s.replaceHeaders(r)
 	}
 	c.setRequest(r, replace)
-	if c.site.tee != nil {
-		c.site.tee.Copy(c.view(tenant))
-	}
 
 	ctx := context.WithValue(r.Context(), callKey{}, c)
 	ctx, cancel := context.WithDeadline(ctx, deadline)
@@ -293,6 +290,12 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, c *call, start t
 	}
 	if !validStatus(int(c.resp.Code)) {
 		return 0, h.failed(c, r, http.StatusBadGateway, fmt.Sprintf("invalid status %d", c.resp.Code))
+	}
+	if c.site.tee != nil && c.resp.Code/100 == 2 {
+		// Once the primary accepted it: the copy never competes with the
+		// primary's call, and a push the client will retry (refused or
+		// failed) is not copied twice.
+		c.site.tee.Copy(c.view(tenant))
 	}
 	h.answering(r, c.endpoint.Load())
 	return writeResponse(w, &c.resp), nil

@@ -49,7 +49,8 @@ type PriorityOptions struct {
 	// Logger receives the changes of the serving group and the requests
 	// that failed; nil: the groups' own loggers.
 	Logger *zap.Logger
-	// Tee gets every request, read, right before its call (mirrors).
+	// Tee gets every request its endpoint accepted (2xx), with its body,
+	// once answered (mirrors).
 	Tee Tee
 }
 

@@ -15,11 +15,12 @@ import (
 	"google.golang.org/grpc/metadata"
 )
 
-// Tee receives every request a Priority tunnels, read whole and ready to
-// send, right before its own call is made, so that copies can go elsewhere
-// (mirrors of the writes to a second cluster) with the same bytes. Copy must
-// not block the request: a Tee that uses the request after Copy returns
-// takes it with Request.Keep and sends it from another goroutine.
+// Tee receives every request a Priority tunnels that its endpoint accepted
+// (answered 2xx), right after the answer and before it is written, so that
+// copies can go elsewhere (mirrors of the writes to a second cluster) with
+// the same bytes. Copy must not block the request: a Tee that uses the
+// request after Copy returns takes it with Request.Keep and sends it from
+// another goroutine.
 type Tee interface {
 	Copy(q *Request)
 }
