@@ -32,8 +32,8 @@ type Tee interface {
 // backend's Budget) until every holder has released it.
 type Request struct {
 	Method, URL, Tenant string
-	// Headers are the tunnelled headers; a kept Request has its own copy
-	// of the lists (the strings are shared: they never change).
+	// Headers are the tunnelled headers; a kept Request has its own slice
+	// of them (the lists are the request's, which nothing modifies).
 	Headers []httpgrpc.Header
 
 	buf     *[]byte    // headroom + body
@@ -71,8 +71,10 @@ func (q *Request) Keep() *Request {
 		if clientCredentials[hd.Key] {
 			continue
 		}
-		// The lists may live in the pooled call (Host) and be reused.
-		k.Headers = append(k.Headers, httpgrpc.Header{Key: hd.Key, Values: slices.Clone(hd.Values)})
+		if hd.Key == "Host" { // its list lives in the pooled call, reused
+			hd.Values = slices.Clone(hd.Values)
+		}
+		k.Headers = append(k.Headers, hd) // the request's own lists, never modified
 	}
 	q.root.Ref()
 	return k
