@@ -84,13 +84,38 @@ func ParseBackendURL(raw string) (*ParsedURL, error) {
 	return p, nil
 }
 
+// redactPassword returns raw with the password of its user info, if any,
+// replaced by "xxxxx", as url.URL.Redacted does, but for text that may
+// not parse: errors quoting a backend URL reach logs and the admin API.
+func redactPassword(raw string) string {
+	start := strings.Index(raw, "://") + len("://")
+	if start < len("://") {
+		start = 0
+	}
+	end := len(raw)
+	if i := strings.IndexAny(raw[start:], "/?#"); i >= 0 {
+		end = start + i
+	}
+	at := strings.LastIndex(raw[start:end], "@")
+	if at < 0 {
+		return raw
+	}
+	user, _, hasPassword := strings.Cut(raw[start:start+at], ":")
+	if !hasPassword {
+		return raw
+	}
+	return raw[:start] + user + ":xxxxx" + raw[start+at:]
+}
+
 // parseHTTPURL checks one HTTP backend URL. Without a scheme
 // ("mimir:8080", "10.0.0.7:8080", "mimir") it is http://, as Caddy's
-// reverse_proxy reads an upstream address; errors quote raw as written.
-func parseHTTPURL(raw string) (scheme, dial string, err error) {
-	full := raw
-	if !strings.Contains(raw, "://") {
-		full = "http://" + raw
+// reverse_proxy reads an upstream address; errors quote it as written,
+// a password left out.
+func parseHTTPURL(written string) (scheme, dial string, err error) {
+	raw := redactPassword(written)
+	full := written
+	if !strings.Contains(written, "://") {
+		full = "http://" + written
 	}
 	u, err := url.Parse(full)
 	if err != nil {
@@ -111,8 +136,7 @@ func parseHTTPURL(raw string) (scheme, dial string, err error) {
 		return "", "", fmt.Errorf("%q: a backend URL is scheme://host[:port] only; the request's own path is sent", raw)
 	}
 	if u.User != nil {
-		// Quoted redacted: the error reaches logs and the admin API.
-		return "", "", fmt.Errorf("%q: credentials in backend URLs are not supported; use header_up Authorization in a reverse_proxy block", u.Redacted())
+		return "", "", fmt.Errorf("%q: credentials in backend URLs are not supported; use header_up Authorization in a reverse_proxy block", raw)
 	}
 	port := u.Port()
 	if port == "" {
