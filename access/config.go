@@ -232,6 +232,9 @@ func (c *checker) policy(where string, p Policy) {
 		c.errorf("%s.name: required", where)
 	case strings.ContainsFunc(p.Name, isControl):
 		c.errorf("%s.name: contains a control character", where)
+	case strings.Contains(p.Name, severalPolicies):
+		// "+" joins the names of the policies an OIDC token names.
+		c.errorf("%s.name: contains %q, which joins the names of several policies", where, severalPolicies)
 	default:
 		if first, dup := c.names[p.Name]; dup {
 			c.errorf("%s.name: duplicate policy name %q (also %s)", where, p.Name, first)

@@ -49,6 +49,8 @@ func TestValidateErrors(t *testing.T) {
 		{"empty name", func(c *Config) { c.Policies[1].Name = "" }, `access_policies.policies[1].name: required`},
 		{"duplicate name", func(c *Config) { c.Policies[1].Name = "team-a" },
 			`access_policies.policies[1] (team-a).name: duplicate policy name "team-a" (also access_policies.policies[0] (team-a))`},
+		{"plus in name", func(c *Config) { c.Policies[1].Name = "a+b" },
+			`access_policies.policies[1] (a+b).name: contains "+", which joins the names of several policies`},
 		{"invalid tenant", func(c *Config) { c.Policies[0].Tenants = []string{"team a"} },
 			`access_policies.policies[0] (team-a).tenants[0]: tenant ID 'team a' contains unsupported character ' '`},
 		{"tenant dot", func(c *Config) { c.Policies[0].Tenants = []string{".."} }, `tenants[0]: tenant ID is '.' or '..'`},

@@ -103,8 +103,8 @@ func (g *Guard) Decide(r *http.Request, scope Scope) Decision {
 			d.ctr[d.result].Inc()
 		case d.Policy == "":
 			g.anonCtr[d.result].Inc()
-		default: // an OIDC token naming several policies
-			g.metrics.WithLabelValues(severalPolicies, resultNames[d.result]).Inc()
+		case g.unionCtr != nil: // an OIDC token naming several policies
+			g.unionCtr[d.result].Inc()
 		}
 	}
 	return d

@@ -314,3 +314,36 @@ func TestStatus(t *testing.T) {
 		t.Fatalf("%+v", st.Policies[0])
 	}
 }
+
+// TestUnion: the grant of several policies named by a token lists them
+// once each in the configuration's order, grants a scope on a tenant only
+// where one policy grants both, and has a default tenant only when every
+// policy grants just that one.
+func TestUnion(t *testing.T) {
+	s := compile([]Policy{
+		{Name: "a", Tenants: []string{"t1"}, Scopes: []string{"metrics:read"}},
+		{Name: "b", Tenants: []string{"t2"}, Scopes: []string{"metrics:write"}},
+		{Name: "c", Tenants: []string{"t1"}, Scopes: []string{"rules:read"}},
+		{Name: "d", Tenants: []string{"*"}, Scopes: []string{"alerts:read"}},
+	}, nil, nil)
+	if s.union([]string{"x", "y"}) != nil {
+		t.Error("a union of no configured policy")
+	}
+	if g := s.union([]string{"b", "x", "b"}); g != &s.byName["b"].grant {
+		t.Errorf("one configured policy named twice: %+v", g)
+	}
+	g := s.union([]string{"c", "b", "a", "c", "unknown"})
+	if g.name != "a+b+c" || len(g.parts) != 3 || g.only != "" {
+		t.Errorf("union %q, %d parts, only %q", g.name, len(g.parts), g.only)
+	}
+	read, write := ScopeMetricsRead.bit(), ScopeMetricsWrite.bit()
+	if !g.hasTenant("t1", read) || g.hasTenant("t2", read) || !g.hasTenant("t2", write) || g.hasTenant("t1", write) {
+		t.Error("a scope of one policy extended to another's tenant")
+	}
+	if g := s.union([]string{"c", "a"}); g.name != "a+c" || g.only != "t1" {
+		t.Errorf("two policies of tenant t1: %q, only %q", g.name, g.only)
+	}
+	if g := s.union([]string{"a", "d"}); g.only != "" || !g.hasTenant("t9", ScopeAlertsRead.bit()) {
+		t.Errorf("with a policy of every tenant: only %q", g.only)
+	}
+}

@@ -53,6 +53,7 @@ type Guard struct {
 	now       func() time.Time
 	metrics   *prometheus.CounterVec
 	anonCtr   *counters // the counters of policy ""
+	unionCtr  *counters // of policy "+" (severalPolicies); nil without oidc
 	interval  time.Duration
 
 	snap atomic.Pointer[snapshot]
@@ -118,8 +119,15 @@ func New(cfg Config, opts Options) (*Guard, error) {
 		interval:  interval,
 		done:      make(chan struct{}),
 	}
+	if cfg.OIDC != nil {
+		g.unionCtr = newCounters(opts.Metrics, severalPolicies)
+	}
 	if g.log == nil {
 		g.log = zap.NewNop()
+	}
+	if cfg.OIDC != nil && cfg.OIDC.Audience == "" {
+		g.log.Warn("access_policies: oidc without audience accepts the tokens the issuer makes for any client, when their policy claim names a policy",
+			zap.String("issuer", cfg.OIDC.Issuer))
 	}
 	if g.now == nil {
 		g.now = time.Now

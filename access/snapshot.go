@@ -1,6 +1,7 @@
 package access
 
 import (
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -51,10 +52,10 @@ func newCounters(vec *prometheus.CounterVec, policy string) *counters {
 // grant is what a credential grants: one compiled policy, or for an OIDC
 // token that names several, their union.
 type grant struct {
-	name    string // policy name; "a+b" for a union
-	tenants map[string]struct{}
-	all     bool   // "*"
-	only    string // the one tenant when exactly one (not "*") is granted
+	name    string              // policy name; "a+b" for a union
+	tenants map[string]struct{} // nil for a union (its parts have them)
+	all     bool                // "*"; false for a union
+	only    string              // the one tenant when exactly one (not "*") is granted
 	scopes  scopeMask
 	vec     *prometheus.CounterVec   // nil without metrics, or for a union
 	ctr     atomic.Pointer[counters] // made at the first decision (counters)
@@ -111,6 +112,7 @@ func (g *grant) setOnly() {
 type compiledPolicy struct {
 	grant
 	source  string
+	pos     int // in the snapshot's order
 	cfg     Policy
 	expires []time.Time // of each token; zero: never
 }
@@ -144,6 +146,7 @@ func compile(inline, file []Policy, vec *prometheus.CounterVec) *snapshot {
 					vec:     vec,
 				},
 				source: source,
+				pos:    len(s.policies),
 				cfg:    p,
 			}
 			for _, t := range p.Tenants {
@@ -172,39 +175,37 @@ func compile(inline, file []Policy, vec *prometheus.CounterVec) *snapshot {
 	return s
 }
 
-// union returns the grant of several policies, in the snapshot's order, or
-// nil when names has no configured policy.
+// union returns the grant of the configured policies among names, in the
+// snapshot's order, or nil when names has none. Only the named policies
+// are looked at: names come from a token, one per request.
 func (s *snapshot) union(names []string) *grant {
-	want := make(map[string]bool, len(names))
+	var parts []*compiledPolicy
 	for _, n := range names {
-		if _, ok := s.byName[n]; ok {
-			want[n] = true
+		if p, ok := s.byName[n]; ok {
+			parts = append(parts, p)
 		}
 	}
-	switch len(want) {
-	case 0:
+	if len(parts) == 0 {
 		return nil
-	case 1:
-		for n := range want {
-			return &s.byName[n].grant
-		}
 	}
-	u := &grant{tenants: map[string]struct{}{}}
-	for _, p := range s.policies {
-		if !want[p.name] {
-			continue
-		}
-		if u.name != "" {
+	slices.SortFunc(parts, func(a, b *compiledPolicy) int { return a.pos - b.pos })
+	parts = slices.Compact(parts)
+	if len(parts) == 1 {
+		return &parts[0].grant
+	}
+	// The tenants are the parts' (hasTenant asks them); only is the one
+	// tenant when every part grants just that one.
+	u := &grant{only: parts[0].only}
+	for i, p := range parts {
+		if i > 0 {
 			u.name += "+"
 		}
 		u.name += p.name
-		u.all = u.all || p.all
-		for t := range p.tenants {
-			u.tenants[t] = struct{}{}
-		}
 		u.scopes |= p.scopes
+		if p.only != u.only {
+			u.only = ""
+		}
 		u.parts = append(u.parts, &p.grant)
 	}
-	u.setOnly()
 	return u
 }
