@@ -196,6 +196,9 @@ func (g *Guard) Close() error {
 	g.closeOnce.Do(func() {
 		g.cancel()
 		<-g.done
+		if g.oidc != nil {
+			g.oidc.keys.fetching.Wait() // cancelled with g.ctx
+		}
 		if g.ownClient != nil {
 			g.ownClient.CloseIdleConnections()
 		}

@@ -217,6 +217,7 @@ type keySet struct {
 	cur atomic.Pointer[jwks] // nil until the first good fetch
 
 	sem         chan struct{} // held while fetching; guards the fields below
+	fetching    sync.WaitGroup
 	jwksURI     string        // from discovery; "" to discover again
 	lastAttempt time.Time
 
@@ -272,14 +273,19 @@ func (k *keySet) VerifySignature(ctx context.Context, raw string) ([]byte, error
 	cur := k.cur.Load()
 	if cur != nil && k.now().Sub(cur.fetched) >= keyMaxAge {
 		// Stale: fetch again if no fetch is under way and the limit
-		// allows; on failure the old keys stay.
+		// allows, so that a withdrawn key stops with this token; wait for
+		// it as long as the request may. On failure (or if the request
+		// cannot wait) the old keys stay.
 		select {
 		case k.sem <- struct{}{}:
-			if k.cur.Load() == cur {
-				// A note of its own: a failure here is not the token's.
-				_, _ = k.refreshLocked(context.WithValue(ctx, fetchNoteKey{}, &fetchNote{}), cur)
+			if k.cur.Load() != cur {
+				<-k.sem
+				break
 			}
-			<-k.sem
+			select {
+			case <-k.startFetch(cur):
+			case <-ctx.Done():
+			}
 		default:
 		}
 		cur = k.cur.Load()
@@ -292,39 +298,72 @@ func (k *keySet) VerifySignature(ctx context.Context, raw string) ([]byte, error
 	// may have rotated its keys.
 	next, err := k.refresh(ctx, cur)
 	if err != nil {
+		if errors.Is(err, errKeysUnavailable) || ctx.Err() != nil {
+			markUnavailable(ctx)
+		}
 		return nil, err
 	}
 	payload, _, err = next.verify(jws)
 	return payload, err
 }
 
+// errKeysUnavailable is a fetch of the key set that failed, or a token that
+// cannot wait for one: the token could not be checked.
+var errKeysUnavailable = errors.New("the provider's keys are unavailable")
+
+// fetchResult is the outcome of one fetch.
+type fetchResult struct {
+	set *jwks
+	err error
+}
+
 // refresh fetches the key set unless another fetch replaced seen meanwhile
-// or the rate limit forbids it; it returns the set to use.
+// or the rate limit forbids it; it returns the set to use. It waits for the
+// fetch at most until ctx ends; the fetch itself goes on.
 func (k *keySet) refresh(ctx context.Context, seen *jwks) (*jwks, error) {
 	select {
 	case k.sem <- struct{}{}:
 	case <-ctx.Done():
-		markUnavailable(ctx)
 		return nil, fmt.Errorf("waiting for the provider's keys: %w", ctx.Err())
 	}
-	defer func() { <-k.sem }()
 	if cur := k.cur.Load(); cur != seen {
+		<-k.sem
 		return cur, nil
 	}
-	return k.refreshLocked(ctx, seen)
+	select {
+	case r := <-k.startFetch(seen):
+		return r.set, r.err
+	case <-ctx.Done():
+		return nil, fmt.Errorf("waiting for the provider's keys: %w", ctx.Err())
+	}
+}
+
+// startFetch runs refreshLocked in a goroutine of its own, which releases
+// sem (held by the caller) when done: a request waits for a fetch only as
+// long as its own context allows. One fetch runs at a time (sem); Close
+// waits for it.
+func (k *keySet) startFetch(seen *jwks) <-chan fetchResult {
+	done := make(chan fetchResult, 1)
+	k.fetching.Add(1)
+	go func() {
+		defer k.fetching.Done()
+		defer func() { <-k.sem }()
+		set, err := k.refreshLocked(seen)
+		done <- fetchResult{set, err}
+	}()
+	return done
 }
 
 // refreshLocked fetches the key set; the caller holds sem.
-func (k *keySet) refreshLocked(ctx context.Context, seen *jwks) (*jwks, error) {
+func (k *keySet) refreshLocked(seen *jwks) (*jwks, error) {
 	now := k.now()
 	if !k.lastAttempt.IsZero() && now.Sub(k.lastAttempt) < minRefetchInterval {
 		if seen == nil {
 			// No keys at all: the last fetch failed moments ago.
-			markUnavailable(ctx)
 			k.mu.Lock()
 			last := k.lastErr
 			k.mu.Unlock()
-			return nil, fmt.Errorf("the provider's keys are unavailable (next fetch in at most %v): %s", minRefetchInterval, last)
+			return nil, fmt.Errorf("%w (next fetch in at most %v): %s", errKeysUnavailable, minRefetchInterval, last)
 		}
 		return seen, nil // the key ID is unknown as of a fetch moments ago
 	}
@@ -340,8 +379,7 @@ func (k *keySet) refreshLocked(ctx context.Context, seen *jwks) (*jwks, error) {
 	k.mu.Unlock()
 	if err != nil {
 		k.log.Warn("cannot fetch the OIDC provider's keys", zap.Error(err))
-		markUnavailable(ctx)
-		return nil, err
+		return nil, fmt.Errorf("%w: %v", errKeysUnavailable, err)
 	}
 	kids := make([]string, len(set.keys))
 	for i, key := range set.keys {

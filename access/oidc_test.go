@@ -423,3 +423,45 @@ func TestOIDCWaitEndsWithRequest(t *testing.T) {
 		t.Fatalf("%+v", d)
 	}
 }
+
+// TestOIDCFetchWaitsOnlyAsLongAsTheRequest: with the provider hanging, a
+// token that needs a fetch (unknown key ID) gets 503 when its request's
+// context ends, and one that finds the keys stale is checked with the old
+// keys then; neither waits for the fetch's own timeout.
+func TestOIDCFetchWaitsOnlyAsLongAsTheRequest(t *testing.T) {
+	const patience = 200 * time.Millisecond
+	clock := newFakeClock(testStart)
+	is := standin.StartIdP(t, rsaKey1())
+	g := oidcGuard(t, is, clock, nil)
+	if d := g.Decide(bearerReq(rsaKey1().Sign(t, claims(is, clock, "team-a"))), ScopeMetricsWrite); !d.Allowed() {
+		t.Fatalf("%+v", d)
+	}
+	decide := func(tok string) (Decision, time.Duration) {
+		ctx, cancel := context.WithTimeout(context.Background(), patience)
+		defer cancel()
+		start := time.Now()
+		d := g.Decide(bearerReq(tok).WithContext(ctx), ScopeMetricsWrite)
+		return d, time.Since(start)
+	}
+	fetched := func() int { return g.Status().OIDC.Fetches }
+
+	release := is.Stall()
+	t.Cleanup(release)
+	clock.Add(minRefetchInterval)
+	d, took := decide(rsaKey2().Sign(t, claims(is, clock, "team-a")))
+	if d.Status != http.StatusServiceUnavailable || took > fetchTimeout/3 {
+		t.Errorf("unknown key ID, provider hanging: %d after %v, want 503 when the request's %v are up", d.Status, took, patience)
+	}
+	release()
+	standin.WaitFor(t, 10*time.Second, "the hung fetch to end", func() bool { return fetched() == 2 })
+
+	release = is.Stall()
+	t.Cleanup(release)
+	clock.Add(keyMaxAge)
+	d, took = decide(rsaKey1().Sign(t, claims(is, clock, "team-a")))
+	if !d.Allowed() || took > fetchTimeout/3 {
+		t.Errorf("stale keys, provider hanging: %+v after %v, want allowed with the old keys when the request's %v are up", d, took, patience)
+	}
+	release()
+	standin.WaitFor(t, 10*time.Second, "the hung fetch to end", func() bool { return fetched() == 3 })
+}

@@ -84,6 +84,8 @@ type IdP struct {
 	// right one, the server's URL).
 	DocIssuer atomic.Value
 
+	stall atomic.Pointer[chan struct{}] // see Stall
+
 	mu   sync.Mutex
 	keys []SigningKey
 }
@@ -95,6 +97,9 @@ func StartIdP(t testing.TB, keys ...SigningKey) *IdP {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/.well-known/openid-configuration", func(w http.ResponseWriter, r *http.Request) {
 		idp.Discovers.Add(1)
+		if !idp.waitStall(r) {
+			return
+		}
 		if idp.Down.Load() {
 			http.Error(w, "down", http.StatusInternalServerError)
 			return
@@ -107,6 +112,9 @@ func StartIdP(t testing.TB, keys ...SigningKey) *IdP {
 	})
 	mux.HandleFunc("/keys", func(w http.ResponseWriter, r *http.Request) {
 		idp.Fetches.Add(1)
+		if !idp.waitStall(r) {
+			return
+		}
 		if idp.Down.Load() {
 			http.Error(w, "down", http.StatusInternalServerError)
 			return
@@ -122,6 +130,34 @@ func StartIdP(t testing.TB, keys ...SigningKey) *IdP {
 	idp.Srv = httptest.NewServer(mux) // on 127.0.0.1, a free port
 	t.Cleanup(idp.Srv.Close)
 	return idp
+}
+
+// Stall makes the provider hang: requests wait, unanswered, until release
+// is called or the client gives up.
+func (idp *IdP) Stall() (release func()) {
+	ch := make(chan struct{})
+	idp.stall.Store(&ch)
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			idp.stall.CompareAndSwap(&ch, nil)
+			close(ch)
+		})
+	}
+}
+
+// waitStall waits while the provider stalls; false when the client gave up.
+func (idp *IdP) waitStall(r *http.Request) bool {
+	ch := idp.stall.Load()
+	if ch == nil {
+		return true
+	}
+	select {
+	case <-*ch:
+		return true
+	case <-r.Context().Done():
+		return false
+	}
 }
 
 // URL is the issuer URL.
