@@ -218,7 +218,7 @@ type keySet struct {
 
 	sem         chan struct{} // held while fetching; guards the fields below
 	fetching    sync.WaitGroup
-	jwksURI     string        // from discovery; "" to discover again
+	jwksURI     string // from discovery; "" to discover again
 	lastAttempt time.Time
 
 	mu        sync.Mutex // guards the status fields below
