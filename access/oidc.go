@@ -216,9 +216,10 @@ type keySet struct {
 
 	cur atomic.Pointer[jwks] // nil until the first good fetch
 
+	fetching sync.WaitGroup // the fetch under way, if any
+
 	sem         chan struct{} // held while fetching; guards the fields below
-	fetching    sync.WaitGroup
-	jwksURI     string // from discovery; "" to discover again
+	jwksURI     string        // from discovery; "" to discover again
 	lastAttempt time.Time
 
 	mu        sync.Mutex // guards the status fields below

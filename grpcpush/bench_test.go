@@ -236,14 +236,16 @@ func BenchmarkWriteResponse(b *testing.B) {
 	}
 }
 
-// BenchmarkTenantMetadata is the per-request metadata context.
-func BenchmarkTenantMetadata(b *testing.B) {
+// BenchmarkOutgoingMetadata is the per-request metadata context.
+func BenchmarkOutgoingMetadata(b *testing.B) {
 	c := getCall()
 	defer putCall(c)
+	c.req.msg.Method, c.req.msg.Url, c.req.bodyLen = http.MethodPost, "/api/v1/push", 42000
 	ctx := context.Background()
 	b.ReportAllocs()
 	for i := 0; i < b.N; i++ {
-		_ = metadata.NewOutgoingContext(ctx, c.tenantMD(testTenant))
+		c.req.msgSize = 0
+		_ = metadata.NewOutgoingContext(ctx, c.outgoingMD(testTenant))
 	}
 }
 

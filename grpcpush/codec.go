@@ -72,6 +72,9 @@ type tunnelRequest struct {
 	// copy), so the prefix goes into a buffer of its own, not the headroom
 	// that the request's own call writes.
 	shared bool
+	// msgSize is msg.Size() once known (0: not yet): the metadata and the
+	// encoding both need it, and msg does not change once the call starts.
+	msgSize int
 }
 
 // Size returns the length of the marshalled message, as dskit's generated
@@ -85,7 +88,10 @@ func (m *tunnelRequest) Size() int {
 // prefixSize returns the length n of fields 1-3 and p of the body field's
 // tag and length.
 func (m *tunnelRequest) prefixSize() (n, p int) {
-	n = m.msg.Size()
+	if m.msgSize == 0 {
+		m.msgSize = m.msg.Size()
+	}
+	n = m.msgSize
 	if m.bodyLen > 0 { // proto3 omits an empty bytes field, as gogo does
 		p = 1 + protowire.SizeVarint(uint64(m.bodyLen))
 	}

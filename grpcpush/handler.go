@@ -13,7 +13,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/grafana/dskit/grpcutil"
 	"github.com/grafana/dskit/httpgrpc"
 	"github.com/metrics-gateway/metrics_gateway/orgid"
 	"go.uber.org/zap"
@@ -276,12 +275,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, c *call, start t
 	ctx := context.WithValue(r.Context(), callKey{}, c)
 	ctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
-	ctx = metadata.NewOutgoingContext(ctx, c.tenantMD(tenant))
-	// What dskit's own httpgrpc clients send: Mimir's gRPC push limiter
-	// (instance limits on in-flight pushes and bytes) reads these to refuse
-	// a push before receiving its message.
-	ctx = httpgrpc.AppendRequestMetadataToContext(ctx, &c.req.msg)
-	ctx = grpcutil.AppendMessageSizeToOutgoingContext(ctx, &c.req)
+	ctx = metadata.NewOutgoingContext(ctx, c.outgoingMD(tenant))
 	if err := h.invoke(ctx, c); err != nil {
 		return h.callError(w, r, c, err)
 	}

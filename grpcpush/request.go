@@ -2,10 +2,12 @@ package grpcpush
 
 import (
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 
+	"github.com/grafana/dskit/grpcutil"
 	"github.com/grafana/dskit/httpgrpc"
 	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/metadata"
@@ -19,8 +21,8 @@ type call struct {
 	headers  []httpgrpc.Header  // backing array of req.msg.Headers
 	hptrs    []*httpgrpc.Header // req.msg.Headers
 	host     [1]string          // Values of the Host header
-	md       metadata.MD        // the outgoing tenant metadata, see tenantMD
-	tenant   [1]string          // its one value
+	md       metadata.MD        // the outgoing metadata, see outgoingMD
+	mdv      [4]string          // its values
 	endpoint atomic.Pointer[endpoint]
 	// group is the Handler whose endpoint the last attempt went to; spill
 	// the groups still to try if it fails UNAVAILABLE (see Priority).
@@ -43,29 +45,38 @@ func putCall(c *call) {
 	clear(c.hptrs)
 	c.headers, c.hptrs = c.headers[:0], c.hptrs[:0]
 	c.req.msg = httpgrpc.HTTPRequest{}
-	c.req.buf, c.req.root, c.req.bodyLen, c.req.shared = nil, nil, 0, false
+	c.req.buf, c.req.root, c.req.bodyLen, c.req.shared, c.req.msgSize = nil, nil, 0, false, 0
 	body := c.resp.Body[:0]
 	if cap(body) > maxPooledResponseBody {
 		body = nil
 	}
 	c.resp = httpgrpc.HTTPResponse{Body: body}
 	c.host[0] = ""
-	c.tenant[0] = ""
+	c.mdv = [4]string{}
 	c.endpoint.Store(nil)
 	c.group, c.spill, c.site = nil, nil, nil
 	c.tee = Request{}
 	callPool.Put(c)
 }
 
-// tenantMD returns the outgoing metadata {x-scope-orgid: [tenant]}, kept in
-// the pooled call so that a request allocates none. gRPC reads it only
-// while the call is made (its attempts included), before the call is
-// pooled again.
-func (c *call) tenantMD(tenant string) metadata.MD {
+// outgoingMD returns the call's outgoing metadata: the tenant, and what
+// dskit's own httpgrpc clients send (httpgrpc.AppendRequestMetadataToContext,
+// grpcutil.AppendMessageSizeToOutgoingContext), which Mimir's gRPC push
+// limiter (instance limits on in-flight pushes and bytes) reads to refuse a
+// push before receiving its message. One map, kept in the pooled call, so
+// that a request allocates only the size's text for it; gRPC reads it only
+// while the call is made (its attempts included), before the call is pooled
+// again. The request message must be complete.
+func (c *call) outgoingMD(tenant string) metadata.MD {
 	if c.md == nil {
-		c.md = metadata.MD{tenantMetadataKey: c.tenant[:]}
+		c.md = metadata.MD{
+			tenantMetadataKey:            c.mdv[0:1:1],
+			httpgrpc.MetadataMethod:      c.mdv[1:2:2],
+			httpgrpc.MetadataURL:         c.mdv[2:3:3],
+			grpcutil.MetadataMessageSize: c.mdv[3:4:4],
+		}
 	}
-	c.tenant[0] = tenant
+	c.mdv = [4]string{tenant, c.req.msg.Method, c.req.msg.Url, strconv.Itoa(c.req.Size())}
 	return c.md
 }
 

@@ -9,7 +9,6 @@ import (
 	"slices"
 	"sync"
 
-	"github.com/grafana/dskit/grpcutil"
 	"github.com/grafana/dskit/httpgrpc"
 	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/metadata"
@@ -182,25 +181,21 @@ func (h *Handler) Send(ctx context.Context, q *Request) (int, error) {
 	c.req.shared = true // the request's own call writes the headroom
 
 	ctx = context.WithValue(ctx, callKey{}, c)
-	ctx = metadata.NewOutgoingContext(ctx, c.tenantMD(q.Tenant))
-	ctx = httpgrpc.AppendRequestMetadataToContext(ctx, &c.req.msg)
-	ctx = grpcutil.AppendMessageSizeToOutgoingContext(ctx, &c.req)
-	code, err := 0, h.conn.Invoke(ctx, handleMethod, &c.req, &c.resp)
-	switch {
-	case err == nil:
+	ctx = metadata.NewOutgoingContext(ctx, c.outgoingMD(q.Tenant))
+	code, counted, err := 0, 0, h.conn.Invoke(ctx, handleMethod, &c.req, &c.resp)
+	if err == nil {
 		code = int(c.resp.Code)
+		counted = code
 		if hm := h.tracker.health; hm != nil {
 			hm.answered(c.endpoint.Load(), code)
 		}
-	case mapError(err).resp != nil:
-		code, err = int(mapError(err).resp.Code), nil
+	} else if o := mapError(err); o.resp != nil {
+		code, counted, err = int(o.resp.Code), int(o.resp.Code), nil
+	} else {
+		counted = o.code
 	}
 	ep := c.endpoint.Load()
 	if m := h.metrics; m != nil {
-		counted := code
-		if err != nil {
-			counted = mapError(err).code
-		}
 		if ep == nil {
 			m.inc(&h.tracker.none.counters, noEndpoint, counted)
 		} else {

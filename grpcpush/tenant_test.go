@@ -2,11 +2,15 @@ package grpcpush
 
 import (
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
 
+	"github.com/grafana/dskit/grpcutil"
+	"github.com/grafana/dskit/httpgrpc"
 	"github.com/metrics-gateway/metrics_gateway/internal/standin"
+	"google.golang.org/grpc/metadata"
 )
 
 // TestInvalidTenantRefused: an X-Scope-OrgID value that breaks Mimir's
@@ -43,24 +47,33 @@ func TestInvalidTenantRefused(t *testing.T) {
 	}
 }
 
-// TestTenantMetadataReusesThePooledCall: the outgoing tenant metadata lives
-// in the pooled call, so that nothing grows with the number of tenants (no
-// cache to bound: 100,000 distinct tenants leave one map of one key) and a
-// request allocates none for it.
+// TestTenantMetadataReusesThePooledCall: the outgoing metadata (tenant and
+// Mimir's limiter keys) lives in the pooled call, so that nothing grows with
+// the number of tenants (no cache to bound: 100,000 distinct tenants leave
+// one map of four keys) and a request allocates only the text of its
+// message size for it.
 func TestTenantMetadataReusesThePooledCall(t *testing.T) {
 	c := getCall()
 	defer putCall(c)
+	c.req.msg.Method, c.req.msg.Url, c.req.bodyLen = http.MethodPost, "/api/v1/push", 42000
+	size := strconv.Itoa(c.req.Size())
+	want := func(md metadata.MD, tenant string) bool {
+		return len(md) == 4 && slices.Equal(md[tenantMetadataKey], []string{tenant}) &&
+			slices.Equal(md[httpgrpc.MetadataMethod], []string{http.MethodPost}) &&
+			slices.Equal(md[httpgrpc.MetadataURL], []string{"/api/v1/push"}) &&
+			slices.Equal(md[grpcutil.MetadataMessageSize], []string{size})
+	}
 	for i := 0; i < 100_000; i++ {
 		tenant := "tenant-" + strconv.Itoa(i)
-		if md := c.tenantMD(tenant); len(md) != 1 || len(md[tenantMetadataKey]) != 1 || md[tenantMetadataKey][0] != tenant {
+		if md := c.outgoingMD(tenant); !want(md, tenant) {
 			t.Fatalf("tenant %d: metadata %v", i, md)
 		}
 	}
-	c.tenantMD("team-a")
-	if got := c.tenantMD("team-b"); len(got) != 1 || len(got[tenantMetadataKey]) != 1 || got[tenantMetadataKey][0] != "team-b" {
-		t.Fatalf("metadata %v, want exactly x-scope-orgid: [team-b]", got)
+	c.outgoingMD("team-a")
+	if got := c.outgoingMD("team-b"); !want(got, "team-b") {
+		t.Fatalf("metadata %v, want exactly x-scope-orgid: [team-b] and the limiter's keys", got)
 	}
-	if n := testing.AllocsPerRun(100, func() { _ = c.tenantMD("team-c") }); n != 0 {
-		t.Errorf("%v allocations per request, want 0", n)
+	if n := testing.AllocsPerRun(100, func() { _ = c.outgoingMD("team-c") }); n != 1 {
+		t.Errorf("%v allocations per request, want 1 (the message size's text)", n)
 	}
 }
