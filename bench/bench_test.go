@@ -31,8 +31,7 @@ func TestMedianAndBalance(t *testing.T) {
 // TestProcSelf reads the test's own process: its parent, CPU time and
 // memory, the machine's per-CPU times and the load average.
 func TestProcSelf(t *testing.T) {
-	for end := time.Now().Add(30 * time.Millisecond); time.Now().Before(end); {
-	} // some CPU time to read
+	spin(30 * time.Millisecond) // some CPU time to read
 	st, err := readStat(os.Getpid())
 	if err != nil {
 		t.Fatal(err)
@@ -57,16 +56,61 @@ func TestProcSelf(t *testing.T) {
 	if len(before) == 0 {
 		t.Fatal("no CPU in /proc/stat")
 	}
-	for end := time.Now().Add(30 * time.Millisecond); time.Now().Before(end); {
-	}
+	spin(30 * time.Millisecond)
 	after := cpuTimes()
+	busy := false
 	for cpu := range before {
-		if p := busyPct(before, after, int(cpu)); p < 0 || p > 100 {
+		p := busyPct(before, after, int(cpu))
+		if p < 0 || p > 100 {
 			t.Errorf("cpu%d busy %v %%", cpu, p)
 		}
+		busy = busy || p > 0
+	}
+	if !busy {
+		t.Errorf("no CPU busy while the test spun: %v -> %v", before, after)
 	}
 	if l := strings.Fields(loadAvg()); len(l) != 3 {
 		t.Errorf("load average %q, want three fields", loadAvg())
+	}
+}
+
+// spin keeps a CPU busy for d.
+func spin(d time.Duration) {
+	for end := time.Now().Add(d); time.Now().Before(end); {
+	}
+}
+
+// TestBusyPct: the busy share of a CPU between two snapshots of busy and
+// total seconds, kept within 0-100 % when float sums make it stray.
+func TestBusyPct(t *testing.T) {
+	before := map[int64][2]float64{0: {10, 100}}
+	for _, c := range []struct {
+		after [2]float64
+		want  float64
+	}{
+		{[2]float64{15, 110}, 50},
+		{[2]float64{20, 110}, 100},
+		{[2]float64{21, 110}, 100},      // busy grew more than total: 110 % clamped
+		{[2]float64{10 - 1e-9, 110}, 0}, // busy shrank by a rounding error: clamped
+		{[2]float64{20, 100}, 0},        // no time passed
+		{[2]float64{20, 90}, 0},         // nor this (a counter going back)
+	} {
+		if got := busyPct(before, map[int64][2]float64{0: c.after}, 0); got != c.want {
+			t.Errorf("busy %v -> %v: %v %%, want %v", before[0], c.after, got, c.want)
+		}
+	}
+	if got := busyPct(before, map[int64][2]float64{0: {15, 110}}, 1); got != 0 {
+		t.Errorf("a CPU in neither snapshot: %v %%, want 0", got)
+	}
+}
+
+// wantInReport fails t for each of wants that md lacks.
+func wantInReport(t *testing.T, md string, wants ...string) {
+	t.Helper()
+	for _, want := range wants {
+		if !strings.Contains(md, want) {
+			t.Errorf("report lacks %q:\n%s", want, md)
+		}
 	}
 }
 
@@ -120,12 +164,7 @@ func TestReport(t *testing.T) {
 	if m := r.median("main", sysGateway, 2000); m == nil || m.RPS != 1402 || m.Rep != 3 {
 		t.Fatalf("median of gateway = %+v", m)
 	}
-	md := r.markdown()
-	for _, want := range []string{"## Targets", "| gateway | 2000 | 1402 |", "balance max/mean"} {
-		if !strings.Contains(md, want) {
-			t.Errorf("report lacks %q:\n%s", want, md)
-		}
-	}
+	wantInReport(t, r.markdown(), "## Targets", "| gateway | 2000 | 1402 |", "balance max/mean")
 }
 
 // TestSickTargets feeds the sick phase's report made-up runs: the targets
@@ -139,11 +178,7 @@ func TestSickTargets(t *testing.T) {
 	r := &report{cfg: cfg, Started: time.Now(), Finished: time.Now()}
 	add := func(phase, sys string, p99ms float64, per []int64, non2xx int64, out []int) {
 		for rep := 1; rep <= 3; rep++ {
-			var n int64
-			for _, x := range per {
-				n += x
-			}
-			r.add(sample{Phase: phase, System: sys, Body: 2000, Rep: rep, Requests: n, P99US: p99ms * 1000,
+			r.add(sample{Phase: phase, System: sys, Body: 2000, Rep: rep, Requests: sumOf(per), P99US: p99ms * 1000,
 				PerStandin: per, MaxOverMean: maxOverMean(per), CPUPer1k: 0.1, Non2xx: non2xx, TakenOut: out})
 		}
 	}
@@ -156,8 +191,7 @@ func TestSickTargets(t *testing.T) {
 	add("sick-slow", sysCaddyHealth, 9, []int64{1, 1, 1}, 3, nil)
 	add("sick-slow", sysCaddyLC, 11, []int64{100, 5, 100}, 0, nil)
 	add("sick-503", sysGatewayHealth, 10, []int64{1000, 10, 1000}, 5, []int{0, 4, 0})
-	md := r.markdown()
-	for _, want := range []string{
+	wantInReport(t, r.markdown(),
 		"| slow stand-in: least_conn share ≤ 0.6× the others' mean | 0.30× | yes |",
 		"| 12.00 vs 24.00 ms = 0.50× | yes |",
 		"caddy-lc-health 9.00 (100 % failed, not compared)",
@@ -168,11 +202,7 @@ func TestSickTargets(t *testing.T) {
 		"| healthy stand-ins: least_conn max/mean ≤ 1.05 | 1.010 | yes |",
 		"| gateway-health | 0 | 0.00 | 12.00 | 0 | 0.00 |",
 		"measures 10s; 3 rounds alternating gateway → gateway-lc → gateway-health → nginx-health → caddy-lc → caddy-lc-health",
-	} {
-		if !strings.Contains(md, want) {
-			t.Errorf("report lacks %q:\n%s", want, md)
-		}
-	}
+	)
 }
 
 func TestTakenOut(t *testing.T) {

@@ -200,6 +200,15 @@ func parseFlags(args []string) (*config, error) {
 	return c, nil
 }
 
+// mirrorStandinsCPU is the CPU the mirror stand-ins are pinned to:
+// -mirror-cpu, or the load CPU.
+func (c *config) mirrorStandinsCPU() int {
+	if c.mirrorCPU >= 0 {
+		return c.mirrorCPU
+	}
+	return c.loadCPU
+}
+
 func parseInts(s string) ([]int, error) {
 	var out []int
 	for _, f := range strings.Split(s, ",") {
@@ -398,11 +407,7 @@ func (e *env) startStandins(ctx context.Context) (func(), error) {
 		return stop, err
 	}
 	var stopMirror func()
-	mirrorCPU := e.cfg.loadCPU
-	if e.cfg.mirrorCPU >= 0 {
-		mirrorCPU = e.cfg.mirrorCPU
-	}
-	e.mirror, e.mirrorPID, stopMirror, err = e.startStandinsProc(ctx, mirrorCPU, append([]string{"-n", "0", "-mirror", strconv.Itoa(mirrorStandins)}, common...))
+	e.mirror, e.mirrorPID, stopMirror, err = e.startStandinsProc(ctx, e.cfg.mirrorStandinsCPU(), append([]string{"-n", "0", "-mirror", strconv.Itoa(mirrorStandins)}, common...))
 	if err != nil {
 		stop()
 		return nil, fmt.Errorf("mirror stand-ins: %w", err)

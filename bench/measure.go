@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -18,6 +19,7 @@ type runSpec struct {
 	phase, system, work string
 	body, rep, conns    int
 	threads, delayMS    int
+	duration            time.Duration // measured; 0: -duration
 }
 
 // sample is the result of one measurement (one process start, one wrk run).
@@ -65,10 +67,7 @@ type sample struct {
 	// run (metrics_gateway_mirror_requests_total), its copies in flight
 	// when it started and ended (metrics_gateway_mirror_in_flight), and the
 	// copies the mirror stand-ins received.
-	MirrorOK            int64  `json:"mirror_ok,omitempty"`
-	MirrorFailed        int64  `json:"mirror_failed,omitempty"`
-	MirrorTimeout       int64  `json:"mirror_timeout,omitempty"`
-	MirrorDropped       int64  `json:"mirror_dropped,omitempty"`
+	mirrorResults
 	MirrorInFlightStart int64  `json:"mirror_in_flight_start,omitempty"`
 	MirrorInFlightEnd   int64  `json:"mirror_in_flight_end,omitempty"`
 	MirrorReceived      int64  `json:"mirror_received,omitempty"`
@@ -129,7 +128,7 @@ func (e *env) measure(ctx context.Context, s runSpec) sample {
 		cpu0 = treeCPUSeconds(r.pid)
 	}
 	ct0 := cpuTimes()
-	spec.duration = e.cfg.duration
+	spec.duration = cmp.Or(s.duration, e.cfg.duration)
 	profiled := make(chan error, 1)
 	if e.cfg.standinsProfile && s.rep == 1 {
 		name := fmt.Sprintf("standins-%s-%s-%d.pprof", s.phase, s.system, s.body)
@@ -160,8 +159,7 @@ func (e *env) measure(ctx context.Context, s runSpec) sample {
 		if err != nil {
 			return fail(fmt.Errorf("mirror metrics: %w", err))
 		}
-		d := mirror1.sub(mirror0)
-		res.MirrorOK, res.MirrorFailed, res.MirrorTimeout, res.MirrorDropped = d.OK, d.Failed, d.Timeout, d.Dropped
+		res.mirrorResults = mirror1.sub(mirror0).mirrorResults
 		res.MirrorInFlightStart, res.MirrorInFlightEnd = mirror0.InFlight, mirror1.InFlight
 		// Only the stand-ins this system mirrors to: a hung stand-in may
 		// count a copy of an earlier system's run late.
@@ -221,8 +219,9 @@ func (e *env) measure(ctx context.Context, s runSpec) sample {
 		s.phase, s.system, s.body, s.conns, s.rep, res.RPS, res.P50US/1000, res.P99US/1000, res.CPUPer1k, res.ProxyCPUPct,
 		res.StandinCPUPer1k, res.WrkCPUPer1k, res.PeakRSSMiB, res.MaxOverMean, res.PerStandin, res.Non2xx, res.SocketErrors)
 	if hasMirror(s.system) {
+		c := res.mirrorResults
 		logf("%-8s %-13s copies ok %d failed %d timeout %d dropped %d; in flight %d -> %d; the mirror stand-ins got %d",
-			s.phase, s.system, res.MirrorOK, res.MirrorFailed, res.MirrorTimeout, res.MirrorDropped, res.MirrorInFlightStart, res.MirrorInFlightEnd, res.MirrorReceived)
+			s.phase, s.system, c.OK, c.Failed, c.Timeout, c.Dropped, res.MirrorInFlightStart, res.MirrorInFlightEnd, res.MirrorReceived)
 	}
 	return res
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"strconv"
 	"strings"
@@ -115,12 +116,10 @@ func policyLines(others int) (block, auth string, err error) {
 // -connections keep-alive connections with -mirror-delay ms pause after
 // each answer, -mirror-duration per run, the systems alternating.
 func (e *env) runMirror(ctx context.Context, rep *report, body int) {
-	saved := e.cfg.duration
-	e.cfg.duration = e.cfg.mirrorDuration
-	defer func() { e.cfg.duration = saved }()
 	for r := 1; r <= e.cfg.repeats; r++ {
 		for _, sys := range mirrorSystems {
-			rep.add(e.measure(ctx, runSpec{phase: "mirror", system: sys, body: body, rep: r, work: workCount, conns: e.cfg.connections, delayMS: e.cfg.mirrorDelayMS}))
+			rep.add(e.measure(ctx, runSpec{phase: "mirror", system: sys, body: body, rep: r, work: workCount, conns: e.cfg.connections,
+				delayMS: e.cfg.mirrorDelayMS, duration: e.cfg.mirrorDuration}))
 		}
 	}
 }
@@ -140,12 +139,31 @@ func hasMirror(sys string) bool {
 	return sys == sysGatewayMirror || sys == sysGatewayMirrorHung || sys == sysGatewayMirrorDown || sys == sysGatewayMirrorDownR0
 }
 
-// mirrorCounts are a gateway's mirror metrics: copies by result
-// (metrics_gateway_mirror_requests_total) and copies in flight
-// (metrics_gateway_mirror_in_flight), summed over its mirrors.
+// mirrorResults count a gateway's copies by result
+// (metrics_gateway_mirror_requests_total).
+type mirrorResults struct {
+	OK      int64 `json:"mirror_ok,omitempty"`
+	Failed  int64 `json:"mirror_failed,omitempty"`
+	Timeout int64 `json:"mirror_timeout,omitempty"`
+	Dropped int64 `json:"mirror_dropped,omitempty"`
+}
+
+// add adds o's copies to m's.
+func (m *mirrorResults) add(o mirrorResults) {
+	m.OK += o.OK
+	m.Failed += o.Failed
+	m.Timeout += o.Timeout
+	m.Dropped += o.Dropped
+}
+
+// total is the copies of every result.
+func (m mirrorResults) total() int64 { return m.OK + m.Failed + m.Timeout + m.Dropped }
+
+// mirrorCounts are a gateway's mirror metrics: copies by result and copies
+// in flight (metrics_gateway_mirror_in_flight), summed over its mirrors.
 type mirrorCounts struct {
-	OK, Failed, Dropped, Timeout int64
-	InFlight                     int64
+	mirrorResults
+	InFlight int64
 }
 
 // scrapeMirror reads a gateway's mirror metrics from Caddy's admin /metrics.
@@ -205,7 +223,8 @@ func parseMirrorMetrics(r io.Reader) (mirrorCounts, error) {
 
 // sub is c - o, the in-flight gauges left as they are.
 func (c mirrorCounts) sub(o mirrorCounts) mirrorCounts {
-	return mirrorCounts{OK: c.OK - o.OK, Failed: c.Failed - o.Failed, Dropped: c.Dropped - o.Dropped, Timeout: c.Timeout - o.Timeout, InFlight: c.InFlight}
+	d := mirrorResults{OK: c.OK - o.OK, Failed: c.Failed - o.Failed, Timeout: c.Timeout - o.Timeout, Dropped: c.Dropped - o.Dropped}
+	return mirrorCounts{mirrorResults: d, InFlight: c.InFlight}
 }
 
 // mirrorAccount is what a run's copies add up to: the copies started
@@ -213,11 +232,15 @@ func (c mirrorCounts) sub(o mirrorCounts) mirrorCounts {
 // flight at its end: results + in flight at the end - in flight at the
 // start), against the pushes that reached the primary stand-ins.
 func mirrorAccount(s sample) (copies, primary int64) {
-	copies = s.MirrorOK + s.MirrorFailed + s.MirrorDropped + s.MirrorTimeout + s.MirrorInFlightEnd - s.MirrorInFlightStart
-	for _, n := range s.PerStandin {
-		primary += n
+	return s.mirrorResults.total() + s.MirrorInFlightEnd - s.MirrorInFlightStart, sumOf(s.PerStandin)
+}
+
+// sumOf is the sum of v.
+func sumOf(v []int64) (n int64) {
+	for _, x := range v {
+		n += x
 	}
-	return copies, primary
+	return n
 }
 
 // runsOf returns the successful runs of a cell.
@@ -271,12 +294,8 @@ func (r *report) mirrorMarkdown(body int) string {
 	}
 	fmt.Fprintf(&b, "## Mirror: %d keep-alive connections%s, body %d, stand-ins count, %s per run, medians of %d runs\n\n",
 		r.cfg.connections, pause, body, r.cfg.mirrorDuration, r.cfg.repeats)
-	mirrorCPU := r.cfg.loadCPU
-	if r.cfg.mirrorCPU >= 0 {
-		mirrorCPU = r.cfg.mirrorCPU
-	}
 	fmt.Fprintf(&b, "Mirror: `max_in_flight %d`, `timeout %s`, to %d more stand-ins (`%s`, in a stand-ins process of their own on CPU %d), to %d that answer each copy %s late (`%s`), or to `%s` (%s: nothing listens there; the last system with `retries 0`).\n\n",
-		r.cfg.mirrorMaxInFlight, r.cfg.mirrorTimeout, mirrorStandins, mirrorName, mirrorCPU, mirrorStandins, mirrorHang, mirrorHungName, mirrorDownName, mirrorDownIP)
+		r.cfg.mirrorMaxInFlight, r.cfg.mirrorTimeout, mirrorStandins, mirrorName, r.cfg.mirrorStandinsCPU(), mirrorStandins, mirrorHang, mirrorHungName, mirrorDownName, mirrorDownIP)
 	b.WriteString("| system | mirror | req/s | p50 ms | p99 ms | failed requests | proxy CPU-s / 1k req | CPU ÷ gateway's | peak RSS MiB | anon RSS at the end MiB | copies ok / failed / timeout / dropped | in flight at the end | copies the mirror stand-ins got | busy %: load core, proxy core |\n" +
 		"|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|\n")
 	g := r.median("mirror", sysGateway, body)
@@ -292,7 +311,8 @@ func (r *report) mirrorMarkdown(body int) string {
 		}
 		copies, end, got := "—", "—", "—"
 		if hasMirror(sys) {
-			copies = fmt.Sprintf("%d / %d / %d / %d", s.MirrorOK, s.MirrorFailed, s.MirrorTimeout, s.MirrorDropped)
+			c := s.mirrorResults
+			copies = fmt.Sprintf("%d / %d / %d / %d", c.OK, c.Failed, c.Timeout, c.Dropped)
 			end = fmt.Sprint(s.MirrorInFlightEnd)
 		}
 		if sys == sysGatewayMirror || sys == sysGatewayMirrorHung {
@@ -355,9 +375,9 @@ func (r *report) mirrorTargets(body int) string {
 		// A push wrk cut off when it stopped may have been copied without
 		// reaching the primary: at most one per connection and run.
 		slack := int64(r.cfg.connections * len(runs))
-		lost := s.MirrorFailed + s.MirrorTimeout + s.MirrorDropped
+		c := s.mirrorResults
 		fmt.Fprintf(&b, "| %s: every copy counted (results + change of in flight = pushes to the primary, + ≤ 1 per connection cut off by wrk's stop) | %d copies for %d pushes; %d not delivered: %d failed, %d timed out, %d dropped | %s |\n",
-			sys, copies, primary, lost, s.MirrorFailed, s.MirrorTimeout, s.MirrorDropped, verdict(primary > 0 && copies >= primary && copies <= primary+slack))
+			sys, copies, primary, c.total()-c.OK, c.Failed, c.Timeout, c.Dropped, verdict(primary > 0 && copies >= primary && copies <= primary+slack))
 	}
 	return b.String()
 }
@@ -409,16 +429,9 @@ func (r *report) policiesTargets(body int) string {
 		v, base := q.get(*p), q.get(*g)
 		f := q.format
 		fmt.Fprintf(&b, "| access_policies: %s change ≤ the run-to-run spread | "+f+" vs "+f+" %s: %+"+f[1:]+" (%+.1f %%); spread "+f+" (the larger range over runs: gateway "+f+"–"+f+", gateway-policies "+f+"–"+f+") | %s |\n",
-			q.name, v, base, q.unit, v-base, 100*(v/base-1), max(hi-lo, phi-plo), lo, hi, plo, phi, verdict(abs(v-base) <= max(hi-lo, phi-plo)))
+			q.name, v, base, q.unit, v-base, 100*(v/base-1), max(hi-lo, phi-plo), lo, hi, plo, phi, verdict(math.Abs(v-base) <= max(hi-lo, phi-plo)))
 	}
 	failed := p.Non2xx + p.SocketErrors
 	fmt.Fprintf(&b, "| access_policies: every push accepted (a refused credential is a 401) | %d failed of %d | %s |\n", failed, p.Requests, verdict(failed == 0))
 	return b.String()
-}
-
-func abs(v float64) float64 {
-	if v < 0 {
-		return -v
-	}
-	return v
 }

@@ -111,12 +111,7 @@ func machineInfo(cfg *config) machine {
 // median over repeats, except the counts Requests, Non2xx, SocketErrors,
 // TakenOut and the mirror's copies by result and received, which are summed.
 func (r *report) median(phase, system string, body int) *sample {
-	var ss []sample
-	for _, s := range r.Samples {
-		if s.Phase == phase && s.System == system && s.Body == body && s.Err == "" {
-			ss = append(ss, s)
-		}
-	}
+	ss := r.runsOf(phase, system, body)
 	if len(ss) == 0 {
 		return nil
 	}
@@ -147,14 +142,11 @@ func (r *report) median(phase, system string, body int) *sample {
 	m.ProxyCorePct = med(func(s sample) float64 { return s.ProxyCorePct })
 	m.MaxOverMean = med(func(s sample) float64 { return s.MaxOverMean })
 	m.Non2xx, m.SocketErrors, m.Requests, m.TakenOut, m.OutFailures = 0, 0, 0, nil, nil
-	m.MirrorOK, m.MirrorFailed, m.MirrorTimeout, m.MirrorDropped, m.MirrorReceived = 0, 0, 0, 0, 0
+	m.mirrorResults, m.MirrorReceived = mirrorResults{}, 0
 	m.MirrorInFlightStart = int64(med(func(s sample) float64 { return float64(s.MirrorInFlightStart) }))
 	m.MirrorInFlightEnd = int64(med(func(s sample) float64 { return float64(s.MirrorInFlightEnd) }))
 	for _, s := range ss {
-		m.MirrorOK += s.MirrorOK
-		m.MirrorFailed += s.MirrorFailed
-		m.MirrorTimeout += s.MirrorTimeout
-		m.MirrorDropped += s.MirrorDropped
+		m.mirrorResults.add(s.mirrorResults)
 		m.MirrorReceived += s.MirrorReceived
 		m.Non2xx += s.Non2xx
 		m.SocketErrors += s.SocketErrors

@@ -62,9 +62,6 @@ func (c *config) passiveHealth(sc sickScenario) string {
 // runSick runs the sick phase: count-only stand-ins, -connections
 // keep-alive connections, -sick-duration per run, systems alternating.
 func (e *env) runSick(ctx context.Context, rep *report, body int) error {
-	saved := e.cfg.duration
-	e.cfg.duration = e.cfg.sickDuration
-	defer func() { e.cfg.duration = saved }()
 	defer func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
@@ -80,7 +77,8 @@ func (e *env) runSick(ctx context.Context, rep *report, body int) error {
 		e.passiveHealth = e.cfg.passiveHealth(sc)
 		for r := 1; r <= e.cfg.repeats; r++ {
 			for _, sys := range sc.systems {
-				rep.add(e.measure(ctx, runSpec{phase: sc.phase, system: sys, body: body, rep: r, work: e.cfg.sickWork, conns: e.cfg.connections, delayMS: e.cfg.sickDelayMS}))
+				rep.add(e.measure(ctx, runSpec{phase: sc.phase, system: sys, body: body, rep: r, work: e.cfg.sickWork, conns: e.cfg.connections,
+					delayMS: e.cfg.sickDelayMS, duration: e.cfg.sickDuration}))
 			}
 		}
 	}
@@ -198,11 +196,7 @@ func (r *report) sickTargets(body int) string {
 	if h := m("sick-503", sysGatewayHealth); h != nil {
 		fmt.Fprintf(&b, "| 503 stand-in: ≤ 1 %% of requests fail | %.2f %% (%d of %d) | %s |\n",
 			failedPct(h), h.Non2xx+h.SocketErrors, h.Requests, verdict(failedPct(h) <= 1))
-		var all int64
-		for _, n := range h.PerStandin {
-			all += n
-		}
-		if all > 0 && len(h.PerStandin) > 1 {
+		if all := sumOf(h.PerStandin); all > 0 && len(h.PerStandin) > 1 {
 			pct := 100 * float64(h.PerStandin[1]) / float64(all)
 			fmt.Fprintf(&b, "| 503 stand-in: it gets ≤ 5 %% of requests | %.2f %% | %s |\n", pct, verdict(pct <= 5))
 		}
@@ -210,22 +204,13 @@ func (r *report) sickTargets(body int) string {
 	if lc, rr := m("sick-healthy", sysGatewayLC), m("sick-healthy", sysGateway); lc != nil && rr != nil && rr.CPUPer1k > 0 {
 		fmt.Fprintf(&b, "| healthy stand-ins: least_conn max/mean ≤ 1.05 | %.3f | %s |\n", lc.MaxOverMean, verdict(lc.MaxOverMean <= 1.05))
 		extra := 100 * (lc.CPUPer1k/rr.CPUPer1k - 1)
+		// Run by run too: in closed-loop runs on a shared machine CPU per
+		// request spreads more than a 5 % target.
+		lcRuns, rrRuns := r.runsOf("sick-healthy", sysGatewayLC, body), r.runsOf("sick-healthy", sysGateway, body)
 		fmt.Fprintf(&b, "| healthy stand-ins: least_conn ≤ 5 %% more CPU per request than round_robin | %.3f vs %.3f CPU-s / 1k req = %+.1f %% (runs: %s vs %s; BenchmarkPolicyCPU in the Go benchmarks measures it finer) | %s |\n",
-			lc.CPUPer1k, rr.CPUPer1k, extra, r.cpuPerRun("sick-healthy", sysGatewayLC, body), r.cpuPerRun("sick-healthy", sysGateway, body), verdict(extra <= 5))
+			lc.CPUPer1k, rr.CPUPer1k, extra, perRun(lcRuns, "%.3f", cpuOf), perRun(rrRuns, "%.3f", cpuOf), verdict(extra <= 5))
 	}
 	return b.String()
-}
-
-// cpuPerRun lists a system's proxy CPU-s per 1000 requests, run by run: in
-// closed-loop runs on a shared machine they spread more than a 5 % target.
-func (r *report) cpuPerRun(phase, sys string, body int) string {
-	var runs []string
-	for _, s := range r.Samples {
-		if s.Phase == phase && s.System == sys && s.Body == body && s.Err == "" {
-			runs = append(runs, fmt.Sprintf("%.3f", s.CPUPer1k))
-		}
-	}
-	return strings.Join(runs, " ")
 }
 
 // roundsBelow compares sys's p99 with every other sick-phase system's in

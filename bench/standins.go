@@ -12,6 +12,7 @@ import (
 	"net/http/pprof"
 	"os"
 	"os/signal"
+	"slices"
 	"strconv"
 	"sync"
 	"syscall"
@@ -141,45 +142,37 @@ func standinGRPCOptions(codec string) ([]standin.GRPCOption, error) {
 
 func serveStandins(n, mirrors int, work string, maxLife time.Duration, grpcOpts []standin.GRPCOption) error {
 	dists := make([]*standin.Distributor, n)
-	handlers := make([]http.Handler, n)
 	for i := range dists {
 		dists[i] = standin.NewDistributor(string(rune('a' + i)))
-		handlers[i] = dists[i]
 	}
 	// The mirror clusters: healthy ones (working as the primary's do) and
 	// hung ones, which hold every copy mirrorHang.
-	mirrorDists := make([]*standin.Distributor, 2*mirrors)
-	for i := range mirrorDists {
-		kind := "mirror"
-		if i >= mirrors {
-			kind = "hung"
-		}
-		mirrorDists[i] = standin.NewDistributor(fmt.Sprintf("%s-%d", kind, i%mirrors+1))
+	healthy, hung := make([]*standin.Distributor, mirrors), make([]*standin.Distributor, mirrors)
+	for i := range mirrors {
+		healthy[i] = standin.NewDistributor(fmt.Sprintf("mirror-%d", i+1))
+		hung[i] = standin.NewDistributor(fmt.Sprintf("hung-%d", i+1))
 	}
 	var workMu sync.Mutex
 	sick, sickIndex := sickNone, 1
-	// apply gives every stand-in the behaviour of the work mode, and the
-	// sick one (sickIndex) its sickness on top.
+	// apply gives every stand-in the behaviour of the work mode, the sick
+	// one (sickIndex) its sickness on top, and the hung ones hang.
 	apply := func() {
+		var b standin.Behavior
+		if work == workCount {
+			b = countOnly
+		}
 		for i, d := range dists {
-			var b standin.Behavior
-			if work == workCount {
-				b = countOnly
-			}
 			if i == sickIndex {
-				b = sickBehavior(sick, b)
+				d.SetBehavior(sickBehavior(sick, b))
+				continue
 			}
 			d.SetBehavior(b)
 		}
-		for i, d := range mirrorDists {
-			var b standin.Behavior
-			if work == workCount {
-				b = countOnly
-			}
-			if i >= mirrors {
-				b = hang
-			}
+		for _, d := range healthy {
 			d.SetBehavior(b)
+		}
+		for _, d := range hung {
+			d.SetBehavior(hang)
 		}
 	}
 	setWork := func(mode string) error {
@@ -210,7 +203,7 @@ func serveStandins(n, mirrors int, work string, maxLife time.Duration, grpcOpts 
 	var grpcs []*standin.GRPCServer
 	var err error
 	if n > 0 {
-		if grpcs, err = standin.StartGRPCGroup(handlers, grpcOpts...); err != nil {
+		if grpcs, err = standin.StartGRPCGroup(handlersOf(dists), grpcOpts...); err != nil {
 			return err
 		}
 	}
@@ -219,29 +212,17 @@ func serveStandins(n, mirrors int, work string, maxLife time.Duration, grpcOpts 
 			g.Stop()
 		}
 	}()
-	// mirrorGRPCs serve mirrorDists: the healthy cluster's, then the hung one's.
-	var mirrorGRPCs []*standin.GRPCServer
-	if mirrors > 0 {
-		group := func(ds []*standin.Distributor) ([]*standin.GRPCServer, error) {
-			hs := make([]http.Handler, len(ds))
-			for i, d := range ds {
-				hs[i] = d
-			}
-			return standin.StartGRPCGroup(hs, grpcOpts...)
+	var healthyGRPCs, hungGRPCs []*standin.GRPCServer
+	defer func() {
+		for _, g := range slices.Concat(healthyGRPCs, hungGRPCs) {
+			g.Stop()
 		}
-		healthy, err := group(mirrorDists[:mirrors])
-		if err != nil {
+	}()
+	if mirrors > 0 {
+		if healthyGRPCs, err = standin.StartGRPCGroup(handlersOf(healthy), grpcOpts...); err != nil {
 			return err
 		}
-		mirrorGRPCs = healthy
-		hung, err := group(mirrorDists[mirrors:])
-		mirrorGRPCs = append(mirrorGRPCs, hung...)
-		defer func() {
-			for _, g := range mirrorGRPCs {
-				g.Stop()
-			}
-		}()
-		if err != nil {
+		if hungGRPCs, err = standin.StartGRPCGroup(handlersOf(hung), grpcOpts...); err != nil {
 			return err
 		}
 	}
@@ -293,16 +274,8 @@ func serveStandins(n, mirrors int, work string, maxLife time.Duration, grpcOpts 
 		workMu.Lock()
 		rep := statsReply{Work: work}
 		workMu.Unlock()
-		for i, d := range dists {
-			rep.Standins = append(rep.Standins, standinStats{
-				Name: d.Name(), IP: ips[i], Requests: d.Requests(), Samples: d.Samples(), GRPCCalls: grpcs[i].Calls(),
-			})
-		}
-		for i, d := range mirrorDists {
-			rep.Mirror = append(rep.Mirror, standinStats{
-				Name: d.Name(), IP: mirrorIPs[i%mirrors], Requests: d.Requests(), Samples: d.Samples(), GRPCCalls: mirrorGRPCs[i].Calls(),
-			})
-		}
+		rep.Standins = statsOf(dists, ips, grpcs)
+		rep.Mirror = append(statsOf(healthy, mirrorIPs, healthyGRPCs), statsOf(hung, mirrorIPs, hungGRPCs)...)
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(rep)
 	})
@@ -334,7 +307,7 @@ func serveStandins(n, mirrors int, work string, maxLife time.Duration, grpcOpts 
 		info.HTTPPort, info.GRPCPort = httpLis[0].Addr().(*net.TCPAddr).Port, grpcs[0].Port()
 	}
 	if mirrors > 0 {
-		info.MirrorIPs, info.MirrorGRPCPort, info.HungGRPCPort = mirrorIPs, mirrorGRPCs[0].Port(), mirrorGRPCs[mirrors].Port()
+		info.MirrorIPs, info.MirrorGRPCPort, info.HungGRPCPort = mirrorIPs, healthyGRPCs[0].Port(), hungGRPCs[0].Port()
 	}
 	line, _ := json.Marshal(info)
 	fmt.Println(string(line))
@@ -350,6 +323,25 @@ func serveStandins(n, mirrors int, work string, maxLife time.Duration, grpcOpts 
 		return errors.New("max lifetime reached")
 	}
 	return nil
+}
+
+// handlersOf is ds as HTTP handlers.
+func handlersOf(ds []*standin.Distributor) []http.Handler {
+	hs := make([]http.Handler, len(ds))
+	for i, d := range ds {
+		hs[i] = d
+	}
+	return hs
+}
+
+// statsOf are the counters of the stand-ins ds, on ips and served over gRPC
+// by gs.
+func statsOf(ds []*standin.Distributor, ips []string, gs []*standin.GRPCServer) []standinStats {
+	var out []standinStats
+	for i, d := range ds {
+		out = append(out, standinStats{Name: d.Name(), IP: ips[i], Requests: d.Requests(), Samples: d.Samples(), GRPCCalls: gs[i].Calls()})
+	}
+	return out
 }
 
 // Sicknesses of the sick stand-in.
