@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"net/http"
@@ -114,7 +115,7 @@ func (g *Gateway) newGRPCBackend(ctx caddy.Context, c Component, b *Backend, u *
 func (g *Gateway) pooledBudget(c Component, url string, cfg *GRPCConfig) (*grpcpush.Budget, error) {
 	limit := cfg.MaxBufferedBytes
 	if limit == 0 {
-		limit = grpcpush.DefaultMaxBufferedBytes(orDefault(cfg.MaxRequestBody, grpcpush.DefaultMaxRequestBody))
+		limit = grpcpush.DefaultMaxBufferedBytes(cmp.Or(cfg.MaxRequestBody, grpcpush.DefaultMaxRequestBody))
 	}
 	key := fmt.Sprintf("metrics_gateway.budget:%s|%s|%d", c, url, limit)
 	val, _, err := budgets.LoadOrNew(key, func() (caddy.Destructor, error) {
@@ -261,13 +262,4 @@ func releasePooled(keys []string) error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// orDefault returns v, or def when v is the zero value.
-func orDefault[T comparable](v, def T) T {
-	var zero T
-	if v == zero {
-		return def
-	}
-	return v
 }

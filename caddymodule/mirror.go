@@ -71,16 +71,18 @@ type pooledMirror struct {
 	sender mirrorSender
 }
 
-// Destruct cancels the copies in flight and waits for them.
+// Destruct cancels the copies in flight, waits for them and closes the
+// sender.
 func (p *pooledMirror) Destruct() error {
 	p.Close()
-	return nil
+	return p.sender.close()
 }
 
 // mirrorSender is a mirror's way of sending, with its admin view.
 type mirrorSender interface {
 	mirror.Sender
 	status() BackendStatus
+	close() error
 }
 
 // percent is Percent with its default.
@@ -196,7 +198,7 @@ func (g *Gateway) pooledMirror(ctx caddy.Context, cfg *MirrorConfig) (*pooledMir
 		}
 		m, err := mirror.New(sender, mirror.Options{
 			Name: cfg.name(), Tenants: cfg.Tenants, Percent: cfg.percent(), MaxInFlight: cfg.MaxInFlight,
-			Timeout: time.Duration(orDefault(cfg.Timeout, caddy.Duration(mirrorTimeout))),
+			Timeout: time.Duration(cfg.Timeout),
 			Logger:  g.logger.Named("mirror"), Metrics: mirrorMetrics,
 		})
 		if err != nil {
@@ -208,7 +210,10 @@ func (g *Gateway) pooledMirror(ctx caddy.Context, cfg *MirrorConfig) (*pooledMir
 		return nil, err
 	}
 	g.pooled = append(g.pooled, key)
-	return val.(*pooledMirror), nil
+	pm := val.(*pooledMirror)
+	// Kept across reloads: it logs through the newest config using it.
+	g.released = append(g.released, pm.UseLogger(g.logger.Named("mirror")))
+	return pm, nil
 }
 
 // grpcMirror sends copies over gRPC to a dns: mirror's priority groups.
@@ -246,6 +251,10 @@ func (s *grpcMirror) Send(ctx context.Context, q *grpcpush.Request) (int, error)
 	return s.priority.Send(ctx, q)
 }
 
+// close does nothing: the Handlers are pooled on their own, released with
+// each config that holds them.
+func (s *grpcMirror) close() error { return nil }
+
 func (s *grpcMirror) status() BackendStatus {
 	st := BackendStatus{Component: mirrorComponent, Kind: KindGRPC, Target: s.target, Endpoints: []EndpointStatus{}}
 	current := s.priority.Current()
@@ -267,30 +276,21 @@ type httpMirror struct {
 	target    string
 }
 
+// newHTTPMirrorSender makes the transport itself, not through ctx, since
+// the pooled mirror outlives the config that made it: the mirror closes it.
 func newHTTPMirrorSender(ctx caddy.Context, cfg *MirrorConfig, u *ParsedURL) (*httpMirror, error) {
-	raw, err := transportFor(nil, u.Scheme) // TLS for https, HTTP/2 for h2c
-	if err != nil {
-		return nil, err
+	transport := &reverseproxy.HTTPTransport{}
+	scheme := "http" // h2c too: the transport speaks HTTP/2 over it
+	switch u.Scheme {
+	case "https":
+		transport.TLS, scheme = &reverseproxy.TLSConfig{}, "https"
+	case "h2c":
+		transport.Versions = []string{"h2c", "2"}
 	}
-	transport := map[string]any{}
-	if len(raw) > 0 {
-		if err := json.Unmarshal(raw, &transport); err != nil {
-			return nil, err
-		}
-	}
-	delete(transport, "protocol") // the module's name, not one of its fields
-	if raw, err = json.Marshal(transport); err != nil {
-		return nil, err
-	}
-	mod, err := ctx.LoadModuleByID("http.reverse_proxy.transport.http", raw)
-	if err != nil {
+	if err := transport.Provision(ctx); err != nil {
 		return nil, fmt.Errorf("transport: %v", err)
 	}
-	scheme := "http" // h2c too: the transport speaks HTTP/2 over it
-	if u.Scheme == "https" {
-		scheme = "https"
-	}
-	return &httpMirror{transport: mod.(*reverseproxy.HTTPTransport), scheme: scheme, hosts: u.Dials, target: cfg.name()}, nil
+	return &httpMirror{transport: transport, scheme: scheme, hosts: u.Dials, target: cfg.name()}, nil
 }
 
 func (s *httpMirror) Send(ctx context.Context, q *grpcpush.Request) (int, error) {
@@ -316,6 +316,8 @@ func (s *httpMirror) Send(ctx context.Context, q *grpcpush.Request) (int, error)
 	_ = resp.Body.Close()
 	return resp.StatusCode, nil
 }
+
+func (s *httpMirror) close() error { return s.transport.Cleanup() }
 
 func (s *httpMirror) status() BackendStatus {
 	return BackendStatus{Component: mirrorComponent, Kind: KindHTTP, Target: s.target}

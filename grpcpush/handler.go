@@ -49,7 +49,7 @@ type Handler struct {
 	metrics  *backendMetrics
 	own      site // of requests made through Handle, not through a Priority
 	active   *activity
-	logger   *logRef
+	logger   *LoggerRef
 	failures failureLimit // of the failed-request lines
 	watch    *readinessWatch
 
@@ -67,7 +67,7 @@ func New(opts Options) (*Handler, error) {
 	if err != nil {
 		return nil, err
 	}
-	h := &Handler{s: s, metrics: s.metrics.forBackend(s.backend, s.target.String()), logger: newLogRef(s.backend, s.logger)}
+	h := &Handler{s: s, metrics: s.metrics.forBackend(s.backend, s.target.String()), logger: NewLoggerRef(s.logger, zap.String("backend", s.backend))}
 	h.tracker = newTracker(h.metrics)
 	h.own.budget = NewBudget(s.maxBuffered, s.metrics, s.backend)
 	h.active = newActivity()
@@ -160,7 +160,7 @@ func (h *Handler) Close() error {
 // still using it, so that a configuration that failed to load, or was
 // unloaded, leaves it logging as one that is loaded says; with none, as
 // Options.Logger says.
-func (h *Handler) UseLogger(l *zap.Logger) (release func()) { return h.logger.use(l) }
+func (h *Handler) UseLogger(l *zap.Logger) (release func()) { return h.logger.Use(l) }
 
 // Endpoints returns the current endpoints, sorted by address.
 func (h *Handler) Endpoints() []EndpointStatus { return h.tracker.statuses() }

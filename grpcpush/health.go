@@ -1,6 +1,7 @@
 package grpcpush
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"math"
@@ -46,7 +47,7 @@ func (o Options) healthConfig() *healthConfig {
 	}
 	return &healthConfig{
 		failDuration: o.FailDuration,
-		maxFails:     orDefault(o.MaxFails, DefaultMaxFails),
+		maxFails:     cmp.Or(o.MaxFails, DefaultMaxFails),
 		statuses:     slices.Clone(o.UnhealthyStatus),
 		latency:      o.UnhealthyLatency,
 	}
@@ -194,7 +195,7 @@ func (e *endpointHealth) describe(st *EndpointStatus) {
 type healthMonitor struct {
 	cfg    *healthConfig
 	t      *tracker
-	logger *logRef
+	logger *LoggerRef
 	epoch  time.Time // the zero of clock (latency.go)
 
 	// kicks wakes the goroutine that reports health to the child balancer;
@@ -206,7 +207,7 @@ type healthMonitor struct {
 	once  sync.Once
 }
 
-func newHealthMonitor(cfg *healthConfig, t *tracker, logger *logRef) *healthMonitor {
+func newHealthMonitor(cfg *healthConfig, t *tracker, logger *LoggerRef) *healthMonitor {
 	m := &healthMonitor{cfg: cfg, t: t, logger: logger, epoch: time.Now(),
 		kicks: make(chan struct{}, 1), done: make(chan struct{})}
 	m.wg.Add(1)
@@ -350,7 +351,7 @@ func (m *healthMonitor) failed(ep *endpoint, why string) {
 	}
 	h.out.Store(true)
 	m.t.metrics.setHealthy(ep.addr, false)
-	m.logger.get().Info("endpoint out: passive health check failed",
+	m.logger.Get().Info("endpoint out: passive health check failed",
 		zap.String("endpoint", ep.addr),
 		zap.String("failure", why), zap.Int("failures", m.cfg.maxFails),
 		zap.Duration("fail_duration", m.cfg.failDuration), zap.Time("until", until))
@@ -372,7 +373,7 @@ func (m *healthMonitor) maybeBack(ep *endpoint) {
 	h.until = time.Time{}
 	h.out.Store(false)
 	m.t.metrics.setHealthy(ep.addr, true)
-	m.logger.get().Info("endpoint back: its failures aged out",
+	m.logger.Get().Info("endpoint back: its failures aged out",
 		zap.String("endpoint", ep.addr),
 		zap.String("last_failure", h.last))
 	m.kick()

@@ -100,7 +100,7 @@ func (m *healthMonitor) lateCounts(ep *endpoint, start time.Time, took time.Dura
 	}
 	// Check first: without debug logging this costs nothing, however many
 	// late calls a pause leaves.
-	if ce := m.logger.get().Check(zapcore.DebugLevel, msg); ce != nil {
+	if ce := m.logger.Get().Check(zapcore.DebugLevel, msg); ce != nil {
 		ce.Write(zap.String("endpoint", ep.addr), zap.Duration("took", took))
 	}
 	return false

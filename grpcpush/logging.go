@@ -10,29 +10,35 @@ import (
 	"go.uber.org/zap/zapcore"
 )
 
-// logRef is the logger of a Handler's own lines (endpoints, passive
-// health, DNS, readiness), which can change while it is in use: a Handler
-// shared by several configurations logs through the newest one that uses
-// it (UseLogger), else through Options.Logger. Every line names the backend.
-type logRef struct {
-	p       atomic.Pointer[zap.Logger]
-	backend string
+// LoggerRef is a logger that can change while it is in use: a thing shared
+// by several configurations (a pooled Handler, a mirror) logs through the
+// newest one that uses it (Use), else through its base logger. Every line
+// carries the fields given to NewLoggerRef (such as the backend's name).
+type LoggerRef struct {
+	p      atomic.Pointer[zap.Logger]
+	fields []zap.Field
 
 	mu    sync.Mutex
 	base  *zap.Logger
-	users []*zap.Logger // UseLogger's, oldest first
+	users []*zap.Logger // Use's, oldest first
 }
 
-func newLogRef(backend string, base *zap.Logger) *logRef {
-	l := &logRef{backend: backend, base: base}
+// NewLoggerRef returns a LoggerRef logging through base (nil: nowhere)
+// until Use is called.
+func NewLoggerRef(base *zap.Logger, fields ...zap.Field) *LoggerRef {
+	if base == nil {
+		base = zap.NewNop()
+	}
+	l := &LoggerRef{fields: fields, base: base}
 	l.refresh()
 	return l
 }
 
-func (l *logRef) get() *zap.Logger { return l.p.Load() }
+// Get returns the logger in use.
+func (l *LoggerRef) Get() *zap.Logger { return l.p.Load() }
 
-// use makes z the logger until release is called.
-func (l *logRef) use(z *zap.Logger) (release func()) {
+// Use makes z the logger until release is called.
+func (l *LoggerRef) Use(z *zap.Logger) (release func()) {
 	if z == nil {
 		z = zap.NewNop()
 	}
@@ -57,14 +63,14 @@ func (l *logRef) use(z *zap.Logger) (release func()) {
 	}
 }
 
-// refresh stores the newest logger, with the backend field (l.mu held, or
-// l not shared yet).
-func (l *logRef) refresh() {
+// refresh stores the newest logger, with the fields (l.mu held, or l not
+// shared yet).
+func (l *LoggerRef) refresh() {
 	z := l.base
 	if n := len(l.users); n > 0 {
 		z = l.users[n-1]
 	}
-	l.p.Store(z.With(zap.String("backend", l.backend)))
+	l.p.Store(z.With(l.fields...))
 }
 
 // Failed requests are logged like reverse_proxy's upstream errors: at error
@@ -115,7 +121,7 @@ func (h *Handler) logFailure(c *call, r *http.Request, code int, line string) {
 	case code >= 500:
 		level, msg = zapcore.ErrorLevel, "request failed"
 	}
-	logger := h.logger.get()
+	logger := h.logger.Get()
 	if c.site != nil && c.site.logger != nil {
 		logger = c.site.logger
 	}

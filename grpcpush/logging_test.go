@@ -75,7 +75,7 @@ func TestUseLogger(t *testing.T) {
 	b, bLogs := zapobserver.New(zapcore.InfoLevel)
 	releaseA := h.UseLogger(zap.New(a))
 	releaseB := h.UseLogger(zap.New(b))
-	say := func() { h.logger.get().Info("line") }
+	say := func() { h.logger.Get().Info("line") }
 	say()
 	releaseB()
 	releaseB() // twice is once

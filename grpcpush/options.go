@@ -1,6 +1,7 @@
 package grpcpush
 
 import (
+	"cmp"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
@@ -221,16 +222,16 @@ func (o Options) checked() (settings, error) {
 	}
 	s := settings{
 		target:           t,
-		refresh:          orDefault(o.Refresh, DefaultRefresh),
-		timeout:          orDefault(o.Timeout, DefaultTimeout),
+		refresh:          cmp.Or(o.Refresh, DefaultRefresh),
+		timeout:          cmp.Or(o.Timeout, DefaultTimeout),
 		retries:          DefaultRetries,
-		maxBody:          orDefault(o.MaxRequestBody, DefaultMaxRequestBody),
+		maxBody:          cmp.Or(o.MaxRequestBody, DefaultMaxRequestBody),
 		maxBuffered:      o.MaxBufferedBytes,
-		maxResponse:      orDefault(o.MaxResponseBody, DefaultMaxResponseBody),
-		keepaliveTime:    orDefault(o.KeepaliveTime, DefaultKeepaliveTime),
-		keepaliveTimeout: orDefault(o.KeepaliveTimeout, DefaultKeepaliveTimeout),
+		maxResponse:      cmp.Or(o.MaxResponseBody, DefaultMaxResponseBody),
+		keepaliveTime:    cmp.Or(o.KeepaliveTime, DefaultKeepaliveTime),
+		keepaliveTimeout: cmp.Or(o.KeepaliveTimeout, DefaultKeepaliveTimeout),
 		compression:      o.Compression,
-		lbPolicy:         orDefault(o.LBPolicy, LBRoundRobin),
+		lbPolicy:         cmp.Or(o.LBPolicy, LBRoundRobin),
 		retryAfter:       o.RetryAfter,
 		health:           o.healthConfig(),
 		logger:           o.Logger,
@@ -336,23 +337,15 @@ func (o *TLSOptions) config() (*tls.Config, error) {
 	return cfg, nil
 }
 
-// orDefault returns v, or def when v is the zero value.
-func orDefault[T comparable](v, def T) T {
-	var zero T
-	if v == zero {
-		return def
-	}
-	return v
-}
-
 // Key returns a string that is equal for two Options exactly when they would
 // build interchangeable Handlers, for sharing one Handler (one ClientConn)
 // between configurations, e.g. across config reloads. The TLS files are part
 // of it by content, read now: after a certificate rotation the same paths
 // give another key, hence new connections. Logger, Metrics and the hooks
 // are not part of it: a shared Handler keeps the Metrics and hooks of its
-// creator; UseLogger changes its Logger. RetryAfter is not part of it
-// either: only ServeHTTP reads it.
+// creator; UseLogger changes its Logger. RetryAfter and MaxBufferedBytes
+// are not part of it either: only ServeHTTP reads them (a Priority brings
+// its own Budget).
 func (o Options) Key() (string, error) {
 	s, err := o.settings()
 	if err != nil {
@@ -362,8 +355,8 @@ func (o Options) Key() (string, error) {
 	if o.TLS != nil {
 		t = *o.TLS
 	}
-	return fmt.Sprintf("%s|refresh=%v|timeout=%v|retries=%d|max_body=%d|max_buffered=%d|max_response=%d|keepalive=%v/%v|compression=%s|backend=%s|tls=%t,%q,%q,%q,%q,%t,%s|lb=%s|health=%s",
-		s.target, s.refresh, s.timeout, s.retries, s.maxBody, s.maxBuffered, s.maxResponse, s.keepaliveTime, s.keepaliveTimeout,
+	return fmt.Sprintf("%s|refresh=%v|timeout=%v|retries=%d|max_body=%d|max_response=%d|keepalive=%v/%v|compression=%s|backend=%s|tls=%t,%q,%q,%q,%q,%t,%s|lb=%s|health=%s",
+		s.target, s.refresh, s.timeout, s.retries, s.maxBody, s.maxResponse, s.keepaliveTime, s.keepaliveTimeout,
 		s.compression, s.backend, o.TLS != nil, t.CAFile, t.CertFile, t.KeyFile, t.ServerName, t.InsecureSkipVerify,
 		filesDigest(t.CAFile, t.CertFile, t.KeyFile), s.lbPolicy, s.health.key()), nil
 }

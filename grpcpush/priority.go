@@ -61,7 +61,7 @@ func NewPriority(groups []*Handler, o PriorityOptions) (*Priority, error) {
 	}
 	p := &Priority{groups: groups, minReady: max(o.MinReady, 1), site: site{budget: o.Budget, logger: o.Logger, tee: o.Tee}, logger: o.Logger}
 	if p.logger == nil {
-		p.logger = groups[0].logger.get()
+		p.logger = groups[0].logger.Get()
 	}
 	if p.site.budget == nil {
 		p.site.budget = groups[0].own.budget

@@ -49,7 +49,7 @@ func (h *Handler) watchReadiness() *readinessWatch {
 			case now := <-tick.C:
 				if h.tracker.readyCount() > 0 {
 					if !lastWarn.IsZero() {
-						h.logger.get().Info("backend has a READY endpoint again",
+						h.logger.Get().Info("backend has a READY endpoint again",
 							zap.String("target", h.s.target.String()), zap.Duration("unready_for", now.Sub(unreadySince)))
 					}
 					unreadySince, lastWarn = now, time.Time{}
@@ -78,7 +78,7 @@ func (h *Handler) warnUnready(d time.Duration) {
 	if err := h.tracker.lastConnError(); err != nil {
 		fields = append(fields, zap.NamedError("last_connection_error", err))
 	}
-	h.logger.get().Warn("backend has no READY endpoint", fields...)
+	h.logger.Get().Warn("backend has no READY endpoint", fields...)
 }
 
 // readyCount is the number of endpoints with a READY connection.

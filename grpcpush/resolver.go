@@ -35,14 +35,14 @@ const (
 type dnsBuilder struct {
 	target  Target
 	refresh time.Duration
-	logger  *logRef
+	logger  *LoggerRef
 	tracker *tracker
 	lookup  func(ctx context.Context, host string) ([]netip.Addr, error)
 }
 
 // newDNSBuilder prepares resolution of t: through the system resolver, or
 // through the DNS server named by the target's authority.
-func newDNSBuilder(t Target, refresh time.Duration, logger *logRef, tr *tracker) *dnsBuilder {
+func newDNSBuilder(t Target, refresh time.Duration, logger *LoggerRef, tr *tracker) *dnsBuilder {
 	r := &net.Resolver{PreferGo: true}
 	if t.Authority != "" {
 		var d net.Dialer
@@ -187,10 +187,10 @@ func (r *dnsResolver) fail(err error) {
 func (r *dnsResolver) logFailure(msg string, fields []zap.Field) {
 	if now := time.Now(); now.Sub(r.warned) >= warnEvery {
 		r.warned, r.warnedRun = now, true
-		r.b.logger.get().Warn(msg, fields...)
+		r.b.logger.Get().Warn(msg, fields...)
 		return
 	}
-	r.b.logger.get().Debug(msg, fields...)
+	r.b.logger.Get().Debug(msg, fields...)
 }
 
 // update reports the endpoint set if it changed and logs the change.
@@ -202,7 +202,7 @@ func (r *dnsResolver) update(ips []netip.Addr) {
 	slices.Sort(addrs)
 	addrs = slices.Compact(addrs)
 	if r.warnedRun { // say that what the warning said is over
-		r.b.logger.get().Info("DNS resolution works again",
+		r.b.logger.Get().Info("DNS resolution works again",
 			zap.String("target", r.b.target.String()), zap.Int("failures", r.failures))
 	}
 	r.failures, r.warnedRun = 0, false
@@ -210,7 +210,7 @@ func (r *dnsResolver) update(ips []netip.Addr) {
 		return
 	}
 	added, removed := diff(r.current, addrs)
-	r.b.logger.get().Info("endpoints changed",
+	r.b.logger.Get().Info("endpoints changed",
 		zap.String("target", r.b.target.String()), zap.Strings("added", added),
 		zap.Strings("removed", removed), zap.Int("endpoints", len(addrs)))
 	state := resolver.State{Endpoints: make([]resolver.Endpoint, len(addrs))}
@@ -218,7 +218,7 @@ func (r *dnsResolver) update(ips []netip.Addr) {
 		state.Endpoints[i] = resolver.Endpoint{Addresses: []resolver.Address{{Addr: a}}}
 	}
 	if err := r.cc.UpdateState(withTracker(state, r.b.tracker)); err != nil {
-		r.b.logger.get().Debug("endpoint update not accepted", zap.Error(err))
+		r.b.logger.Get().Debug("endpoint update not accepted", zap.Error(err))
 	}
 	r.current, r.good = addrs, true
 }

@@ -1,6 +1,7 @@
 package grpcpush
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"math"
@@ -50,7 +51,7 @@ func (ra RetryAfter) Check() error {
 }
 
 func (ra RetryAfter) bounds() (lo, hi time.Duration) {
-	return orDefault(ra.Min, DefaultRetryAfterMin), orDefault(ra.Max, DefaultRetryAfterMax)
+	return cmp.Or(ra.Min, DefaultRetryAfterMin), cmp.Or(ra.Max, DefaultRetryAfterMax)
 }
 
 // Value returns the Retry-After for an answer to r, "" when Off.

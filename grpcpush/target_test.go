@@ -108,6 +108,12 @@ func TestOptionsKey(t *testing.T) {
 	if a != same {
 		t.Errorf("equivalent options differ:\n%s\n%s", a, same)
 	}
+	// A Handler shared by configurations serves each with the Budget it
+	// brings (PriorityOptions.Budget): a new max_buffered_bytes must not
+	// give new connections.
+	if k, _ := (Options{Target: "dns://10.0.0.1/d:9095", MaxBufferedBytes: 1 << 30}).Key(); k != a {
+		t.Errorf("max_buffered_bytes changes the key:\n%s\n%s", a, k)
+	}
 	for _, o := range []Options{
 		{Target: "dns://10.0.0.1/d:9096"},
 		{Target: "dns://10.0.0.1/d:9095", Retries: Ptr(0)},

@@ -13,6 +13,7 @@
 package mirror
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -105,7 +106,7 @@ type Mirror struct {
 	percent int
 	timeout time.Duration
 	slots   chan struct{} // one per copy in flight
-	logger  *zap.Logger
+	logger  *grpcpush.LoggerRef
 	counts  [4]prometheus.Counter // by result; nil without Metrics
 	gauge   prometheus.Gauge
 
@@ -130,16 +131,12 @@ func New(s Sender, o Options) (*Mirror, error) {
 		name:    o.Name,
 		tenants: slices.Sorted(slices.Values(o.Tenants)),
 		percent: o.Percent,
-		timeout: orDefault(o.Timeout, DefaultTimeout),
-		slots:   make(chan struct{}, orDefault(o.MaxInFlight, DefaultMaxInFlight)),
-		logger:  o.Logger,
+		timeout: cmp.Or(o.Timeout, DefaultTimeout),
+		slots:   make(chan struct{}, cmp.Or(o.MaxInFlight, DefaultMaxInFlight)),
+		logger:  grpcpush.NewLoggerRef(o.Logger, zap.String("mirror", o.Name)),
 		ctx:     ctx,
 		cancel:  cancel,
 	}
-	if m.logger == nil {
-		m.logger = zap.NewNop()
-	}
-	m.logger = m.logger.With(zap.String("mirror", m.name))
 	if o.Metrics != nil {
 		for i, r := range results {
 			m.counts[i] = o.Metrics.requests.WithLabelValues(m.name, r)
@@ -149,15 +146,19 @@ func New(s Sender, o Options) (*Mirror, error) {
 	return m, nil
 }
 
-var results = [4]string{ResultOK, ResultFailed, ResultDropped, ResultTimeout}
+// A result's index in results and Mirror.counts.
+const (
+	resultOK = iota
+	resultFailed
+	resultDropped
+	resultTimeout
+)
 
-func orDefault[T comparable](v, def T) T {
-	var zero T
-	if v == zero {
-		return def
-	}
-	return v
-}
+var results = [4]string{resultOK: ResultOK, resultFailed: ResultFailed, resultDropped: ResultDropped, resultTimeout: ResultTimeout}
+
+// UseLogger makes l the mirror's logger until release is called: a mirror
+// kept across reloads logs through the newest configuration using it.
+func (m *Mirror) UseLogger(l *zap.Logger) (release func()) { return m.logger.Use(l) }
 
 // Mirrors reports whether requests of tenant are mirrored: it is listed
 // (or no list is given) and falls in Percent by its hash. dskit's
@@ -188,13 +189,15 @@ func (m *Mirror) Copy(q *grpcpush.Request) {
 	if share := q.BufferedShare(); share > maxBufferedShare {
 		// The copies must not take from the requests themselves: past half
 		// of the backend's max_buffered_bytes, they are dropped.
-		m.done(ResultDropped, fmt.Errorf("the backend holds %.0f%% of its max_buffered_bytes", 100*share))
+		m.done(resultDropped, func() error {
+			return fmt.Errorf("the backend holds %.0f%% of its max_buffered_bytes", 100*share)
+		})
 		return
 	}
 	select {
 	case m.slots <- struct{}{}:
 	default:
-		m.done(ResultDropped, fmt.Errorf("%d copies in flight (max_in_flight)", cap(m.slots)))
+		m.done(resultDropped, func() error { return fmt.Errorf("%d copies in flight (max_in_flight)", cap(m.slots)) })
 		return
 	}
 	m.mu.Lock()
@@ -226,38 +229,41 @@ func (m *Mirror) send(q *grpcpush.Request) {
 	code, err := m.sender.Send(ctx, q)
 	switch {
 	case err == nil && code >= 200 && code < 300:
-		m.done(ResultOK, nil)
+		m.done(resultOK, nil)
 	case errors.Is(ctx.Err(), context.DeadlineExceeded) || status.Code(err) == codes.DeadlineExceeded:
-		m.done(ResultTimeout, fmt.Errorf("no answer within %v", m.timeout))
+		m.done(resultTimeout, func() error { return fmt.Errorf("no answer within %v", m.timeout) })
 	case err != nil:
-		m.done(ResultFailed, err)
+		m.done(resultFailed, func() error { return err })
 	default:
-		m.done(ResultFailed, fmt.Errorf("status %d %s", code, http.StatusText(code)))
+		m.done(resultFailed, func() error { return fmt.Errorf("status %d %s", code, http.StatusText(code)) })
 	}
 }
 
-// done counts a copy's result and logs a problem: at debug every time, at
-// warn once a warnEvery at most.
-func (m *Mirror) done(result string, err error) {
-	for i, r := range results {
-		if r == result && m.counts[i] != nil {
-			m.counts[i].Inc()
-		}
+// debugLines are the debug messages of a copy's problems, by result.
+var debugLines = [4]string{resultFailed: "mirror copy failed", resultDropped: "mirror copy dropped", resultTimeout: "mirror copy timed out"}
+
+// done counts a copy's result and logs a problem (reason non-nil): at
+// debug every time, at warn once a warnEvery at most. reason is called
+// only for a line written: drops come in floods when the gateway is busy.
+func (m *Mirror) done(result int, reason func() error) {
+	if c := m.counts[result]; c != nil {
+		c.Inc()
 	}
-	if err == nil {
+	if reason == nil {
 		return
 	}
 	n := m.problems.Add(1)
 	now := time.Now().UnixNano()
 	last := m.warned.Load()
+	logger := m.logger.Get()
 	if now-last >= int64(warnEvery) && m.warned.CompareAndSwap(last, now) {
 		m.problems.Store(0)
-		m.logger.Warn("mirror copies dropped or failed; the primary is not affected",
-			zap.String("result", result), zap.Error(err), zap.Int64("since_last_warning", n))
+		logger.Warn("mirror copies dropped or failed; the primary is not affected",
+			zap.String("result", results[result]), zap.Error(reason()), zap.Int64("since_last_warning", n))
 		return
 	}
-	if ce := m.logger.Check(zap.DebugLevel, "mirror copy "+result); ce != nil {
-		ce.Write(zap.Error(err))
+	if ce := logger.Check(zap.DebugLevel, debugLines[result]); ce != nil {
+		ce.Write(zap.Error(reason()))
 	}
 }
 
