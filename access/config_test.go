@@ -2,10 +2,11 @@ package access
 
 import (
 	"encoding/json"
-	"github.com/metrics-gateway/metrics_gateway/internal/standin"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/metrics-gateway/metrics_gateway/internal/standin"
 )
 
 // Hashes of tokens used in the tests.
@@ -140,9 +141,6 @@ func TestTokenJSON(t *testing.T) {
 	}
 }
 
-// writeFile replaces path's content at once (standin.ReplaceFile).
-func writeFile(t *testing.T, path, content string) { standin.ReplaceFile(t, path, content) }
-
 func TestLoadFile(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "policies.yaml")
@@ -150,7 +148,7 @@ func TestLoadFile(t *testing.T) {
 	c.File = path
 
 	// YAML, with an unquoted timestamp (YAML would make it a time).
-	writeFile(t, path, `
+	standin.ReplaceFile(t, path, `
 policies:
   - name: team-c
     tenants: [team-c, team-d]
@@ -168,19 +166,19 @@ policies:
 	}
 
 	// JSON is YAML.
-	writeFile(t, path, `{"policies": [{"name": "j", "tenants": ["*"], "scopes": ["admin"]}]}`)
+	standin.ReplaceFile(t, path, `{"policies": [{"name": "j", "tenants": ["*"], "scopes": ["admin"]}]}`)
 	if ps, err = c.LoadFile(); err != nil || ps[0].Name != "j" {
 		t.Fatalf("JSON file: %v %+v", err, ps)
 	}
 
 	// No policies, said so.
-	writeFile(t, path, "policies: []")
+	standin.ReplaceFile(t, path, "policies: []")
 	if ps, err = c.LoadFile(); err != nil || len(ps) != 0 {
 		t.Fatalf("policies: []: %v %+v", err, ps)
 	}
 	// An empty file (or one caught while being rewritten in place) is
 	// not "no policies".
-	writeFile(t, path, "")
+	standin.ReplaceFile(t, path, "")
 	if _, err = c.LoadFile(); err == nil || !strings.Contains(err.Error(), "no policies key") {
 		t.Fatalf("empty file: %v", err)
 	}
@@ -197,7 +195,7 @@ policies:
 	}
 	for _, tt := range errCases {
 		t.Run(tt.name, func(t *testing.T) {
-			writeFile(t, path, tt.content)
+			standin.ReplaceFile(t, path, tt.content)
 			_, err := c.LoadFile()
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("error %v, want %q", err, tt.want)

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/metrics-gateway/metrics_gateway/internal/standin"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
@@ -26,23 +27,11 @@ func filePolicy(tokens ...string) string {
 	return b.String()
 }
 
-// eventually polls cond until it holds or 10 s pass.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
-}
-
 // waitChecks waits until the guard has checked its file n more times.
 func waitChecks(t *testing.T, g *Guard, n int64) {
 	t.Helper()
 	target := g.checks.Load() + n
-	eventually(t, "file checks", func() bool { return g.checks.Load() >= target })
+	standin.WaitFor(t, 10*time.Second, "file checks", func() bool { return g.checks.Load() >= target })
 }
 
 func allowed(g *Guard, token string) bool {
@@ -52,7 +41,7 @@ func allowed(g *Guard, token string) bool {
 func TestFileReload(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "policies.yaml")
-	writeFile(t, path, filePolicy("file-1"))
+	standin.ReplaceFile(t, path, filePolicy("file-1"))
 	core, logs := observer.New(zapcore.InfoLevel)
 	g := newTestGuard(t, Config{Policies: decisionConfig().Policies, File: path},
 		Options{Logger: zap.New(core), FileCheckInterval: fastInterval})
@@ -66,8 +55,8 @@ func TestFileReload(t *testing.T) {
 	loaded := g.Status().LastLoad
 
 	// A token added.
-	writeFile(t, path, filePolicy("file-1", "file-2"))
-	eventually(t, "the new token", func() bool { return allowed(g, "file-2") })
+	standin.ReplaceFile(t, path, filePolicy("file-1", "file-2"))
+	standin.WaitFor(t, 10*time.Second, "the new token", func() bool { return allowed(g, "file-2") })
 	if !allowed(g, "file-1") {
 		t.Fatal("old token lost")
 	}
@@ -76,12 +65,12 @@ func TestFileReload(t *testing.T) {
 	}
 
 	// A token removed.
-	writeFile(t, path, filePolicy("file-2"))
-	eventually(t, "the removed token to stop working", func() bool { return !allowed(g, "file-1") })
+	standin.ReplaceFile(t, path, filePolicy("file-2"))
+	standin.WaitFor(t, 10*time.Second, "the removed token to stop working", func() bool { return !allowed(g, "file-1") })
 
 	// A broken file: the policies stay, the error shows, logged once.
-	writeFile(t, path, "policies:\n  - name: file-policy\n    tenants: [team-f]\n    scopes: [metrics:wrte]\n    tokens:\n      - hash: "+HashToken("file-3")+"\n")
-	eventually(t, "the error", func() bool { return g.Status().LastError != "" })
+	standin.ReplaceFile(t, path, "policies:\n  - name: file-policy\n    tenants: [team-f]\n    scopes: [metrics:wrte]\n    tokens:\n      - hash: "+HashToken("file-3")+"\n")
+	standin.WaitFor(t, 10*time.Second, "the error", func() bool { return g.Status().LastError != "" })
 	st := g.Status()
 	if !strings.Contains(st.LastError, `unknown scope "metrics:wrte"`) || !strings.Contains(st.LastError, path) {
 		t.Fatalf("last error %q", st.LastError)
@@ -95,8 +84,8 @@ func TestFileReload(t *testing.T) {
 	}
 
 	// A different error is logged again.
-	writeFile(t, path, "policies: [")
-	eventually(t, "the second error", func() bool { return strings.Contains(g.Status().LastError, "yaml") })
+	standin.ReplaceFile(t, path, "policies: [")
+	standin.WaitFor(t, 10*time.Second, "the second error", func() bool { return strings.Contains(g.Status().LastError, "yaml") })
 	waitChecks(t, g, 3)
 	if n := logs.FilterMessage("access policy file not loaded; the policies in force stay").Len(); n != 2 {
 		t.Fatalf("errors logged %d times", n)
@@ -106,14 +95,14 @@ func TestFileReload(t *testing.T) {
 	if err := os.Remove(path); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the missing-file error", func() bool { return strings.Contains(g.Status().LastError, "no such file") })
+	standin.WaitFor(t, 10*time.Second, "the missing-file error", func() bool { return strings.Contains(g.Status().LastError, "no such file") })
 	if !allowed(g, "file-2") {
 		t.Fatal("a missing file changed the policies")
 	}
 
 	// Fixed: in force, error cleared.
-	writeFile(t, path, filePolicy("file-3"))
-	eventually(t, "the fixed file", func() bool { return allowed(g, "file-3") })
+	standin.ReplaceFile(t, path, filePolicy("file-3"))
+	standin.WaitFor(t, 10*time.Second, "the fixed file", func() bool { return allowed(g, "file-3") })
 	if allowed(g, "file-2") || g.Status().LastError != "" {
 		t.Fatal("fixed file not in force")
 	}
@@ -143,11 +132,11 @@ func TestFileReload(t *testing.T) {
 func TestFileReloadUniqueAcrossInline(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "policies.yaml")
-	writeFile(t, path, filePolicy("file-1"))
+	standin.ReplaceFile(t, path, filePolicy("file-1"))
 	g := newTestGuard(t, Config{Policies: decisionConfig().Policies, File: path}, Options{FileCheckInterval: fastInterval})
 	// The file takes a hash an inline policy has: refused.
-	writeFile(t, path, filePolicy("token-a"))
-	eventually(t, "the error", func() bool { return g.Status().LastError != "" })
+	standin.ReplaceFile(t, path, filePolicy("token-a"))
+	standin.WaitFor(t, 10*time.Second, "the error", func() bool { return g.Status().LastError != "" })
 	if !strings.Contains(g.Status().LastError, "the same hash is already used by access_policies.policies[0] (team-a).tokens[0]") {
 		t.Fatal(g.Status().LastError)
 	}
@@ -165,7 +154,7 @@ func TestFileReloadSymlinkSwap(t *testing.T) {
 		if err := os.Mkdir(d, 0o755); err != nil {
 			t.Fatal(err)
 		}
-		writeFile(t, filepath.Join(d, "policies.yaml"), content)
+		standin.ReplaceFile(t, filepath.Join(d, "policies.yaml"), content)
 		tmp := filepath.Join(dir, "..data_tmp")
 		if err := os.Symlink(version, tmp); err != nil {
 			t.Fatal(err)
@@ -184,7 +173,7 @@ func TestFileReloadSymlinkSwap(t *testing.T) {
 		t.Fatal("initial")
 	}
 	write("..2026_06_01_00_01_00.2", filePolicy("file-2"))
-	eventually(t, "the swapped file", func() bool { return allowed(g, "file-2") })
+	standin.WaitFor(t, 10*time.Second, "the swapped file", func() bool { return allowed(g, "file-2") })
 	if allowed(g, "file-1") {
 		t.Fatal("old token still works")
 	}
@@ -196,7 +185,7 @@ func TestNewFileErrors(t *testing.T) {
 		t.Fatalf("missing file: %v", err)
 	}
 	path := filepath.Join(dir, "p.yaml")
-	writeFile(t, path, "policies:\n  - name: x\n    tenants: [x]\n    scopes: [nope]\n")
+	standin.ReplaceFile(t, path, "policies:\n  - name: x\n    tenants: [x]\n    scopes: [nope]\n")
 	if _, err := New(Config{File: path}, Options{}); err == nil || !strings.Contains(err.Error(), `unknown scope "nope"`) {
 		t.Fatalf("invalid file: %v", err)
 	}
@@ -210,7 +199,7 @@ func TestNewFileErrors(t *testing.T) {
 
 func TestCloseIdempotent(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "p.yaml")
-	writeFile(t, path, filePolicy("file-1"))
+	standin.ReplaceFile(t, path, filePolicy("file-1"))
 	g, err := New(Config{File: path}, Options{FileCheckInterval: fastInterval})
 	if err != nil {
 		t.Fatal(err)

@@ -576,10 +576,7 @@ func TestGRPCHungEndpointAndDisconnect(t *testing.T) {
 	// A hung distributor answers nothing until released (not even when its
 	// own deadline passes: it would race the gateway's timeout with a 200).
 	release := make(chan struct{})
-	cl.Distributors[0].SetBehavior(func(w http.ResponseWriter, r *http.Request) bool {
-		<-release
-		return true
-	})
+	cl.Distributors[0].SetBehavior(standin.HangUntil(release, nil))
 
 	var wg sync.WaitGroup
 	codes := make(chan int, 10)

@@ -60,7 +60,7 @@ func BenchmarkTunnelPush2000(b *testing.B) {
 
 	// The endpoint in another process: B/op and allocs/op are the gateway's.
 	b.Run("grpcpush-server-apart", func(b *testing.B) {
-		h := newHandler(b, nil, Options{Target: startRemoteTarget(b, 1)})
+		h := newHandler(b, nil, Options{Target: standin.StartRemote(b, 1)})
 		waitReady(b, h, 1)
 		benchHandler(b, h, body)
 	})
@@ -137,7 +137,7 @@ func BenchmarkTunnelPush2000Parallel(b *testing.B) {
 // policy's repeats back to back: a loop alternates them (BENCHMARKS.md).
 func BenchmarkPolicyCPU(b *testing.B) {
 	body := standin.RemoteWriteBody(2000, 1)
-	target := startRemoteTarget(b, 3)
+	target := standin.StartRemote(b, 3)
 	for _, policy := range []string{LBRoundRobin, LBLeastConn} {
 		b.Run("policy="+policy, func(b *testing.B) {
 			h := newHandler(b, nil, Options{Target: target, LBPolicy: policy})

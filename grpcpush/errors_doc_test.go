@@ -219,14 +219,8 @@ func (f *docFixture) paths(paths ...string) []instance {
 // body before it writes the answer, with no read deadline once the
 // Handler has cleared its own (Caddy answers without).
 func (f *docFixture) rawConn(name string, srv *httptest.Server, wait time.Duration) instance {
-	conn, err := net.Dial("tcp", srv.Listener.Addr().String())
-	if err != nil {
-		f.t.Fatal(err)
-	}
+	conn := sendHead(f.t, srv.Listener.Addr().String(), 1000)
 	defer conn.Close()
-	if _, err := conn.Write([]byte("POST /api/v1/push HTTP/1.1\r\nHost: gw\r\nX-Scope-OrgID: tenant-1\r\nContent-Length: 1000\r\n\r\nabc")); err != nil {
-		f.t.Fatal(err)
-	}
 	if wait > 0 {
 		time.Sleep(wait)
 		if err := conn.(*net.TCPConn).CloseWrite(); err != nil {
@@ -497,11 +491,11 @@ func checkRow(row docRow, in instance) string {
 			return "Retry-After is not the component's"
 		}
 	case "the gateway's":
-		if !gatewayRetryAfter(in.retryAfter) {
+		if !retryAfterIs(in.retryAfter, gw) {
 			return "Retry-After is not the gateway's"
 		}
 	case "the gateway's on 429 and 503":
-		if (in.status == 429 || in.status == 503) != gatewayRetryAfter(in.retryAfter) {
+		if (in.status == 429 || in.status == 503) != retryAfterIs(in.retryAfter, gw) {
 			return "Retry-After is not the gateway's on 429 and 503 only"
 		}
 	case "—":
@@ -517,13 +511,6 @@ func checkRow(row docRow, in instance) string {
 func atoi(s string) int {
 	n, _ := strconv.Atoi(strings.TrimSpace(s))
 	return n
-}
-
-// gatewayRetryAfter reports whether v is the gateway's Retry-After of a
-// first attempt: Mimir's 6s ±50 %, kept within 6s to 96s.
-func gatewayRetryAfter(v string) bool {
-	n, err := strconv.Atoi(v)
-	return err == nil && n >= 6 && n <= 9
 }
 
 // TestErrorTableRowsParse pins how the table cells are read.

@@ -227,18 +227,14 @@ func TestHungEndpoint(t *testing.T) {
 	if w := serve(h, pushRequest(standin.RemoteWriteBody(10, 1))); w.Code != http.StatusOK {
 		t.Fatalf("warm-up: %d", w.Code)
 	}
-	baseline := runtime.NumGoroutine()
+	baseline := standin.NumGoroutines()
 	// The endpoint hangs until released: waiting for its own context would
 	// not do, as the server's context expires with the call's deadline
 	// (grpc-timeout) and the stand-in could answer just before the client
 	// gives up.
 	var hung atomic.Int64
 	release := make(chan struct{})
-	c.Distributors[0].SetBehavior(func(_ http.ResponseWriter, _ *http.Request) bool {
-		hung.Add(1)
-		<-release
-		return true
-	})
+	c.Distributors[0].SetBehavior(standin.HangUntil(release, &hung))
 	defer func() {
 		select {
 		case <-release:
@@ -265,9 +261,7 @@ func TestHungEndpoint(t *testing.T) {
 		t.Errorf("%d calls reached the server, want %d", hung.Load(), n)
 	}
 	close(release)
-	standin.WaitFor(t, 20*time.Second, "goroutines back to the baseline", func() bool {
-		return runtime.NumGoroutine() <= baseline+2
-	})
+	standin.WaitGoroutines(t, baseline, 2)
 }
 
 // TestClientDisconnect: a client that goes away cancels the call; the
@@ -385,7 +379,7 @@ func seriesFor(t *testing.T, m *Metrics, addr string) int {
 // (resolver, connections) are gone.
 func TestCloseReleasesEverything(t *testing.T) {
 	c := startCluster(t, 3)
-	baseline := runtime.NumGoroutine()
+	baseline := standin.NumGoroutines()
 	h, err := New(Options{Target: c.Target(), Refresh: 50 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
@@ -402,9 +396,7 @@ func TestCloseReleasesEverything(t *testing.T) {
 	if err := h.Close(); err != nil {
 		t.Fatalf("second Close: %v", err)
 	}
-	standin.WaitFor(t, 20*time.Second, "goroutines back to the baseline", func() bool {
-		return runtime.NumGoroutine() <= baseline
-	})
+	standin.WaitGoroutines(t, baseline, 0)
 	if w := serve(h, pushRequest([]byte("x"))); w.Code != http.StatusServiceUnavailable {
 		t.Errorf("closed Handler answered %d %q", w.Code, w.Body)
 	}

@@ -17,17 +17,6 @@ import (
 // never took the request), be retried only where that is safe, and leave no
 // goroutines behind.
 
-// hangUntilReleased is a stand-in behaviour that never answers until the
-// test releases it. Its goroutines are the stand-in's, not the gateway's:
-// the goroutine counts leave them out by this function's name.
-func hangUntilReleased(release <-chan struct{}, hung *atomic.Int64) standin.Behavior {
-	return func(http.ResponseWriter, *http.Request) bool {
-		hung.Add(1)
-		<-release
-		return true
-	}
-}
-
 // pushMany sends n pushes through a real HTTP client with `workers`
 // keep-alive connections and returns how many got each status.
 func pushMany(t *testing.T, url string, n, workers int, body []byte, each func(code int, took time.Duration)) map[int]int {
@@ -81,11 +70,11 @@ func TestThousandCallsToAHungDistributor(t *testing.T) {
 	if code, _, b, err := post(oneConnClient(t), srv.URL, standin.RemoteWriteBody(10, 1)); err != nil || code != http.StatusOK {
 		t.Fatalf("warm-up: %d %q %v", code, b, err)
 	}
-	baseline := standin.NumGoroutines("hangUntilReleased")
+	baseline := standin.NumGoroutines("standin.HangUntil")
 
 	release := make(chan struct{})
 	var hung atomic.Int64
-	cl.Distributors[0].SetBehavior(hangUntilReleased(release, &hung))
+	cl.Distributors[0].SetBehavior(standin.HangUntil(release, &hung))
 	t.Cleanup(func() { close(release) })
 	counts := pushMany(t, srv.URL, n, workers, standin.RemoteWriteBody(10, 1), func(code int, took time.Duration) {
 		if took < timeout {
@@ -104,7 +93,7 @@ func TestThousandCallsToAHungDistributor(t *testing.T) {
 	}
 	// The stand-in still holds its 1,000 hung handlers; the gateway must
 	// hold nothing for them.
-	standin.WaitGoroutines(t, baseline, 10, "hangUntilReleased")
+	standin.WaitGoroutines(t, baseline, 10, "standin.HangUntil")
 	if v := metricValue(t, h.metrics.inFlight); v != 0 {
 		t.Errorf("in-flight gauge %v after all calls ended", v)
 	}
@@ -297,7 +286,7 @@ func TestEndpointStopsReadingMidBody(t *testing.T) {
 		return err == nil && code == http.StatusBadRequest
 	})
 	client.CloseIdleConnections()
-	baseline := standin.NumGoroutines("hangUntilReleased")
+	baseline := standin.NumGoroutines("standin.HangUntil")
 	served := cl.Distributors[0].Requests()
 
 	proxy.Stall()
@@ -308,7 +297,7 @@ func TestEndpointStopsReadingMidBody(t *testing.T) {
 	if got := cl.Distributors[0].Requests() - served; got != 0 {
 		t.Errorf("%d calls reached the distributor through a stalled connection", got)
 	}
-	standin.WaitGoroutines(t, baseline, 10, "hangUntilReleased")
+	standin.WaitGoroutines(t, baseline, 10, "standin.HangUntil")
 }
 
 // TestKeepaliveDetectsBlackHole: an idle connection whose peer vanished

@@ -13,10 +13,3 @@ func TestMain(m *testing.M) {
 	}
 	os.Exit(m.Run())
 }
-
-// startRemoteTarget runs n stand-in endpoints in a child process
-// (standin.StartRemote) and returns the gateway's target for them.
-func startRemoteTarget(tb testing.TB, n int) string {
-	tb.Helper()
-	return standin.StartRemote(tb, n)
-}

@@ -19,10 +19,22 @@ import (
 	"github.com/metrics-gateway/metrics_gateway/internal/standin"
 )
 
+// newHandler is a Handler for target, closed when tb's test or benchmark
+// run ends.
+func newHandler(tb testing.TB, target string) *grpcpush.Handler {
+	tb.Helper()
+	h, err := grpcpush.New(grpcpush.Options{Target: target})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { _ = h.Close() })
+	return h
+}
+
 // clusters starts a primary and a mirror cluster of dskit httpgrpc servers
-// (one DNS server each) and returns a primary Priority that tees into
-// mirrors built by mk from a Handler of the mirror cluster.
-func clusters(t *testing.T, nPrimary, nMirror int, mk func(s Sender) *Mirror) (primary *grpcpush.Priority, p, m *standin.Cluster, budget *grpcpush.Budget) {
+// (one DNS server each) and returns a primary Priority that tees into a
+// Mirror made with opts, sending to the mirror cluster.
+func clusters(t *testing.T, nPrimary, nMirror int, opts Options) (primary *grpcpush.Priority, p, m *standin.Cluster, budget *grpcpush.Budget) {
 	t.Helper()
 	var err error
 	if p, err = standin.StartCluster("primary.mimir.test", nPrimary); err != nil {
@@ -36,16 +48,11 @@ func clusters(t *testing.T, nPrimary, nMirror int, mk func(s Sender) *Mirror) (p
 	for _, d := range append(append([]*standin.Distributor{}, p.Distributors...), m.Distributors...) {
 		d.KeepRecords(10000)
 	}
-	handler := func(target string) *grpcpush.Handler {
-		h, err := grpcpush.New(grpcpush.Options{Target: target})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = h.Close() })
-		return h
+	ph, mh := newHandler(t, p.Target()), newHandler(t, m.Target())
+	mirror, err := New(mh, opts)
+	if err != nil {
+		t.Fatal(err)
 	}
-	ph, mh := handler(p.Target()), handler(m.Target())
-	mirror := mk(mh)
 	t.Cleanup(mirror.Close)
 	budget = grpcpush.NewBudget(1<<30, nil, "")
 	primary, err = grpcpush.NewPriority([]*grpcpush.Handler{ph}, grpcpush.PriorityOptions{Budget: budget, Tee: Set{mirror}})
@@ -77,13 +84,7 @@ func counter(t *testing.T, m *Metrics, name, result string) float64 {
 // reaches the primary.
 func TestMirrorListedTenants(t *testing.T) {
 	metrics := NewMetrics()
-	primary, p, m, budget := clusters(t, 3, 2, func(s Sender) *Mirror {
-		mm, err := New(s, Options{Name: "new", Tenants: []string{"team-a", "team-b"}, Percent: DefaultPercent, Metrics: metrics})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return mm
-	})
+	primary, p, m, budget := clusters(t, 3, 2, Options{Name: "new", Tenants: []string{"team-a", "team-b"}, Percent: DefaultPercent, Metrics: metrics})
 	const pushes = 30
 	sums := map[[32]byte]string{}
 	for i := 0; i < pushes; i++ {
@@ -125,13 +126,7 @@ func TestMirrorListedTenants(t *testing.T) {
 // 30 and 70 of them, each with all of its pushes or none.
 func TestMirrorPercentByTenant(t *testing.T) {
 	metrics := NewMetrics()
-	primary, _, m, _ := clusters(t, 1, 1, func(s Sender) *Mirror {
-		mm, err := New(s, Options{Name: "half", Percent: 50, Metrics: metrics})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return mm
-	})
+	primary, _, m, _ := clusters(t, 1, 1, Options{Name: "half", Percent: 50, Metrics: metrics})
 	body := standin.RemoteWriteBody(5, 1)
 	for round := 0; round < 3; round++ {
 		for i := 0; i < 100; i++ {
@@ -174,13 +169,7 @@ func countMirrored(m *standin.Cluster) int {
 // no body stays held.
 func TestMirrorHungOrDown(t *testing.T) {
 	metrics := NewMetrics()
-	primary, _, m, budget := clusters(t, 1, 1, func(s Sender) *Mirror {
-		mm, err := New(s, Options{Name: "sick", Percent: DefaultPercent, MaxInFlight: 4, Timeout: time.Second, Metrics: metrics})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return mm
-	})
+	primary, _, m, budget := clusters(t, 1, 1, Options{Name: "sick", Percent: DefaultPercent, MaxInFlight: 4, Timeout: time.Second, Metrics: metrics})
 	body := standin.RemoteWriteBody(100, 1)
 	release := make(chan struct{})
 	var held atomic.Int64

@@ -52,6 +52,24 @@ func HoldUntil(release <-chan struct{}, held *atomic.Int64) Behavior {
 	}
 }
 
+// HangUntil counts each call in held (when held is not nil), holds it
+// until release is closed, and then answers nothing: a hung distributor
+// that does not even answer when the call's own deadline passes (which
+// would race the gateway's timeout with a 200). Goroutine counts leave its
+// calls out by "standin.HangUntil", the name in their stacks: HangUntil is
+// never inlined, as an inlined closure is named after its caller instead.
+//
+//go:noinline
+func HangUntil(release <-chan struct{}, held *atomic.Int64) Behavior {
+	return func(http.ResponseWriter, *http.Request) bool {
+		if held != nil {
+			held.Add(1)
+		}
+		<-release
+		return true
+	}
+}
+
 // SetPushHeaders sets what a Remote-Write 1.0 client sends with a push, as
 // tenant.
 func SetPushHeaders(h http.Header, tenant string) {
