@@ -48,12 +48,9 @@ type grpcBackend struct {
 	name     Component
 	target   string
 	handlers []*pooledHandler
-	priority *grpcpush.Priority
-	// teed is priority's twin for the writes the mirrors copy (nil
-	// without mirrors): the same groups, budget and logger, with the tee.
-	teed   *grpcpush.Priority
-	budget *grpcpush.Budget
-	answer func(http.ResponseWriter, *http.Request, int, string) error
+	priority *grpcpush.Priority // with the mirrors as its Tee
+	budget   *grpcpush.Budget
+	answer   func(http.ResponseWriter, *http.Request, int, string) error
 }
 
 // budgets holds one grpcpush.Budget per gRPC backend (component, URL and
@@ -102,11 +99,10 @@ func (g *Gateway) newGRPCBackend(ctx caddy.Context, c Component, b *Backend, u *
 		Budget:   gb.budget,
 		Logger:   logger.With(zap.String("backend", string(c))),
 	}
-	if gb.priority, err = grpcpush.NewPriority(groups, opts); err != nil || len(g.tee) == 0 {
-		return gb, err
+	if len(g.tee) > 0 {
+		opts.Tee = g.tee
 	}
-	opts.Tee = g.tee
-	gb.teed, err = grpcpush.NewPriority(groups, opts)
+	gb.priority, err = grpcpush.NewPriority(groups, opts)
 	return gb, err
 }
 
@@ -220,12 +216,14 @@ func setEndpointPlaceholder(r *http.Request, endpoint string) {
 }
 
 func (g *grpcBackend) serve(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler, mirrored bool) error {
-	p := g.priority
-	if mirrored && g.teed != nil {
-		p = g.teed
+	var err error
+	if mirrored {
+		err = g.priority.Handle(w, r)
+	} else {
+		err = g.priority.HandleWithoutTee(w, r)
 	}
 	var e *grpcpush.Error
-	if err := p.Handle(w, r); errors.As(err, &e) {
+	if errors.As(err, &e) {
 		return g.answer(w, r, e.Status, e.Msg)
 	}
 	return nil

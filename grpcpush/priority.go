@@ -32,7 +32,8 @@ import (
 type Priority struct {
 	groups   []*Handler
 	minReady int
-	site     site
+	site     site // with the Tee
+	untee    site // the same without it
 	logger   *zap.Logger
 
 	current atomic.Int32 // the group that served last, for the change log
@@ -66,6 +67,8 @@ func NewPriority(groups []*Handler, o PriorityOptions) (*Priority, error) {
 	if p.site.budget == nil {
 		p.site.budget = groups[0].own.budget
 	}
+	p.untee = p.site
+	p.untee.tee = nil
 	return p, nil
 }
 
@@ -100,8 +103,19 @@ func (p *Priority) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// Handle serves r like Handler.Handle, in the serving group.
+// Handle serves r like Handler.Handle, in the serving group; the Tee, if
+// any, gets it once accepted.
 func (p *Priority) Handle(w http.ResponseWriter, r *http.Request) error {
+	return p.handle(w, r, &p.site)
+}
+
+// HandleWithoutTee serves r as Handle does, but the Tee does not get it:
+// for the requests a Tee must not see (caddymodule mirrors writes only).
+func (p *Priority) HandleWithoutTee(w http.ResponseWriter, r *http.Request) error {
+	return p.handle(w, r, &p.untee)
+}
+
+func (p *Priority) handle(w http.ResponseWriter, r *http.Request, st *site) error {
 	for _, g := range p.groups { // any of them may take the call
 		g.active.enter()
 	}
@@ -111,11 +125,11 @@ func (p *Priority) Handle(w http.ResponseWriter, r *http.Request) error {
 		}
 	}()
 	if len(p.groups) == 1 { // one target: nothing to choose, no cost
-		return p.groups[0].handle(w, r, nil, &p.site)
+		return p.groups[0].handle(w, r, nil, st)
 	}
 	i := p.Current()
 	p.note(i)
-	return p.groups[i].handle(w, r, p.groups[i+1:], &p.site)
+	return p.groups[i].handle(w, r, p.groups[i+1:], st)
 }
 
 // note logs when the serving group changes.
