@@ -331,11 +331,20 @@ type policyFile struct {
 // names the file and the field and never quotes a value from the file that
 // could be a secret.
 func (c *Config) LoadFile() ([]Policy, error) {
+	data, err := c.readFile()
+	if err != nil {
+		return nil, err
+	}
+	return c.parseFile(data)
+}
+
+// readFile reads c.File; the error names the field.
+func (c *Config) readFile() ([]byte, error) {
 	data, err := os.ReadFile(c.File)
 	if err != nil {
 		return nil, fmt.Errorf("access_policies.file: %w", err)
 	}
-	return c.parseFile(data)
+	return data, nil
 }
 
 // parseFile parses and checks the content of c.File.

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -136,12 +135,10 @@ func New(cfg Config, opts Options) (*Guard, error) {
 
 	var filePolicies []Policy
 	if cfg.File != "" {
-		data, err := os.ReadFile(cfg.File)
-		if err != nil {
-			g.cancel()
-			return nil, fmt.Errorf("access_policies.file: %w", err)
+		data, err := cfg.readFile()
+		if err == nil {
+			filePolicies, err = cfg.parseFile(data)
 		}
-		filePolicies, err = cfg.parseFile(data)
 		if err != nil {
 			g.cancel()
 			return nil, err
@@ -228,12 +225,12 @@ func (g *Guard) watch() {
 // policies in force; its error is logged once (until it changes).
 func (g *Guard) checkFile() {
 	defer g.checks.Add(1)
-	data, err := os.ReadFile(g.cfg.File)
+	data, err := g.cfg.readFile()
 	if err != nil {
 		g.mu.Lock()
 		g.haveSum = false // whatever comes next is read afresh
 		g.mu.Unlock()
-		g.fail(fmt.Errorf("access_policies.file: %w", err))
+		g.fail(err)
 		return
 	}
 	sum := sha256.Sum256(data)
