@@ -34,6 +34,7 @@ var grpcMetrics = grpcpush.NewMetrics()
 type pooledHandler struct {
 	*grpcpush.Handler
 	drain time.Duration
+	key   string // in grpcUpstreams
 }
 
 // Destruct implements caddy.Destructor.
@@ -136,7 +137,7 @@ func (g *Gateway) pooledGRPCHandler(opts grpcpush.Options) (*pooledHandler, erro
 		if err != nil {
 			return nil, err
 		}
-		return &pooledHandler{Handler: h, drain: drainTime(opts.Timeout)}, nil
+		return &pooledHandler{Handler: h, drain: drainTime(opts.Timeout), key: key}, nil
 	})
 	if err != nil {
 		return nil, err

@@ -229,16 +229,11 @@ func (g *Gateway) grpcMirrorSender(cfg *MirrorConfig, u *ParsedURL) (*grpcMirror
 	s := &grpcMirror{target: cfg.name()}
 	groups := make([]*grpcpush.Handler, 0, len(u.Targets))
 	for _, target := range u.Targets {
-		opts := cfg.grpcOptions(target, logger)
-		k, err := poolKey(opts)
+		h, err := g.pooledGRPCHandler(cfg.grpcOptions(target, logger))
 		if err != nil {
 			return nil, err
 		}
-		h, err := g.pooledGRPCHandler(opts)
-		if err != nil {
-			return nil, err
-		}
-		s.key += k
+		s.key += h.key
 		s.handlers = append(s.handlers, h)
 		groups = append(groups, h.Handler)
 	}
