@@ -153,10 +153,15 @@ func ReadRequest(r *http.Request, limit int64, budget *Budget, replace []httpgrp
 		tenant = v[0]
 	}
 	q := c.view(tenant)
-	k := *q // the request's own headers, credentials included, for its own hop
+	k := *q
+	// The call's lists go back to the pool: the header list and the Host
+	// values are copied; the other values are r's or replace's, never
+	// modified. Keep (the copies') leaves the credentials out.
 	k.Headers = slices.Clone(q.Headers)
 	for i := range k.Headers {
-		k.Headers[i].Values = slices.Clone(k.Headers[i].Values)
+		if k.Headers[i].Key == "Host" {
+			k.Headers[i].Values = slices.Clone(k.Headers[i].Values)
+		}
 	}
 	k.kept = true
 	return &k, nil
