@@ -3,7 +3,6 @@
 package caddymodule_test
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -44,7 +43,7 @@ func BenchmarkPushWithPolicies(b *testing.B) {
 
 	for _, bc := range []struct {
 		name, extra string
-		auth        func(h http.Header)
+		auth        cred
 	}{
 		{"policies=none", "", func(h http.Header) { h.Set("X-Scope-OrgID", "team-a") }},
 		{"policies=1001", `"access_policies": ` + string(policiesJSON) + `,`, basic("team-a", tokWriter)},
@@ -53,14 +52,7 @@ func BenchmarkPushWithPolicies(b *testing.B) {
 			c := testcaddy.Start(b, fmt.Sprintf(`[{"handler": "metrics_gateway", %s "proxy": {
 				"default": {"url": "http://127.0.0.1:1"}, "distributor": {"url": %q}}}]`, bc.extra, cl.Target()))
 			pushOnce := func() error {
-				req, err := http.NewRequest(http.MethodPost, "http://gateway/api/v1/push", bytes.NewReader(body))
-				if err != nil {
-					return err
-				}
-				req.Header.Set("Content-Type", standin.ContentTypeRW1)
-				req.Header.Set("Content-Encoding", "snappy")
-				bc.auth(req.Header)
-				resp, err := c.Client.Do(req)
+				resp, err := c.Client.Do(newPush(body, bc.auth))
 				if err != nil {
 					return err
 				}

@@ -167,7 +167,7 @@ func (s *accessSetup) served() int64 {
 	return n
 }
 
-// cred is how a request authenticates.
+// cred is how a request authenticates or names its tenant.
 type cred func(h http.Header)
 
 func basic(tenant, token string) cred {
@@ -614,26 +614,17 @@ func TestAccessReloadUnderLoad(t *testing.T) {
 	}
 	c := testcaddy.Start(t, config(false, "r0"))
 	body := standin.RemoteWriteBody(200, 1)
-	pushAs := func(client *http.Client, tenant, token string) (int, error) {
-		req, err := http.NewRequest(http.MethodPost, "http://gateway/api/v1/push", bytes.NewReader(body))
+	pushAs := func(tenant, token string) (int, error) {
+		resp, _, err := pushWith(c.Client, body, basic(tenant, token))
 		if err != nil {
 			return 0, err
 		}
-		req.Header.Set("Content-Type", standin.ContentTypeRW1)
-		req.Header.Set("Content-Encoding", "snappy")
-		req.SetBasicAuth(tenant, token)
-		resp, err := client.Do(req)
-		if err != nil {
-			return 0, err
-		}
-		defer resp.Body.Close()
-		_, _ = io.Copy(io.Discard, resp.Body)
 		return resp.StatusCode, nil
 	}
-	if code, err := pushAs(c.Client, "team-a", tokWriter); err != nil || code != 200 {
+	if code, err := pushAs("team-a", tokWriter); err != nil || code != 200 {
 		t.Fatalf("push: %d %v", code, err)
 	}
-	if code, _ := pushAs(c.Client, "team-x", tokExtra); code != 401 {
+	if code, _ := pushAs("team-x", tokExtra); code != 401 {
 		t.Fatalf("push with a token of no policy: %d", code)
 	}
 	cl.Distributors[0].Reset()
@@ -641,16 +632,10 @@ func TestAccessReloadUnderLoad(t *testing.T) {
 	var acked, retried, failures atomic.Int64
 	var firstErr atomic.Value
 	stop := runLoad(t, 4, func(int) {
-		code, err := pushAs(c.Client, "team-a", tokWriter)
-		for try := 0; err != nil && try < 5; try++ {
-			// Go's HTTP/1 server closes, unread, a request that arrives
-			// on a connection as the old server stops (see
-			// TestReloadSwitchesBackends); clients retry those.
-			retried.Add(1)
-			code, err = pushAs(c.Client, "team-a", tokWriter)
-		}
-		if err == nil && code != 200 {
-			err = fmt.Errorf("status %d", code)
+		// Clients retry a push the old server closes unread (see pushRetrying).
+		resp, _, err := pushWithRetrying(c.Client, body, basic("team-a", tokWriter), &retried)
+		if err == nil && resp.StatusCode != 200 {
+			err = fmt.Errorf("status %d", resp.StatusCode)
 		}
 		if err != nil {
 			failures.Add(1)
@@ -674,12 +659,12 @@ func TestAccessReloadUnderLoad(t *testing.T) {
 	t.Logf("%d pushes acknowledged during 20 reloads, %d retried after a connection closed unread", acked.Load(), retried.Load())
 
 	// The last config (i = 19) has no extra policy; the next one has.
-	if code, _ := pushAs(c.Client, "team-x", tokExtra); code != 401 {
+	if code, _ := pushAs("team-x", tokExtra); code != 401 {
 		t.Errorf("extra token without its policy: %d", code)
 	}
 	if err := c.Reload(config(true, "last")); err != nil {
 		t.Fatal(err)
 	}
-	standin.WaitFor(t, 20*time.Second, "the extra policy", func() bool { code, _ := pushAs(c.Client, "team-x", tokExtra); return code == 200 })
+	standin.WaitFor(t, 20*time.Second, "the extra policy", func() bool { code, _ := pushAs("team-x", tokExtra); return code == 200 })
 	standin.WaitFor(t, 20*time.Second, "the old configs' gateways to go", func() bool { return caddymodule.LiveGateways() == 1 })
 }

@@ -46,25 +46,6 @@ func h2cClient(t *testing.T, c *testcaddy.Caddy) *http.Client {
 	return &http.Client{Transport: tr, Timeout: 2 * time.Minute}
 }
 
-// metricValue reads one sample of the admin /metrics endpoint, e.g.
-// `go_memstats_heap_alloc_bytes`.
-func metricValue(t *testing.T, c *testcaddy.Caddy, series string) float64 {
-	t.Helper()
-	code, b, err := c.AdminGet("/metrics")
-	if err != nil || code != 200 {
-		t.Fatalf("GET /metrics: %d %v", code, err)
-	}
-	m := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(series) + ` (\S+)$`).FindSubmatch(b)
-	if m == nil {
-		t.Fatalf("no %s in /metrics", series)
-	}
-	v, err := strconv.ParseFloat(string(m[1]), 64)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return v
-}
-
 // rssBytes is the resident memory of this process, in which Caddy runs.
 func rssBytes(t *testing.T) float64 {
 	t.Helper()
@@ -208,8 +189,8 @@ func TestMaxBufferedBytes(t *testing.T) {
 		t.Fatalf("push: %v %v %q", err, resp, b)
 	}
 	callsBefore := cl.Servers[0].Calls() + cl.Servers[1].Calls()
-	const fullSeries = `metrics_gateway_grpc_buffer_full_total{backend="distributor"}`
-	fullBefore := metricValue(t, c, fullSeries)
+	const fullName, fullLabel = "metrics_gateway_grpc_buffer_full_total", `backend="distributor"`
+	fullBefore := metricValue(t, c, fullName, fullLabel)
 	const size, sent = 16 << 20, 15 << 20
 	// One after the other: a buffer growing from 8 to 16 MiB holds both
 	// for a moment, and three growing at once would pass 64 MiB.
@@ -238,7 +219,7 @@ func TestMaxBufferedBytes(t *testing.T) {
 	if !strings.Contains(string(b), "max_buffered_bytes") {
 		t.Errorf("503 body %q does not name max_buffered_bytes", b)
 	}
-	if n := metricValue(t, c, fullSeries) - fullBefore; n != 1 {
+	if n := metricValue(t, c, fullName, fullLabel) - fullBefore; n != 1 {
 		t.Errorf("metrics_gateway_grpc_buffer_full_total counted %v refused uploads, want 1", n)
 	}
 	for i := 0; i < 10; i++ {
@@ -265,10 +246,7 @@ func TestLateUploadKeepsEndpointHealthy(t *testing.T) {
 	cl := startCluster(t, 3)
 	c := testcaddy.Start(t, cl.handlerJSON(fmt.Sprintf(`"timeout": %q, "retries": 0, "fail_duration": "1m", "max_fails": 1`, timeout)))
 	for _, d := range cl.Distributors {
-		d.SetBehavior(func(http.ResponseWriter, *http.Request) bool {
-			time.Sleep(50 * time.Millisecond) // a healthy distributor's push
-			return false
-		})
+		d.SetBehavior(standin.AnswerAfter(50 * time.Millisecond)) // a healthy distributor's push
 	}
 	body := standin.RemoteWriteBody(100, 1)
 	for i := 0; i < 3; i++ {

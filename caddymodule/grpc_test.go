@@ -92,20 +92,33 @@ func (c connCounter) HandleConn(_ context.Context, s stats.ConnStats) {
 	}
 }
 
-// push sends a Remote-Write 1.0 body through the gateway.
-func push(client *http.Client, body []byte) (*http.Response, []byte, error) {
+// newPush is a Remote-Write 1.0 push of body to the gateway: the body's
+// Content-Type and Content-Encoding, then cr's headers.
+func newPush(body []byte, cr cred) *http.Request {
 	req, err := http.NewRequest(http.MethodPost, "http://gateway/api/v1/push", bytes.NewReader(body))
 	if err != nil {
-		return nil, nil, err
+		panic(err) // a constant method and URL
 	}
-	standin.SetPushHeaders(req.Header, "tenant-1")
-	resp, err := client.Do(req)
-	if err != nil {
-		return nil, nil, err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	return resp, b, err
+	req.Header.Set("Content-Type", standin.ContentTypeRW1)
+	req.Header.Set("Content-Encoding", "snappy")
+	cr(req.Header)
+	return req
+}
+
+// asTenant is what a Remote-Write client sends with a push as tenant
+// (standin.SetPushHeaders).
+func asTenant(tenant string) cred {
+	return func(h http.Header) { standin.SetPushHeaders(h, tenant) }
+}
+
+// pushWith sends newPush(body, cr) with client and reads the whole answer.
+func pushWith(client *http.Client, body []byte, cr cred) (*http.Response, []byte, error) {
+	return do(client, newPush(body, cr))
+}
+
+// push sends a Remote-Write 1.0 body through the gateway as tenant-1.
+func push(client *http.Client, body []byte) (*http.Response, []byte, error) {
+	return pushWith(client, body, asTenant("tenant-1"))
 }
 
 // pushRetrying is push with a remote-write client's retries of network
@@ -113,12 +126,17 @@ func push(client *http.Client, body []byte) (*http.Response, []byte, error) {
 // and unanswered, a request that arrives on a connection in the instant the
 // old server stops (see TestReloadSwitchesBackends). retried counts them.
 func pushRetrying(client *http.Client, body []byte, retried *atomic.Int64) (*http.Response, []byte, error) {
-	resp, b, err := push(client, body)
+	return pushWithRetrying(client, body, asTenant("tenant-1"), retried)
+}
+
+// pushWithRetrying is pushWith with pushRetrying's retries.
+func pushWithRetrying(client *http.Client, body []byte, cr cred, retried *atomic.Int64) (*http.Response, []byte, error) {
+	resp, b, err := pushWith(client, body, cr)
 	for try := 0; err != nil && try < 5; try++ {
 		if retried != nil {
 			retried.Add(1)
 		}
-		resp, b, err = push(client, body)
+		resp, b, err = pushWith(client, body, cr)
 	}
 	return resp, b, err
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -22,6 +23,71 @@ func scrape(t *testing.T, c *testcaddy.Caddy) string {
 		t.Fatalf("GET /metrics: %d %v %s", code, err, body)
 	}
 	return string(body)
+}
+
+// adminMetric sums the series of name that carry every one of labels
+// (`k="v"`) at c's admin /metrics endpoint, and tells whether there is any.
+func adminMetric(t *testing.T, c *testcaddy.Caddy, name string, labels ...string) (float64, bool) {
+	t.Helper()
+	text := scrape(t, c)
+	return metricSum(text, name, labels...), len(metricLines(text, name, labels...)) > 0
+}
+
+// adminMetricSum is adminMetric's sum, 0 when there is no such series.
+func adminMetricSum(t *testing.T, c *testcaddy.Caddy, name string, labels ...string) float64 {
+	t.Helper()
+	v, _ := adminMetric(t, c, name, labels...)
+	return v
+}
+
+// metricValue is adminMetricSum for a series that must be there, e.g.
+// `go_memstats_heap_alloc_bytes`: the test fails when it is not.
+func metricValue(t *testing.T, c *testcaddy.Caddy, name string, labels ...string) float64 {
+	t.Helper()
+	v, ok := adminMetric(t, c, name, labels...)
+	if !ok {
+		t.Fatalf("no %s %v in /metrics", name, labels)
+	}
+	return v
+}
+
+// metricLines returns the sample lines of the exposition text whose metric
+// is name and which carry every one of labels (`k="v"`).
+func metricLines(text, name string, labels ...string) []string {
+	var out []string
+	sc := bufio.NewScanner(strings.NewReader(text))
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		l := sc.Text()
+		if !strings.HasPrefix(l, name) || len(l) == len(name) || (l[len(name)] != '{' && l[len(name)] != ' ') {
+			continue
+		}
+		ok := true
+		for _, lb := range labels {
+			ok = ok && strings.Contains(l, lb)
+		}
+		if ok {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// metricSum adds up the values of metricLines.
+func metricSum(text, name string, labels ...string) float64 {
+	var sum float64
+	for _, l := range metricLines(text, name, labels...) {
+		// The value follows the labels, or the name when there are none.
+		rest := l[len(name):]
+		f := strings.Fields(rest[strings.LastIndexByte(rest, '}')+1:])
+		if len(f) == 0 {
+			continue
+		}
+		if v, err := strconv.ParseFloat(f[0], 64); err == nil {
+			sum += v
+		}
+	}
+	return sum
 }
 
 // TestMetricsMimirStyle sends traffic through several route groups and

@@ -3,7 +3,6 @@
 package caddymodule_test
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
@@ -262,43 +261,6 @@ func logMimirDeltas(t *testing.T, m *mimirProc, before, after string) mimirDelta
 		t.Logf("Mimir %s now: %s", m.name, l)
 	}
 	return d
-}
-
-// metricLines returns the sample lines of the exposition text whose metric
-// is name and which carry every one of labels (`k="v"`).
-func metricLines(text, name string, labels ...string) []string {
-	var out []string
-	sc := bufio.NewScanner(strings.NewReader(text))
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		l := sc.Text()
-		if !strings.HasPrefix(l, name) || len(l) == len(name) || (l[len(name)] != '{' && l[len(name)] != ' ') {
-			continue
-		}
-		ok := true
-		for _, lb := range labels {
-			ok = ok && strings.Contains(l, lb)
-		}
-		if ok {
-			out = append(out, l)
-		}
-	}
-	return out
-}
-
-// metricSum adds up the values of metricLines.
-func metricSum(text, name string, labels ...string) float64 {
-	var sum float64
-	for _, l := range metricLines(text, name, labels...) {
-		f := strings.Fields(l[strings.LastIndexByte(l, '}')+1:])
-		if len(f) == 0 {
-			continue
-		}
-		if v, err := strconv.ParseFloat(f[0], 64); err == nil {
-			sum += v
-		}
-	}
-	return sum
 }
 
 // freePortOnAll returns a TCP port that is free on every one of ips (it can

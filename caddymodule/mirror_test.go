@@ -4,8 +4,6 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
-	"regexp"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -36,25 +34,16 @@ func mirrorCluster(t *testing.T, n int) *standin.Cluster {
 // other names).
 func mirrorCopies(t *testing.T, c *testcaddy.Caddy, mirror, result string) float64 {
 	t.Helper()
-	code, b, err := c.AdminGet("/metrics")
-	if err != nil || code != 200 {
-		t.Fatalf("GET /metrics: %d %v", code, err)
-	}
-	total := 0.0
-	series := `metrics_gateway_mirror_requests_total{mirror="` + mirror + `",result="` + result + `"} `
-	for _, m := range regexp.MustCompile(`(?m)^`+regexp.QuoteMeta(series)+`(\S+)$`).FindAllSubmatch(b, -1) {
-		v, _ := strconv.ParseFloat(string(m[1]), 64)
-		total += v
-	}
-	return total
+	return adminMetricSum(t, c, "metrics_gateway_mirror_requests_total", `mirror="`+mirror+`"`, `result="`+result+`"`)
 }
 
 // pushAs pushes body as tenant through c and returns the status.
 func pushAs(t *testing.T, client *http.Client, tenant string, body []byte) (int, time.Duration) {
 	t.Helper()
-	req, _ := http.NewRequest(http.MethodPost, "http://gateway/api/v1/push", strings.NewReader(string(body)))
-	standin.SetPushHeaders(req.Header, tenant)
-	req.SetBasicAuth(tenant, "the-client-secret") // for the primary, never for a mirror
+	req := newPush(body, func(h http.Header) {
+		asTenant(tenant)(h)
+		basic(tenant, "the-client-secret")(h) // for the primary, never for a mirror
+	})
 	start := time.Now()
 	resp, err := client.Do(req)
 	if err != nil {
@@ -137,14 +126,13 @@ func TestMirrorTenants(t *testing.T) {
 func TestMirrorOnlyAccepted(t *testing.T) {
 	cl, m := startCluster(t, 1), mirrorCluster(t, 1)
 	var n atomic.Int64
-	cl.Distributors[0].SetBehavior(func(w http.ResponseWriter, _ *http.Request) bool {
+	cl.Distributors[0].SetBehavior(func(w http.ResponseWriter, r *http.Request) bool {
 		switch n.Add(1) % 3 {
 		case 1:
 			http.Error(w, "out of order sample", http.StatusBadRequest)
 			return true
 		case 2:
-			http.Error(w, "ingesters down", http.StatusServiceUnavailable)
-			return true
+			return standin.Answer503(w, r)
 		}
 		return false
 	})

@@ -169,12 +169,10 @@ func TestSoak(t *testing.T) {
 			return false, 0
 		}
 		for try := 0; try < 10; try++ {
-			req, _ := http.NewRequest(http.MethodPost, "http://gateway/api/v1/push", bytes.NewReader(body))
-			req.Header.Set("Content-Type", standin.ContentTypeRW1)
-			req.Header.Set("Content-Encoding", "snappy")
-			req.Header.Set("X-Scope-OrgID", "tenant-1")
-			req.Header.Set("X-Push-Id", strconv.FormatInt(id, 10))
-			resp, err := client.Do(req)
+			resp, err := client.Do(newPush(body, func(h http.Header) {
+				h.Set("X-Scope-OrgID", "tenant-1")
+				h.Set("X-Push-Id", strconv.FormatInt(id, 10))
+			}))
 			if err == nil {
 				resp.Body.Close()
 				if resp.StatusCode == http.StatusOK {
