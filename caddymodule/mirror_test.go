@@ -12,6 +12,7 @@ import (
 
 	"github.com/metrics-gateway/metrics_gateway/internal/standin"
 	"github.com/metrics-gateway/metrics_gateway/internal/testcaddy"
+	"github.com/metrics-gateway/metrics_gateway/mirror"
 )
 
 // mirrorCluster is a second cluster of distributor stand-ins, its DNS name
@@ -165,9 +166,21 @@ func TestMirrorPercent(t *testing.T) {
 			}
 		}
 	}
-	standin.WaitFor(t, 20*time.Second, "the copies answered", func() bool {
-		n := mirrorCopies(t, c, m.Target(), "ok")
-		return n > 0 && int(n) == len(m.Distributors[0].Records())
+	// The tenants the mirror package picks at percent 50: every copy of
+	// theirs, and only those, must arrive.
+	pick, err := mirror.New(nil, mirror.Options{Percent: 50})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pick.Close()
+	want := 0
+	for i := 0; i < 100; i++ {
+		if pick.Mirrors(fmt.Sprintf("tenant-%d", i)) {
+			want += 2
+		}
+	}
+	standin.WaitFor(t, 20*time.Second, "every copy answered", func() bool {
+		return mirrorCopies(t, c, m.Target(), "ok") == float64(want) && len(m.Distributors[0].Records()) == want
 	})
 	perTenant := map[string]int{}
 	for _, rec := range m.Distributors[0].Records() {
@@ -194,7 +207,7 @@ func TestMirrorDownThenHung(t *testing.T) {
 		"mirrors": [{"url": [%q], "max_in_flight": 8, "timeout": %q, "retries": 0}]}]`, cl.Target(), m.Target(), timeout))
 	client := oneConnClient(t, c)
 	body := standin.RemoteWriteBody(100, 1)
-	pushAll := func(phase string, n int) {
+	pushAll := func(phase string, n int, after func(i int)) {
 		t.Helper()
 		var slowest time.Duration
 		for i := 0; i < n; i++ {
@@ -203,6 +216,9 @@ func TestMirrorDownThenHung(t *testing.T) {
 				t.Fatalf("%s: push %d got %d", phase, i, code)
 			}
 			slowest = max(slowest, took)
+			if after != nil {
+				after(i)
+			}
 		}
 		// Behaviour, not speed: no push waited for the mirror's timeout.
 		if slowest >= timeout {
@@ -210,12 +226,15 @@ func TestMirrorDownThenHung(t *testing.T) {
 		}
 		t.Logf("%s: %d pushes, slowest %v", phase, n, slowest)
 	}
-	pushAll("mirror healthy", 20)
-	standin.WaitFor(t, 20*time.Second, "the first copies", func() bool { return mirrorCopies(t, c, m.Target(), "ok") == 20 })
+	// One copy at a time: while the mirror's connection is still being
+	// made, quick pushes would fill max_in_flight and drop copies.
+	pushAll("mirror healthy", 20, func(i int) {
+		standin.WaitFor(t, 20*time.Second, "the copy", func() bool { return mirrorCopies(t, c, m.Target(), "ok") == float64(i+1) })
+	})
 
 	addr := m.Servers[0].Addr()
 	m.Servers[0].Stop()
-	pushAll("mirror down", 50)
+	pushAll("mirror down", 50, nil)
 	standin.WaitFor(t, 20*time.Second, "the copies to a mirror that is down counted", func() bool {
 		return mirrorCopies(t, c, m.Target(), "failed")+mirrorCopies(t, c, m.Target(), "dropped")+mirrorCopies(t, c, m.Target(), "timeout") == 50
 	})
@@ -235,7 +254,7 @@ func TestMirrorDownThenHung(t *testing.T) {
 	var held atomic.Int64
 	m.Distributors[0].SetBehavior(standin.HoldUntil(release, &held))
 	dropped := mirrorCopies(t, c, m.Target(), "dropped")
-	pushAll("mirror hung", 30)
+	pushAll("mirror hung", 30, nil)
 	if n := mirrorCopies(t, c, m.Target(), "dropped") - dropped; n < 30-8 {
 		t.Errorf("%v copies dropped with the mirror hung, want at least %d (max_in_flight 8)", n, 30-8)
 	}
