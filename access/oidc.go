@@ -348,8 +348,8 @@ func (k *keySet) startFetch(seen *jwks) <-chan fetchResult {
 	k.fetching.Add(1)
 	go func() {
 		defer k.fetching.Done()
-		defer func() { <-k.sem }()
 		set, err := k.refreshLocked(seen)
+		<-k.sem // before the waiter goes on: its next token may need a fetch
 		done <- fetchResult{set, err}
 	}()
 	return done
