@@ -149,19 +149,17 @@ func (b *backendMetrics) forget(addr string) {
 	}
 	key := [2]string{b.backend, addr}
 	b.m.mu.Lock()
+	defer b.m.mu.Unlock() // the deletes too: a Handler taking addr meanwhile must find its series kept
 	b.m.users[key]--
-	last := b.m.users[key] <= 0
-	if last {
-		delete(b.m.users, key)
-	}
 	if b.m.healthOwner[key] == b {
 		delete(b.m.healthOwner, key)
 	}
-	b.m.mu.Unlock()
-	if last {
-		b.m.requests.DeletePartialMatch(prometheus.Labels{"backend": b.backend, "endpoint": addr})
-		b.m.healthy.DeleteLabelValues(b.backend, addr)
+	if b.m.users[key] > 0 {
+		return
 	}
+	delete(b.m.users, key)
+	b.m.requests.DeletePartialMatch(prometheus.Labels{"backend": b.backend, "endpoint": addr})
+	b.m.healthy.DeleteLabelValues(b.backend, addr)
 }
 
 // readyChanged adds delta (+1 or -1) to the backend's ready endpoints.

@@ -1,0 +1,43 @@
+package grpcpush
+
+import (
+	"sync"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// TestEndpointSeriesFollowTheirUsers races one Handler dropping an endpoint
+// against a newer Handler of the same backend taking it (a reload while DNS
+// changes): the endpoint_healthy series must exist exactly while some
+// Handler has the endpoint.
+func TestEndpointSeriesFollowTheirUsers(t *testing.T) {
+	m := NewMetrics()
+	const addr = "127.0.0.4:9095"
+	for i := 0; i < 20000; i++ {
+		older, newer := m.forBackend("distributor", "t"), m.forBackend("distributor", "t")
+		older.use(addr)
+		var wg sync.WaitGroup
+		wg.Add(2)
+		go func() { defer wg.Done(); older.forget(addr) }()
+		go func() { defer wg.Done(); newer.use(addr) }()
+		wg.Wait()
+		if n := seriesCount(m.healthy); n != 1 {
+			t.Fatalf("iteration %d: %d endpoint_healthy series while a Handler has the endpoint, want 1", i, n)
+		}
+		newer.forget(addr)
+		if n := seriesCount(m.healthy); n != 0 {
+			t.Fatalf("iteration %d: %d endpoint_healthy series after every Handler dropped the endpoint, want 0", i, n)
+		}
+	}
+}
+
+func seriesCount(c prometheus.Collector) int {
+	ch := make(chan prometheus.Metric, 16)
+	go func() { c.Collect(ch); close(ch) }()
+	n := 0
+	for range ch {
+		n++
+	}
+	return n
+}
