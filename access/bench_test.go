@@ -53,16 +53,23 @@ func BenchmarkDecideBearer(b *testing.B) {
 	runDecide(b, g, bearerReq(fmt.Sprintf("bench-token-%043d", 500), "tenant-500"), ScopeMetricsRead)
 }
 
+// BenchmarkDecideJWT: a token seen before (taken from the cache) and, with
+// the cache off, one whose signature is checked.
 func BenchmarkDecideJWT(b *testing.B) {
 	for _, key := range []standin.SigningKey{rsaKey1(), ecKey()} {
-		b.Run(string(key.Alg), func(b *testing.B) {
-			clock := newFakeClock(testStart)
-			is := standin.StartIdP(b, key)
-			cfg := benchConfig()
-			cfg.OIDC = &OIDCConfig{Issuer: is.URL(), Audience: "metrics-gateway"}
-			g := benchGuard(b, cfg, Options{Now: clock.Now, HTTPClient: is.Srv.Client()})
-			runDecide(b, g, bearerReq(key.Sign(b, claims(is, clock, "bench-500")), "tenant-500"), ScopeMetricsWrite)
-		})
+		for _, cache := range []string{"cached", "verified"} {
+			b.Run(string(key.Alg)+"/"+cache, func(b *testing.B) {
+				clock := newFakeClock(testStart)
+				is := standin.StartIdP(b, key)
+				cfg := benchConfig()
+				cfg.OIDC = &OIDCConfig{Issuer: is.URL(), Audience: "metrics-gateway"}
+				g := benchGuard(b, cfg, Options{Now: clock.Now, HTTPClient: is.Srv.Client()})
+				if cache == "verified" {
+					g.oidc.cache.close() // remembers nothing from now on
+				}
+				runDecide(b, g, bearerReq(key.Sign(b, claims(is, clock, "bench-500")), "tenant-500"), ScopeMetricsWrite)
+			})
+		}
 	}
 }
 

@@ -192,7 +192,7 @@ func (g *Guard) decide(r *http.Request, scope Scope) Decision {
 	var subject string
 	if g.oidc != nil && looksLikeJWT(secret) {
 		snap := g.snap.Load()
-		res := g.oidc.verify(r.Context(), string(secret), snap)
+		res := g.oidc.verify(r.Context(), secret, snap)
 		switch {
 		case res.unavailable:
 			return Decision{

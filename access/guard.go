@@ -41,6 +41,10 @@ type Options struct {
 	// Metrics, when set, counts every decision. Make it with
 	// NewRequestsCounter and register it where you like. Default: none.
 	Metrics *prometheus.CounterVec
+
+	// CachedTokens, when set, counts the verified JWTs the Guards
+	// remember. Make it with NewCachedTokensGauge. Default: none.
+	CachedTokens prometheus.Gauge
 }
 
 // Guard decides who may do what on which tenant. Build one with New; it is
@@ -153,7 +157,7 @@ func New(cfg Config, opts Options) (*Guard, error) {
 			client = &http.Client{Timeout: 10 * time.Second}
 			g.ownClient = client
 		}
-		g.oidc = newOIDCVerifier(g.ctx, *cfg.OIDC, client, g.now, g.log)
+		g.oidc = newOIDCVerifier(g.ctx, *cfg.OIDC, client, g.now, g.log, opts.CachedTokens)
 	}
 
 	if cfg.File != "" {
@@ -195,6 +199,7 @@ func (g *Guard) Close() error {
 		<-g.done
 		if g.oidc != nil {
 			g.oidc.keys.fetching.Wait() // cancelled with g.ctx
+			g.oidc.cache.close()
 		}
 		if g.ownClient != nil {
 			g.ownClient.CloseIdleConnections()
@@ -307,6 +312,9 @@ type OIDCStatus struct {
 	LastFetch   time.Time `json:"last_fetch,omitzero"`  // of the keys in use
 	LastError   string    `json:"last_error,omitempty"` // of the last failed fetch
 	Fetches     int       `json:"fetches"`              // key-set fetch attempts
+	// CachedTokens is the verified JWTs remembered (by hash) until their
+	// exp or the next key-set fetch.
+	CachedTokens int `json:"cached_tokens"`
 }
 
 // Status returns the Guard's state.

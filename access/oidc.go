@@ -5,6 +5,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/rsa"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/coreos/go-oidc/v3/oidc"
 	jose "github.com/go-jose/go-jose/v4"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 )
 
@@ -53,9 +55,10 @@ type oidcVerifier struct {
 	claim    string
 	verifier *oidc.IDTokenVerifier
 	keys     *keySet
+	cache    *tokenCache
 }
 
-func newOIDCVerifier(ctx context.Context, cfg OIDCConfig, client *http.Client, now func() time.Time, log *zap.Logger) *oidcVerifier {
+func newOIDCVerifier(ctx context.Context, cfg OIDCConfig, client *http.Client, now func() time.Time, log *zap.Logger, cached prometheus.Gauge) *oidcVerifier {
 	claim := cfg.PolicyClaim
 	if claim == "" {
 		claim = DefaultPolicyClaim
@@ -83,7 +86,7 @@ func newOIDCVerifier(ctx context.Context, cfg OIDCConfig, client *http.Client, n
 		SupportedSigningAlgs: algs,
 		Now:                  now,
 	})
-	return &oidcVerifier{claim: claim, verifier: v, keys: ks}
+	return &oidcVerifier{claim: claim, verifier: v, keys: ks, cache: newTokenCache(maxCachedTokens, cached)}
 }
 
 // verifyResult is the outcome of checking a JWT.
@@ -96,19 +99,29 @@ type verifyResult struct {
 }
 
 // fetchNote lets the key set tell verify, through go-oidc (which keeps only
-// the text of the key set's error), that keys could not be fetched.
+// the text of the key set's error), that keys could not be fetched, or
+// which key set verified the signature.
 type fetchNote struct {
 	unavailable bool
+	keys        *jwks
 }
 
 type fetchNoteKey struct{}
 
 // verify checks a JWT (signature, iss, aud when configured, exp, nbf) and
-// maps its policy claim to the policies of snap.
-func (v *oidcVerifier) verify(ctx context.Context, raw string, snap *snapshot) verifyResult {
+// maps its policy claim to the policies of snap. A token verified before
+// with the current key set is taken from the cache.
+func (v *oidcVerifier) verify(ctx context.Context, token []byte, snap *snapshot) verifyResult {
+	now := v.keys.now()
+	key := sha256.Sum256(token)
+	if cur := v.keys.cur.Load(); cur != nil {
+		if e := v.cache.get(key, cur, now); e != nil {
+			return e.result(snap, v.claim)
+		}
+	}
 	note := &fetchNote{}
 	ctx = context.WithValue(ctx, fetchNoteKey{}, note)
-	tok, err := v.verifier.Verify(ctx, raw)
+	tok, err := v.verifier.Verify(ctx, string(token))
 	if err != nil {
 		if note.unavailable {
 			return verifyResult{unavailable: true, detail: err.Error()}
@@ -119,26 +132,16 @@ func (v *oidcVerifier) verify(ctx context.Context, raw string, snap *snapshot) v
 	if err := tok.Claims(&claims); err != nil {
 		return verifyResult{invalid: true, detail: "oidc: claims: " + err.Error()}
 	}
-	res := verifyResult{subject: tok.Subject}
-	val, ok := claimValue(claims, v.claim)
-	if !ok {
-		res.detail = fmt.Sprintf("oidc: the token has no %s claim", v.claim)
-		return res
+	e := &cachedToken{keys: note.keys, expires: tok.Expiry, subject: tok.Subject}
+	if val, ok := claimValue(claims, v.claim); !ok {
+		e.detail = fmt.Sprintf("oidc: the token has no %s claim", v.claim)
+	} else if e.names, err = policyNames(val); err != nil {
+		e.detail = fmt.Sprintf("oidc: claim %s: %v", v.claim, err)
 	}
-	names, err := policyNames(val)
-	if err != nil {
-		res.detail = fmt.Sprintf("oidc: claim %s: %v", v.claim, err)
-		return res
+	if e.keys != nil {
+		v.cache.put(key, e, now)
 	}
-	res.grant = snap.union(names)
-	if res.grant == nil {
-		shown := names
-		if len(shown) > 5 {
-			shown = shown[:5]
-		}
-		res.detail = fmt.Sprintf("oidc: claim %s names no configured policy (%d names: %q...)", v.claim, len(names), shown)
-	}
-	return res
+	return e.result(snap, v.claim)
 }
 
 // claimValue returns the claim called name, or, when there is none and name
@@ -192,7 +195,7 @@ func policyNames(raw json.RawMessage) ([]string, error) {
 
 func (v *oidcVerifier) status() OIDCStatus {
 	k := v.keys
-	st := OIDCStatus{Issuer: k.issuer, Audience: k.audience, PolicyClaim: k.claim}
+	st := OIDCStatus{Issuer: k.issuer, Audience: k.audience, PolicyClaim: k.claim, CachedTokens: v.cache.len()}
 	if cur := k.cur.Load(); cur != nil {
 		st.Keys, st.LastFetch = len(cur.keys), cur.fetched
 	}
@@ -215,6 +218,8 @@ type keySet struct {
 	ctx                     context.Context // the guard's: cancelled by Close
 
 	cur atomic.Pointer[jwks] // nil until the first good fetch
+
+	signatureChecks atomic.Int64 // tokens whose signature was checked (not taken from the cache)
 
 	fetching sync.WaitGroup // the fetch under way, if any
 
@@ -264,6 +269,7 @@ func (s *jwks) verify(jws *jose.JSONWebSignature) (payload []byte, kidKnown bool
 // VerifySignature implements oidc.KeySet. go-oidc has checked the
 // algorithm; the claims are checked by go-oidc after this.
 func (k *keySet) VerifySignature(ctx context.Context, raw string) ([]byte, error) {
+	k.signatureChecks.Add(1)
 	jws, err := jose.ParseSigned(raw, signingAlgs)
 	if err != nil {
 		return nil, fmt.Errorf("malformed jwt: %v", err)
@@ -292,6 +298,9 @@ func (k *keySet) VerifySignature(ctx context.Context, raw string) ([]byte, error
 		cur = k.cur.Load()
 	}
 	payload, kidKnown, err := cur.verify(jws)
+	if err == nil {
+		noteKeys(ctx, cur)
+	}
 	if err == nil || kidKnown {
 		return payload, err
 	}
@@ -305,6 +314,9 @@ func (k *keySet) VerifySignature(ctx context.Context, raw string) ([]byte, error
 		return nil, err
 	}
 	payload, _, err = next.verify(jws)
+	if err == nil {
+		noteKeys(ctx, next)
+	}
 	return payload, err
 }
 
@@ -398,6 +410,13 @@ func (k *keySet) refreshLocked(seen *jwks) (*jwks, error) {
 // JWT unverifiable, and costs no fetch. One entry per issuer ever
 // configured.
 var lastKeys sync.Map // string → *jwks
+
+// noteKeys tells verify which key set verified the token.
+func noteKeys(ctx context.Context, set *jwks) {
+	if n, ok := ctx.Value(fetchNoteKey{}).(*fetchNote); ok {
+		n.keys = set
+	}
+}
 
 func markUnavailable(ctx context.Context) {
 	if n, ok := ctx.Value(fetchNoteKey{}).(*fetchNote); ok {

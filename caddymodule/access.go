@@ -24,6 +24,10 @@ import (
 // metrics.
 var authRequests = access.NewRequestsCounter()
 
+// cachedTokens is metrics_gateway_auth_jwt_cache_entries, the verified JWTs
+// every Guard remembers.
+var cachedTokens = access.NewCachedTokensGauge()
+
 // placeholderPolicy is the name of the policy of the request's credential
 // ("" when none matched), set on every request decided under
 // access_policies.
@@ -60,10 +64,10 @@ func (g *Gateway) provisionAccess(ctx caddy.Context) error {
 	if g.AccessPolicies == nil {
 		return nil
 	}
-	if err := registerCollectors(ctx, authRequests); err != nil {
+	if err := registerCollectors(ctx, authRequests, cachedTokens); err != nil {
 		return err
 	}
-	guard, err := access.New(*g.AccessPolicies, access.Options{Logger: g.logger, Metrics: authRequests})
+	guard, err := access.New(*g.AccessPolicies, access.Options{Logger: g.logger, Metrics: authRequests, CachedTokens: cachedTokens})
 	if err != nil {
 		return err // names access_policies.file
 	}

@@ -125,6 +125,10 @@ func TestAccessOIDC(t *testing.T) {
 	if o := view[0].OIDC; o.Issuer != idp.URL() || o.Keys != 1 || o.JWKSURI != idp.URL()+"/keys" || o.PolicyClaim != "mimir_policy" {
 		t.Errorf("OIDC status: %+v", o)
 	}
+	// tok2 at least is remembered (by hash), and the gauge says so.
+	if n, g := view[0].OIDC.CachedTokens, metricValue(t, c, "metrics_gateway_auth_jwt_cache_entries"); n < 1 || g != float64(n) {
+		t.Errorf("%d cached tokens in the view, gauge %v", n, g)
+	}
 	if strings.Contains(string(body), tok) || strings.Contains(string(body), tok2) {
 		t.Error("the policies view shows a token")
 	}

@@ -1,0 +1,141 @@
+package access
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/metrics-gateway/metrics_gateway/internal/standin"
+)
+
+// TestOIDCTokenCache: a JWT sent again is not verified again, and the
+// cache changes no decision: expiry, a withdrawn key and the policies in
+// force apply to a remembered token as to a new one.
+func TestOIDCTokenCache(t *testing.T) {
+	clock := newFakeClock(testStart)
+	is := standin.StartIdP(t, rsaKey1())
+	gauge := NewCachedTokensGauge()
+	cfg := decisionConfig()
+	cfg.OIDC = &OIDCConfig{Issuer: is.URL(), Audience: "metrics-gateway"}
+	g := newTestGuard(t, cfg, Options{Now: clock.Now, HTTPClient: is.Srv.Client(), CachedTokens: gauge})
+	checks := &g.oidc.keys.signatureChecks
+
+	c := claims(is, clock, "team-a")
+	c["exp"] = clock.Now().Add(3 * time.Hour).Unix()
+	tok := rsaKey1().Sign(t, c)
+	for i := 0; i < 3; i++ {
+		if d := g.Decide(bearerReq(tok), ScopeMetricsWrite); !d.Allowed() || d.Tenant != "team-a" || d.Subject != "user-1" {
+			t.Fatalf("decision %d: %+v", i, d)
+		}
+	}
+	if n := checks.Load(); n != 1 {
+		t.Fatalf("%d signature checks for one token sent 3 times, want 1", n)
+	}
+	if got, st := testutil.ToFloat64(gauge), g.Status().OIDC; got != 1 || st.CachedTokens != 1 {
+		t.Fatalf("gauge %v, status %d cached tokens, want 1", got, st.CachedTokens)
+	}
+	// Scope and tenant are still decided per request.
+	if d := g.Decide(bearerReq(tok, "team-b"), ScopeMetricsWrite); d.Status != 403 {
+		t.Fatalf("other tenant: %+v", d)
+	}
+
+	// The policies in force decide what the remembered claim grants.
+	other := decisionConfig().Policies[1:] // without team-a
+	if res := g.oidc.verify(context.Background(), []byte(tok), compile(other, nil, nil)); res.grant != nil || res.subject != "user-1" {
+		t.Fatalf("policy team-a removed: %+v", res)
+	}
+
+	// The key is withdrawn: once the keys are an hour old, the remembered
+	// token is checked again, with the new set, and refused.
+	is.Publish(rsaKey2())
+	clock.Add(keyMaxAge)
+	if d := g.Decide(bearerReq(tok), ScopeMetricsWrite); d.Status != 401 {
+		t.Fatalf("withdrawn key: %+v", d)
+	}
+	if n := checks.Load(); n != 2 {
+		t.Fatalf("%d signature checks, want 2", n)
+	}
+
+	// A remembered token past its exp is refused.
+	c = claims(is, clock, "team-a")
+	c["exp"] = clock.Now().Add(10 * time.Minute).Unix()
+	tok = rsaKey2().Sign(t, c)
+	if d := g.Decide(bearerReq(tok), ScopeMetricsWrite); !d.Allowed() {
+		t.Fatalf("%+v", d)
+	}
+	clock.Add(11 * time.Minute) // the keys are still fresh
+	if d := g.Decide(bearerReq(tok), ScopeMetricsWrite); d.Status != 401 {
+		t.Fatalf("expired token: %+v", d)
+	}
+
+	g.Close()
+	if got := testutil.ToFloat64(gauge); got != 0 {
+		t.Fatalf("gauge %v after Close, want 0", got)
+	}
+}
+
+// TestOIDCTokenCacheBound pushes more distinct tokens than the cache holds:
+// it stays within its bound (gauge and status agree), every token is
+// still allowed, and a token let go is verified again.
+func TestOIDCTokenCacheBound(t *testing.T) {
+	clock := newFakeClock(testStart)
+	is := standin.StartIdP(t, rsaKey1())
+	gauge := NewCachedTokensGauge()
+	cfg := decisionConfig()
+	cfg.OIDC = &OIDCConfig{Issuer: is.URL(), Audience: "metrics-gateway"}
+	g := newTestGuard(t, cfg, Options{Now: clock.Now, HTTPClient: is.Srv.Client(), CachedTokens: gauge})
+	const max = 16
+	g.oidc.cache.max = max
+
+	toks := make([]string, 100)
+	for i := range toks {
+		c := claims(is, clock, "team-a")
+		c["sub"] = fmt.Sprintf("client-%d", i)
+		toks[i] = rsaKey1().Sign(t, c)
+		if d := g.Decide(bearerReq(toks[i]), ScopeMetricsWrite); !d.Allowed() {
+			t.Fatalf("token %d: %+v", i, d)
+		}
+		if n := g.oidc.cache.len(); n > max {
+			t.Fatalf("after %d tokens: %d cached, bound %d", i+1, n, max)
+		}
+	}
+	n := g.oidc.cache.len()
+	if got := testutil.ToFloat64(gauge); got != float64(n) || g.Status().OIDC.CachedTokens != n || n == 0 {
+		t.Fatalf("gauge %v, status %d, cache %d", got, g.Status().OIDC.CachedTokens, n)
+	}
+	checks := g.oidc.keys.signatureChecks.Load()
+	if d := g.Decide(bearerReq(toks[len(toks)-1]), ScopeMetricsWrite); !d.Allowed() || g.oidc.keys.signatureChecks.Load() != checks {
+		t.Fatalf("the newest token: %+v, %d signature checks (was %d)", d, g.oidc.keys.signatureChecks.Load(), checks)
+	}
+	if d := g.Decide(bearerReq(toks[0]), ScopeMetricsWrite); !d.Allowed() || g.oidc.keys.signatureChecks.Load() != checks+1 {
+		t.Fatalf("the oldest token: %+v, %d signature checks (was %d)", d, g.oidc.keys.signatureChecks.Load(), checks)
+	}
+
+	// Full, partly of tokens that expired: those go first, the others
+	// stay (up to 3/4 of the bound, the oldest going first).
+	valid := g.oidc.cache.len()
+	for i := 0; g.oidc.cache.len() < max && i < max; i++ {
+		c := claims(is, clock, "team-a")
+		c["sub"] = fmt.Sprintf("short-lived-%d", i)
+		c["exp"] = clock.Now().Add(10 * time.Minute).Unix()
+		g.Decide(bearerReq(rsaKey1().Sign(t, c)), ScopeMetricsWrite)
+	}
+	if n := g.oidc.cache.len(); n != max || valid == max {
+		t.Fatalf("%d cached (%d valid), want it full (%d) with some short-lived", n, valid, max)
+	}
+	clock.Add(11 * time.Minute) // past the short-lived tokens' exp, not the keys' age
+	if d := g.Decide(bearerReq(rsaKey1().Sign(t, claims(is, clock, "team-a"))), ScopeMetricsWrite); !d.Allowed() {
+		t.Fatalf("%+v", d)
+	}
+	want := min(valid, max*3/4) + 1
+	if n := g.oidc.cache.len(); n != want || testutil.ToFloat64(gauge) != float64(want) {
+		t.Fatalf("%d cached (gauge %v), want %d: the expired ones gone, %d valid ones kept, the new one", n, testutil.ToFloat64(gauge), want, want-1)
+	}
+	checks = g.oidc.keys.signatureChecks.Load()
+	if d := g.Decide(bearerReq(toks[len(toks)-1]), ScopeMetricsWrite); !d.Allowed() || g.oidc.keys.signatureChecks.Load() != checks {
+		t.Fatalf("a valid token kept by the sweep: %+v, checked again", d)
+	}
+}
