@@ -6,21 +6,27 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/metrics-gateway/metrics_gateway/internal/standin"
 )
 
-// TestOIDCTokenCache: a JWT sent again is not verified again, and the
-// cache changes no decision: expiry, a withdrawn key and the policies in
-// force apply to a remembered token as to a new one.
-func TestOIDCTokenCache(t *testing.T) {
+// cachingGuard is oidcGuard with the cache's gauge.
+func cachingGuard(t *testing.T) (*Guard, *standin.IdP, *fakeClock, prometheus.Gauge) {
 	clock := newFakeClock(testStart)
 	is := standin.StartIdP(t, rsaKey1())
 	gauge := NewCachedTokensGauge()
 	cfg := decisionConfig()
 	cfg.OIDC = &OIDCConfig{Issuer: is.URL(), Audience: "metrics-gateway"}
-	g := newTestGuard(t, cfg, Options{Now: clock.Now, HTTPClient: is.Srv.Client(), CachedTokens: gauge})
+	return newTestGuard(t, cfg, Options{Now: clock.Now, HTTPClient: is.Srv.Client(), CachedTokens: gauge}), is, clock, gauge
+}
+
+// TestOIDCTokenCache: a JWT sent again is not verified again, and the
+// cache changes no decision: expiry, a withdrawn key and the policies in
+// force apply to a remembered token as to a new one.
+func TestOIDCTokenCache(t *testing.T) {
+	g, is, clock, gauge := cachingGuard(t)
 	checks := &g.oidc.keys.signatureChecks
 
 	c := claims(is, clock, "team-a")
@@ -81,12 +87,7 @@ func TestOIDCTokenCache(t *testing.T) {
 // it stays within its bound (gauge and status agree), every token is
 // still allowed, and a token let go is verified again.
 func TestOIDCTokenCacheBound(t *testing.T) {
-	clock := newFakeClock(testStart)
-	is := standin.StartIdP(t, rsaKey1())
-	gauge := NewCachedTokensGauge()
-	cfg := decisionConfig()
-	cfg.OIDC = &OIDCConfig{Issuer: is.URL(), Audience: "metrics-gateway"}
-	g := newTestGuard(t, cfg, Options{Now: clock.Now, HTTPClient: is.Srv.Client(), CachedTokens: gauge})
+	g, is, clock, gauge := cachingGuard(t)
 	const max = 16
 	g.oidc.cache.max = max
 
