@@ -119,7 +119,7 @@ func TestTemplatesRender(t *testing.T) {
 	data := tmplData{Dir: dir, Port: 8000, Admin: 2019, DNS: "127.0.0.1:5353", Name: dnsName,
 		IPs: []string{"127.0.0.2", "127.0.0.3"}, HTTPPort: 8080, GRPCPort: 9095}
 	for name, tmpl := range map[string]string{
-		"nginx.conf": nginxKeepaliveConf, "helm.conf": nginxHelmConf,
+		"nginx.conf": nginxUpstreamConf, "helm.conf": nginxHelmConf,
 		"rp.Caddyfile": caddyReverseProxyConf, "gw.Caddyfile": gatewayConf,
 	} {
 		p := filepath.Join(dir, name)

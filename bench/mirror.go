@@ -288,10 +288,7 @@ func (r *report) mirrorMarkdown(body int) string {
 		return ""
 	}
 	var b strings.Builder
-	pause := ""
-	if r.cfg.mirrorDelayMS > 0 {
-		pause = fmt.Sprintf(", %d ms pause after each answer", r.cfg.mirrorDelayMS)
-	}
+	pause := ifPaused(r.cfg.mirrorDelayMS, ", %d ms pause after each answer")
 	fmt.Fprintf(&b, "## Mirror: %d keep-alive connections%s, body %d, stand-ins count, %s per run, medians of %d runs\n\n",
 		r.cfg.connections, pause, body, r.cfg.mirrorDuration, r.cfg.repeats)
 	fmt.Fprintf(&b, "Mirror: `max_in_flight %d`, `timeout %s`, to %d more stand-ins (`%s`, in a stand-ins process of their own on CPU %d), to %d that answer each copy %s late (`%s`), or to `%s` (%s: nothing listens there; the last system with `retries 0`).\n\n",

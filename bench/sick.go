@@ -92,16 +92,22 @@ var sickTitles = map[string]string{
 	"sick-503":     "the second stand-in answers 503 to everything",
 }
 
+// ifPaused formats a phase's pause after each answer with format, or
+// returns "" for a closed loop (no pause).
+func ifPaused(delayMS int, format string) string {
+	if delayMS <= 0 {
+		return ""
+	}
+	return fmt.Sprintf(format, delayMS)
+}
+
 // sickMarkdown writes one table per sick scenario.
 func (r *report) sickMarkdown(body int) string {
 	if !r.cfg.phases["sick"] {
 		return ""
 	}
 	var b strings.Builder
-	pause := ""
-	if r.cfg.sickDelayMS > 0 {
-		pause = fmt.Sprintf(" (%d ms pause after each answer)", r.cfg.sickDelayMS)
-	}
+	pause := ifPaused(r.cfg.sickDelayMS, " (%d ms pause after each answer)")
 	fmt.Fprintf(&b, "## Sick stand-ins: %d keep-alive connections%s, body %d, stand-ins %s, %s per run, medians of %d runs\n\n",
 		r.cfg.connections, pause, body, r.cfg.sickWork, r.cfg.sickDuration, r.cfg.repeats)
 	for _, sc := range sickScenarios {

@@ -137,12 +137,11 @@ func (e *env) startSystem(ctx context.Context, name string, body []byte) (*runni
 	cmdEnv := os.Environ()
 	switch name {
 	case sysNginx, sysNginxHelm, sysNginxHealth:
-		tmpl := nginxKeepaliveConf
+		tmpl := nginxUpstreamConf
 		if name == sysNginxHelm {
 			tmpl = nginxHelmConf
-		} else if name == sysNginxHealth {
-			tmpl = nginxHealthConf
 		}
+		data.Health = name == sysNginxHealth
 		conf := filepath.Join(dir, "nginx.conf")
 		if err := writeTemplate(conf, tmpl, data); err != nil {
 			return nil, err
@@ -287,6 +286,8 @@ type tmplData struct {
 	// access_policies refuses.
 	Extra           string
 	NoDefaultTenant bool
+	// Health turns on nginx's passive health checks and retries.
+	Health bool
 }
 
 func writeTemplate(path, tmpl string, data tmplData) error {
@@ -332,38 +333,20 @@ http {
   }
 `
 
-// nginxKeepaliveConf: what a careful operator runs — the chart's push
+// nginxUpstreamConf: what a careful operator runs — the chart's push
 // location, but a static upstream block with keepalive and a body buffer
 // large enough that nginx never spools a push to disk (see
 // BENCHMARKING notes: without it, keepalive stalls ~40 ms per request).
-const nginxKeepaliveConf = nginxCommon + `  client_body_buffer_size 1m;
+// With .Health, nginx at its best with a sick upstream: least_conn, passive
+// health (max_fails/fail_timeout, which count what proxy_next_upstream
+// names) and the failed request retried on the next server, POST included.
+const nginxUpstreamConf = nginxCommon + `  client_body_buffer_size 1m;
   upstream distributors {
-{{- range .IPs}}
-    server {{.}}:{{$.HTTPPort}};
-{{- end}}
-    keepalive 256;
-  }
-  server {
-    listen 127.0.0.1:{{.Port}};
-    location = / { return 200 'OK'; }
-    location = /api/v1/push {
-      proxy_set_header X-Scope-OrgID $ensured_x_scope_orgid;
-      proxy_set_header Connection "";
-      proxy_pass http://distributors;
-    }
-  }
-}
-`
-
-// nginxHealthConf: nginx at its best with a sick upstream — least_conn,
-// passive health (max_fails/fail_timeout, which count what
-// proxy_next_upstream names) and the failed request retried on the next
-// server, POST included.
-const nginxHealthConf = nginxCommon + `  client_body_buffer_size 1m;
-  upstream distributors {
+{{- if .Health}}
     least_conn;
+{{- end}}
 {{- range .IPs}}
-    server {{.}}:{{$.HTTPPort}} max_fails=3 fail_timeout=5s;
+    server {{.}}:{{$.HTTPPort}}{{if $.Health}} max_fails=3 fail_timeout=5s{{end}};
 {{- end}}
     keepalive 256;
   }
@@ -373,7 +356,9 @@ const nginxHealthConf = nginxCommon + `  client_body_buffer_size 1m;
     location = /api/v1/push {
       proxy_set_header X-Scope-OrgID $ensured_x_scope_orgid;
       proxy_set_header Connection "";
+{{- if .Health}}
       proxy_next_upstream error timeout http_503 non_idempotent;
+{{- end}}
       proxy_pass http://distributors;
     }
   }

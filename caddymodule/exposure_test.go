@@ -87,15 +87,18 @@ func stalledH1(t *testing.T, c *testcaddy.Caddy, contentLength, sent int) (statu
 	}()
 	go func() {
 		_ = rc.SetReadDeadline(time.Now().Add(2 * time.Minute))
-		resp, err := http.ReadResponse(bufio.NewReader(rc), nil)
-		if err != nil {
-			status <- 0
-			return
-		}
-		resp.Body.Close()
-		status <- resp.StatusCode
+		status <- statusOf(http.ReadResponse(bufio.NewReader(rc), nil))
 	}()
 	return status
+}
+
+// statusOf is the status of an answer, 0 for none.
+func statusOf(resp *http.Response, err error) int {
+	if err != nil {
+		return 0
+	}
+	resp.Body.Close()
+	return resp.StatusCode
 }
 
 // stalledH2C announces a push of contentLength bytes on an HTTP/2 stream
@@ -108,13 +111,7 @@ func stalledH2C(client *http.Client, contentLength int64) (status chan int) {
 	standin.SetPushHeaders(req.Header, "tenant-1")
 	go func() {
 		defer pw.Close()
-		resp, err := client.Do(req)
-		if err != nil {
-			status <- 0
-			return
-		}
-		resp.Body.Close()
-		status <- resp.StatusCode
+		status <- statusOf(client.Do(req))
 	}()
 	return status
 }

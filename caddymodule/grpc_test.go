@@ -150,6 +150,33 @@ func oneConnClient(t *testing.T, c *testcaddy.Caddy) *http.Client {
 	return &http.Client{Transport: tr, Timeout: 60 * time.Second}
 }
 
+// fromClients runs clients remote-write shards at once, each with a
+// one-connection client of its own making pushes calls do(client, j), and
+// returns the errors they returned.
+func fromClients(t *testing.T, c *testcaddy.Caddy, clients, pushes int, do func(client *http.Client, j int) error) []error {
+	var wg sync.WaitGroup
+	errs := make(chan error, clients*pushes)
+	for i := 0; i < clients; i++ {
+		client := oneConnClient(t, c)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := 0; j < pushes; j++ {
+				if err := do(client, j); err != nil {
+					errs <- err
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	var out []error
+	for err := range errs {
+		out = append(out, err)
+	}
+	return out
+}
+
 // firstRetryAfter reports whether v is the gateway's Retry-After for a
 // first attempt with the default retry_after: 6s ±50 %, at least 6.
 func firstRetryAfter(v string) bool {
@@ -195,27 +222,14 @@ func TestGRPCPushBalanced(t *testing.T) {
 	}
 	cl.tenantMD.Store(0)
 
-	var wg sync.WaitGroup
-	errs := make(chan error, clients*pushes)
-	for i := 0; i < clients; i++ {
-		client := oneConnClient(t, c)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for j := 0; j < pushes; j++ {
-				resp, b, err := push(client, body)
-				if err == nil && resp.StatusCode != 200 {
-					err = fmt.Errorf("%s: %s", resp.Status, b)
-				}
-				if err != nil {
-					errs <- err
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
+	errs := fromClients(t, c, clients, pushes, func(client *http.Client, _ int) error {
+		resp, b, err := push(client, body)
+		if err == nil && resp.StatusCode != 200 {
+			err = fmt.Errorf("%s: %s", resp.Status, b)
+		}
+		return err
+	})
+	for _, err := range errs {
 		t.Fatalf("push failed: %v", err)
 	}
 

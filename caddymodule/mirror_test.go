@@ -5,7 +5,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -65,22 +64,13 @@ func TestMirrorTenants(t *testing.T) {
 	cl, m := startCluster(t, 3), mirrorCluster(t, 2)
 	c := testcaddy.Start(t, fmt.Sprintf(`[{"handler": "metrics_gateway", "proxy": {"default": {"url": %q}},
 		"mirrors": [{"url": [%q], "tenants": ["team-a", "team-b"]}]}]`, cl.Target(), m.Target()))
-	var wg sync.WaitGroup
-	var ok atomic.Int64
-	for i := 0; i < clients; i++ {
-		client := oneConnClient(t, c)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for j := 0; j < pushes; j++ {
-				tenant := []string{"team-a", "team-b", "team-c"}[j%3]
-				if code, _ := pushAs(t, client, tenant, standin.RemoteWriteBody(10, 1)); code == http.StatusOK {
-					ok.Add(1)
-				}
-			}
-		}()
-	}
-	wg.Wait()
+	errs := fromClients(t, c, clients, pushes, func(client *http.Client, j int) error {
+		tenant := []string{"team-a", "team-b", "team-c"}[j%3]
+		if code, _ := pushAs(t, client, tenant, standin.RemoteWriteBody(10, 1)); code != http.StatusOK {
+			return fmt.Errorf("push as %s: %d", tenant, code)
+		}
+		return nil
+	})
 	for _, path := range []string{"/prometheus/api/v1/query?query=up", "/prometheus/config/v1/rules/ns"} {
 		for _, method := range []string{http.MethodGet, http.MethodPost} {
 			req, _ := http.NewRequest(method, "http://gateway"+path, strings.NewReader("query=up"))
@@ -90,8 +80,8 @@ func TestMirrorTenants(t *testing.T) {
 			}
 		}
 	}
-	if n := ok.Load(); n != clients*pushes {
-		t.Fatalf("%d of %d pushes got 200", n, clients*pushes)
+	if len(errs) > 0 {
+		t.Fatalf("%d of %d pushes failed, the first: %v", len(errs), clients*pushes, errs[0])
 	}
 	want := clients * pushes * 2 / 3
 	standin.WaitFor(t, 20*time.Second, "the copies answered", func() bool { return mirrorCopies(t, c, m.Target(), "ok") == float64(want) })
@@ -182,17 +172,9 @@ func TestMirrorPercent(t *testing.T) {
 	standin.WaitFor(t, 20*time.Second, "every copy answered", func() bool {
 		return mirrorCopies(t, c, m.Target(), "ok") == float64(want) && len(m.Distributors[0].Records()) == want
 	})
-	perTenant := map[string]int{}
-	for _, rec := range m.Distributors[0].Records() {
-		perTenant[rec.Tenant]++
-	}
-	for tenant, n := range perTenant {
-		if n != 2 {
-			t.Errorf("%s: %d of 2 pushes mirrored", tenant, n)
-		}
-	}
-	if len(perTenant) < 30 || len(perTenant) > 70 {
-		t.Errorf("%d of 100 tenants mirrored at percent 50", len(perTenant))
+	_, errs := m.Distributors[0].CheckWholeTenants(2, 30, 70)
+	for _, err := range errs {
+		t.Errorf("mirrored at percent 50: %v", err)
 	}
 }
 

@@ -2,6 +2,7 @@ package standin
 
 import (
 	"crypto/sha256"
+	"fmt"
 	"io"
 	"net/http"
 	"strconv"
@@ -108,6 +109,26 @@ func (d *Distributor) Records() []Record {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return append([]Record(nil), d.records...)
+}
+
+// CheckWholeTenants checks, for a mirror that picks tenants by share, that
+// every tenant in d's records got all of its pushes (each tenant pushed
+// each times) and that their number is between lo and hi. It returns that
+// number and what failed.
+func (d *Distributor) CheckWholeTenants(each, lo, hi int) (tenants int, errs []error) {
+	perTenant := map[string]int{}
+	for _, rec := range d.Records() {
+		perTenant[rec.Tenant]++
+	}
+	for tenant, n := range perTenant {
+		if n != each {
+			errs = append(errs, fmt.Errorf("%s: %d of its %d pushes, want all or none", tenant, n, each))
+		}
+	}
+	if len(perTenant) < lo || len(perTenant) > hi {
+		errs = append(errs, fmt.Errorf("%d tenants, want %d to %d", len(perTenant), lo, hi))
+	}
+	return len(perTenant), errs
 }
 
 // Reset zeroes the counters and drops the records; the behaviour stays.

@@ -95,23 +95,32 @@ func StartIdP(t testing.TB, keys ...SigningKey) *IdP {
 	idp := &IdP{keys: keys}
 	idp.DocIssuer.Store("")
 	mux := http.NewServeMux()
-	mux.HandleFunc("/.well-known/openid-configuration", func(w http.ResponseWriter, r *http.Request) {
-		idp.Discovers.Add(1)
-		if !idp.waitStall(r) {
-			return
-		}
-		if idp.Down.Load() {
-			http.Error(w, "down", http.StatusInternalServerError)
-			return
-		}
+	mux.HandleFunc("/.well-known/openid-configuration", idp.serve(&idp.Discovers, func() any {
 		iss := idp.DocIssuer.Load().(string)
 		if iss == "" {
 			iss = idp.URL()
 		}
-		_ = json.NewEncoder(w).Encode(map[string]string{"issuer": iss, "jwks_uri": idp.URL() + "/keys"})
-	})
-	mux.HandleFunc("/keys", func(w http.ResponseWriter, r *http.Request) {
-		idp.Fetches.Add(1)
+		return map[string]string{"issuer": iss, "jwks_uri": idp.URL() + "/keys"}
+	}))
+	mux.HandleFunc("/keys", idp.serve(&idp.Fetches, func() any {
+		idp.mu.Lock()
+		defer idp.mu.Unlock()
+		var set jose.JSONWebKeySet
+		for _, k := range idp.keys {
+			set.Keys = append(set.Keys, jose.JSONWebKey{Key: k.pub, KeyID: k.ID, Algorithm: string(k.Alg), Use: "sig"})
+		}
+		return set
+	}))
+	idp.Srv = httptest.NewServer(mux) // on 127.0.0.1, a free port
+	t.Cleanup(idp.Srv.Close)
+	return idp
+}
+
+// serve counts a request, stalls or fails it on demand, and else answers
+// document() as JSON.
+func (idp *IdP) serve(count *atomic.Int64, document func() any) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		count.Add(1)
 		if !idp.waitStall(r) {
 			return
 		}
@@ -119,17 +128,8 @@ func StartIdP(t testing.TB, keys ...SigningKey) *IdP {
 			http.Error(w, "down", http.StatusInternalServerError)
 			return
 		}
-		idp.mu.Lock()
-		var set jose.JSONWebKeySet
-		for _, k := range idp.keys {
-			set.Keys = append(set.Keys, jose.JSONWebKey{Key: k.pub, KeyID: k.ID, Algorithm: string(k.Alg), Use: "sig"})
-		}
-		idp.mu.Unlock()
-		_ = json.NewEncoder(w).Encode(set)
-	})
-	idp.Srv = httptest.NewServer(mux) // on 127.0.0.1, a free port
-	t.Cleanup(idp.Srv.Close)
-	return idp
+		_ = json.NewEncoder(w).Encode(document())
+	}
 }
 
 // Stall makes the provider hang: requests wait, unanswered, until release

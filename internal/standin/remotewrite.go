@@ -43,14 +43,21 @@ func RemoteWriteBodyAt(series, samplesPerSeries int, startMs int64) []byte {
 			ts = protowire.AppendTag(ts, 1, protowire.BytesType)
 			ts = protowire.AppendBytes(ts, lb)
 		}
-		for i := 0; i < samplesPerSeries; i++ {
-			ts = protowire.AppendTag(ts, 2, protowire.BytesType)
-			ts = protowire.AppendBytes(ts, sample(s, i, startMs))
-		}
+		ts = appendSamples(ts, s, samplesPerSeries, startMs)
 		b = protowire.AppendTag(b, 1, protowire.BytesType)
 		b = protowire.AppendBytes(b, ts)
 	}
 	return snappy.Encode(nil, b)
+}
+
+// appendSamples appends the samples of series s (field 2 of a TimeSeries
+// in both protocols).
+func appendSamples(ts []byte, s, n int, startMs int64) []byte {
+	for i := 0; i < n; i++ {
+		ts = protowire.AppendTag(ts, 2, protowire.BytesType)
+		ts = protowire.AppendBytes(ts, sample(s, i, startMs))
+	}
+	return ts
 }
 
 // RemoteWriteV2Body returns a snappy-compressed Remote-Write 2.0 Request
@@ -78,10 +85,7 @@ func RemoteWriteV2Body(series, samplesPerSeries int) []byte {
 		var ts []byte
 		ts = protowire.AppendTag(ts, 1, protowire.BytesType)
 		ts = protowire.AppendBytes(ts, refs)
-		for i := 0; i < samplesPerSeries; i++ {
-			ts = protowire.AppendTag(ts, 2, protowire.BytesType)
-			ts = protowire.AppendBytes(ts, sample(s, i, baseTimestampMs))
-		}
+		ts = appendSamples(ts, s, samplesPerSeries, baseTimestampMs)
 		tsAll = protowire.AppendTag(tsAll, 5, protowire.BytesType)
 		tsAll = protowire.AppendBytes(tsAll, ts)
 	}
