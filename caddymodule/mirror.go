@@ -246,6 +246,10 @@ func (s *grpcMirror) Send(ctx context.Context, q *grpcpush.Request) (int, error)
 	return s.priority.Send(ctx, q)
 }
 
+// Unreachable lets the mirror count a copy failed without a call while no
+// endpoint accepts connections.
+func (s *grpcMirror) Unreachable() bool { return s.priority.Unreachable() }
+
 // close does nothing: the Handlers are pooled on their own, released with
 // each config that holds them.
 func (s *grpcMirror) close() error { return nil }

@@ -151,6 +151,36 @@ func (p *Priority) note(i int) {
 // and, with passive health checks, in. It reads no lock.
 func (h *Handler) Available() int { return h.tracker.availableCount() }
 
+// Unreachable reports whether h has endpoints and the last connection
+// attempt to each failed (all in TRANSIENT_FAILURE, waiting out their
+// reconnect backoff): a call now would fail at once, and its retries would
+// hold it through their backoff for nothing. Right after start (endpoints
+// connecting) it is false. It reads no lock.
+func (h *Handler) Unreachable() bool { return h.tracker.allFailing() }
+
+// Unreachable reports whether every group is (Handler.Unreachable).
+func (p *Priority) Unreachable() bool {
+	for _, g := range p.groups {
+		if !g.Unreachable() {
+			return false
+		}
+	}
+	return true
+}
+
+func (t *tracker) allFailing() bool {
+	subConns := *t.bySubConn.Load()
+	if len(subConns) == 0 {
+		return false
+	}
+	for _, ep := range subConns {
+		if connectivity.State(ep.state.Load()) != connectivity.TransientFailure {
+			return false
+		}
+	}
+	return true
+}
+
 // maxCounted bounds the endpoints availableCount tells apart without
 // allocating; beyond it, an endpoint with several SubConns may count twice.
 const maxCounted = 32

@@ -62,6 +62,12 @@ type Sender interface {
 	Send(ctx context.Context, q *grpcpush.Request) (int, error)
 }
 
+// reachability is a Sender that can tell that no endpoint of the mirror
+// accepts connections now (grpcpush.Handler and Priority can).
+type reachability interface {
+	Unreachable() bool
+}
+
 // Options configure a Mirror. The zero value of each field is its default.
 type Options struct {
 	// Name labels the metrics and the log lines (the mirror's URL).
@@ -101,6 +107,7 @@ func (o Options) Check() error {
 // Mirror copies requests to one Sender. It is a grpcpush.Tee.
 type Mirror struct {
 	sender  Sender
+	reach   reachability // sender, if it can tell; else nil
 	name    string
 	tenants []string // sorted; empty: all
 	percent int
@@ -136,6 +143,9 @@ func New(s Sender, o Options) (*Mirror, error) {
 		logger:  grpcpush.NewLoggerRef(o.Logger, zap.String("mirror", o.Name)),
 		ctx:     ctx,
 		cancel:  cancel,
+	}
+	if r, ok := s.(reachability); ok {
+		m.reach = r
 	}
 	if o.Metrics != nil {
 		for i, r := range results {
@@ -186,6 +196,12 @@ func (m *Mirror) Copy(q *grpcpush.Request) {
 	if !m.Mirrors(q.Tenant) {
 		return
 	}
+	if m.reach != nil && m.reach.Unreachable() {
+		// A down mirror costs a counter, not a call, its retries and a body
+		// held through their backoff.
+		m.done(resultFailed, func() error { return errUnreachable })
+		return
+	}
 	if share := q.BufferedShare(); share > maxBufferedShare {
 		// The copies must not take from the requests themselves: past half
 		// of the backend's max_buffered_bytes, they are dropped.
@@ -213,6 +229,10 @@ func (m *Mirror) Copy(q *grpcpush.Request) {
 	}
 	go m.send(q.Keep())
 }
+
+// errUnreachable is the failure of a copy not sent because the last
+// connection attempt to every endpoint of the mirror failed.
+var errUnreachable = errors.New("no endpoint of the mirror accepts connections (the copy was not sent)")
 
 // send makes one copy's call and counts its outcome.
 func (m *Mirror) send(q *grpcpush.Request) {

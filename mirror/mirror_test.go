@@ -205,6 +205,56 @@ func TestMirrorHungOrDown(t *testing.T) {
 	})
 }
 
+// TestMirrorUnreachable: once every endpoint of a mirror refuses
+// connections, a copy is counted failed at once, without a call (nothing in
+// flight, no body held through retries); before that, while the mirror is
+// up or still connecting, copies are sent.
+func TestMirrorUnreachable(t *testing.T) {
+	cl, err := standin.StartCluster("down.mimir.test", 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cl.Stop)
+	h := newHandler(t, cl.Target())
+	if h.Unreachable() {
+		t.Fatal("unreachable before any connection attempt")
+	}
+	metrics := NewMetrics()
+	m, err := New(h, Options{Name: "down", Percent: DefaultPercent, Metrics: metrics})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.Close)
+	budget := grpcpush.NewBudget(1<<30, nil, "")
+	copyOne := func() {
+		r := httptest.NewRequest(http.MethodPost, standin.PushPath, bytes.NewReader(standin.RemoteWriteBody(10, 1)))
+		standin.SetPushHeaders(r.Header, "team-a")
+		q, err := grpcpush.ReadRequest(r, 1<<20, budget, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.Copy(q)
+		q.Release()
+	}
+	copyOne()
+	standin.WaitFor(t, 20*time.Second, "the copy to the mirror while it is up", func() bool { return counter(t, metrics, "down", ResultOK) == 1 })
+	if h.Unreachable() {
+		t.Fatal("unreachable while up")
+	}
+
+	cl.Stop()
+	standin.WaitFor(t, 20*time.Second, "every endpoint refusing connections", h.Unreachable)
+	for i := 0; i < 10; i++ {
+		copyOne()
+	}
+	if n, inFlight := counter(t, metrics, "down", ResultFailed), m.InFlight(); n != 10 || inFlight != 0 {
+		t.Errorf("right after 10 copies to a mirror that refuses connections: %v failed, %d in flight; want 10 failed at once, none in flight", n, inFlight)
+	}
+	if used := budget.Used(); used != 0 {
+		t.Errorf("%d body bytes held by copies that were not sent", used)
+	}
+}
+
 // TestMirrorCheck: bad options are refused naming the field.
 func TestMirrorCheck(t *testing.T) {
 	for _, o := range []Options{{Percent: 101}, {Percent: -1}, {MaxInFlight: -1}, {Timeout: -time.Second}} {
