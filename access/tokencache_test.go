@@ -54,21 +54,43 @@ func TestOIDCTokenCache(t *testing.T) {
 		t.Fatalf("policy team-a removed: %+v", res)
 	}
 
-	// The key is withdrawn: once the keys are an hour old, the remembered
-	// token is checked again, with the new set, and refused.
+	// The key is withdrawn and a token of the new key makes the gateway
+	// fetch the keys again, well within the hour: the remembered token was
+	// verified with the old set, so it is checked again, and refused.
 	is.Publish(rsaKey2())
+	clock.Add(minRefetchInterval)
+	if d := g.Decide(bearerReq(rsaKey2().Sign(t, claims(is, clock, "team-a"))), ScopeMetricsWrite); !d.Allowed() {
+		t.Fatalf("a token of the new key: %+v", d)
+	}
+	if d := g.Decide(bearerReq(tok), ScopeMetricsWrite); d.Status != 401 {
+		t.Fatalf("withdrawn key, keys fetched again: %+v", d)
+	}
+	if n := checks.Load(); n != 3 {
+		t.Fatalf("%d signature checks, want 3", n)
+	}
+
+	// The key is withdrawn with no token to tell: once the keys are an hour
+	// old, the remembered token is checked again (the set is fetched again)
+	// and refused.
+	c = claims(is, clock, "team-a")
+	c["exp"] = clock.Now().Add(3 * time.Hour).Unix()
+	tok = rsaKey2().Sign(t, c)
+	if d := g.Decide(bearerReq(tok), ScopeMetricsWrite); !d.Allowed() {
+		t.Fatalf("%+v", d)
+	}
+	is.Publish(rsaKey1())
 	clock.Add(keyMaxAge)
 	if d := g.Decide(bearerReq(tok), ScopeMetricsWrite); d.Status != 401 {
-		t.Fatalf("withdrawn key: %+v", d)
+		t.Fatalf("withdrawn key, keys an hour old: %+v", d)
 	}
-	if n := checks.Load(); n != 2 {
-		t.Fatalf("%d signature checks, want 2", n)
+	if n := checks.Load(); n != 5 {
+		t.Fatalf("%d signature checks, want 5", n)
 	}
 
 	// A remembered token past its exp is refused.
 	c = claims(is, clock, "team-a")
 	c["exp"] = clock.Now().Add(10 * time.Minute).Unix()
-	tok = rsaKey2().Sign(t, c)
+	tok = rsaKey1().Sign(t, c)
 	if d := g.Decide(bearerReq(tok), ScopeMetricsWrite); !d.Allowed() {
 		t.Fatalf("%+v", d)
 	}
@@ -135,8 +157,12 @@ func TestOIDCTokenCacheBound(t *testing.T) {
 	if n := g.oidc.cache.len(); n != want || testutil.ToFloat64(gauge) != float64(want) {
 		t.Fatalf("%d cached (gauge %v), want %d: the expired ones gone, %d valid ones kept, the new one", n, testutil.ToFloat64(gauge), want, want-1)
 	}
+	// The sweep kept the newest valid tokens: toks[99] and toks[0] (seen
+	// again last) and the ones just before them.
 	checks = g.oidc.keys.signatureChecks.Load()
-	if d := g.Decide(bearerReq(toks[len(toks)-1]), ScopeMetricsWrite); !d.Allowed() || g.oidc.keys.signatureChecks.Load() != checks {
-		t.Fatalf("a valid token kept by the sweep: %+v, checked again", d)
+	for _, i := range []int{0, 99, 89} {
+		if d := g.Decide(bearerReq(toks[i]), ScopeMetricsWrite); !d.Allowed() || g.oidc.keys.signatureChecks.Load() != checks {
+			t.Fatalf("token %d, valid and among the newest: %+v, checked again after the sweep", i, d)
+		}
 	}
 }

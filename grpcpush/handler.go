@@ -120,7 +120,9 @@ func (h *Handler) dialOptions(b *dnsBuilder) []grpc.DialOption {
 			MinConnectTimeout: 5 * time.Second,
 		}),
 		// Never go idle: an idle channel drops its connections and resolver,
-		// and the next push would pay for DNS and handshakes.
+		// and the next push would pay for DNS and handshakes. Unreachable
+		// relies on it too: an idle channel stops reporting SubConn states,
+		// so the last ones (all failing) would stay.
 		grpc.WithIdleTimeout(0),
 		grpc.WithUserAgent("metrics_gateway"),
 		// A Remote-Write request is typically 20-100 KB: with grpc-go's
