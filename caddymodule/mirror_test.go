@@ -216,10 +216,20 @@ func TestMirrorDownThenHung(t *testing.T) {
 
 	addr := m.Servers[0].Addr()
 	m.Servers[0].Stop()
+	standin.WaitFor(t, 20*time.Second, "the mirror's endpoint refusing connections", func() bool {
+		return mirrorEndpointState(t, c) == "TRANSIENT_FAILURE"
+	})
+	calls := adminMetricSum(t, c, "metrics_gateway_grpc_requests_total", `backend="mirror"`)
 	pushAll("mirror down", 50, nil)
 	standin.WaitFor(t, 20*time.Second, "the copies to a mirror that is down counted", func() bool {
 		return mirrorCopies(t, c, m.Target(), "failed")+mirrorCopies(t, c, m.Target(), "dropped")+mirrorCopies(t, c, m.Target(), "timeout") == 50
 	})
+	// A copy to a mirror whose every endpoint refuses connections fails
+	// without a call; the endpoint tries to connect again once per backoff
+	// (1 s or more), and a copy made meanwhile is sent.
+	if n := adminMetricSum(t, c, "metrics_gateway_grpc_requests_total", `backend="mirror"`) - calls; n > 10 {
+		t.Errorf("%v calls for 50 copies to a mirror that refuses connections, want (almost) none", n)
+	}
 
 	back, err := standin.StartGRPC(addr, m.Distributors[0])
 	if err != nil {
@@ -248,6 +258,18 @@ func TestMirrorDownThenHung(t *testing.T) {
 		pushAs(t, client, "team-a", body)
 		return m.Distributors[0].Requests() > before+1
 	})
+}
+
+// mirrorEndpointState is the state of the one endpoint of c's one mirror
+// in the admin view ("" when there is none).
+func mirrorEndpointState(t *testing.T, c *testcaddy.Caddy) string {
+	t.Helper()
+	for _, bs := range backendStatuses(t, c) {
+		if bs.Component == "mirror" && len(bs.Endpoints) == 1 {
+			return bs.Endpoints[0].State
+		}
+	}
+	return ""
 }
 
 // TestMirrorOverHTTP: a mirror at an http:// URL gets the copies through
