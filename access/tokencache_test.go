@@ -54,50 +54,45 @@ func TestOIDCTokenCache(t *testing.T) {
 		t.Fatalf("policy team-a removed: %+v", res)
 	}
 
+	// decide checks tok's status (0: allowed) and, when want > 0, the
+	// signature checks made so far.
+	decide := func(what, tok string, status int, want int64) {
+		t.Helper()
+		if d := g.Decide(bearerReq(tok), ScopeMetricsWrite); d.Status != status {
+			t.Fatalf("%s: %+v, want status %d", what, d, status)
+		}
+		if n := checks.Load(); want > 0 && n != want {
+			t.Fatalf("%s: %d signature checks so far, want %d", what, n, want)
+		}
+	}
+	signed := func(key standin.SigningKey, valid time.Duration) string {
+		c := claims(is, clock, "team-a")
+		c["exp"] = clock.Now().Add(valid).Unix()
+		return key.Sign(t, c)
+	}
+
 	// The key is withdrawn and a token of the new key makes the gateway
 	// fetch the keys again, well within the hour: the remembered token was
 	// verified with the old set, so it is checked again, and refused.
 	is.Publish(rsaKey2())
 	clock.Add(minRefetchInterval)
-	if d := g.Decide(bearerReq(rsaKey2().Sign(t, claims(is, clock, "team-a"))), ScopeMetricsWrite); !d.Allowed() {
-		t.Fatalf("a token of the new key: %+v", d)
-	}
-	if d := g.Decide(bearerReq(tok), ScopeMetricsWrite); d.Status != 401 {
-		t.Fatalf("withdrawn key, keys fetched again: %+v", d)
-	}
-	if n := checks.Load(); n != 3 {
-		t.Fatalf("%d signature checks, want 3", n)
-	}
+	decide("a token of the new key", signed(rsaKey2(), time.Hour), 0, 2)
+	decide("withdrawn key, keys fetched again", tok, 401, 3)
 
 	// The key is withdrawn with no token to tell: once the keys are an hour
 	// old, the remembered token is checked again (the set is fetched again)
 	// and refused.
-	c = claims(is, clock, "team-a")
-	c["exp"] = clock.Now().Add(3 * time.Hour).Unix()
-	tok = rsaKey2().Sign(t, c)
-	if d := g.Decide(bearerReq(tok), ScopeMetricsWrite); !d.Allowed() {
-		t.Fatalf("%+v", d)
-	}
+	tok = signed(rsaKey2(), 3*time.Hour)
+	decide("a token of the new key", tok, 0, 4)
 	is.Publish(rsaKey1())
 	clock.Add(keyMaxAge)
-	if d := g.Decide(bearerReq(tok), ScopeMetricsWrite); d.Status != 401 {
-		t.Fatalf("withdrawn key, keys an hour old: %+v", d)
-	}
-	if n := checks.Load(); n != 5 {
-		t.Fatalf("%d signature checks, want 5", n)
-	}
+	decide("withdrawn key, keys an hour old", tok, 401, 5)
 
 	// A remembered token past its exp is refused.
-	c = claims(is, clock, "team-a")
-	c["exp"] = clock.Now().Add(10 * time.Minute).Unix()
-	tok = rsaKey1().Sign(t, c)
-	if d := g.Decide(bearerReq(tok), ScopeMetricsWrite); !d.Allowed() {
-		t.Fatalf("%+v", d)
-	}
+	tok = signed(rsaKey1(), 10*time.Minute)
+	decide("a token of the current key", tok, 0, 0)
 	clock.Add(11 * time.Minute) // the keys are still fresh
-	if d := g.Decide(bearerReq(tok), ScopeMetricsWrite); d.Status != 401 {
-		t.Fatalf("expired token: %+v", d)
-	}
+	decide("expired token", tok, 401, 0)
 
 	g.Close()
 	if got := testutil.ToFloat64(gauge); got != 0 {
