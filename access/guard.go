@@ -170,7 +170,7 @@ func New(cfg Config, opts Options) (*Guard, error) {
 
 // install makes s the policies in force.
 func (g *Guard) install(s *snapshot) {
-	g.snap.Store(s)
+	trackPolicies(g.metrics, g.snap.Swap(s), s)
 	g.mu.Lock()
 	g.lastLoad = g.now()
 	g.lastErr = ""
@@ -196,7 +196,8 @@ func (g *Guard) install(s *snapshot) {
 func (g *Guard) Close() error {
 	g.closeOnce.Do(func() {
 		g.cancel()
-		<-g.done
+		<-g.done // no install after this
+		trackPolicies(g.metrics, g.snap.Load(), nil)
 		if g.oidc != nil {
 			g.oidc.keys.fetching.Wait() // cancelled with g.ctx
 			g.oidc.cache.close()
