@@ -63,21 +63,7 @@ func BenchmarkPushWithPolicies(b *testing.B) {
 				}
 				return nil
 			}
-			for range 200 { // warm up: connections, pools, heap size
-				if err := pushOnce(); err != nil {
-					b.Fatal(err)
-				}
-			}
-			b.SetBytes(int64(len(body)))
-			b.ReportAllocs()
-			standin.ParallelCPU(b, func(pb *testing.PB) {
-				for pb.Next() {
-					if err := pushOnce(); err != nil {
-						b.Error(err)
-						return
-					}
-				}
-			})
+			standin.PushCPU(b, len(body), 200, pushOnce)
 		})
 	}
 }

@@ -4,6 +4,7 @@ package mirror
 
 import (
 	"bytes"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"testing"
@@ -41,27 +42,15 @@ func BenchmarkMirrorCPU(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			push := func() int {
+			standin.PushCPU(b, len(body), 500, func() error {
 				r := httptest.NewRequest(http.MethodPost, standin.PushPath, bytes.NewReader(body))
 				standin.SetPushHeaders(r.Header, "bench")
 				w := httptest.NewRecorder()
 				p.ServeHTTP(w, r)
-				return w.Code
-			}
-			for range 500 { // connections, pools, heap size
-				if code := push(); code != http.StatusOK {
-					b.Fatalf("warm-up: %d", code)
+				if w.Code != http.StatusOK {
+					return fmt.Errorf("status %d", w.Code)
 				}
-			}
-			b.SetBytes(int64(len(body)))
-			b.ReportAllocs()
-			standin.ParallelCPU(b, func(pb *testing.PB) {
-				for pb.Next() {
-					if code := push(); code != http.StatusOK {
-						b.Errorf("status %d", code)
-						return
-					}
-				}
+				return nil
 			})
 		})
 	}

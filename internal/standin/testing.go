@@ -155,3 +155,24 @@ func ParallelCPU(b *testing.B, body func(pb *testing.PB)) {
 		b.ReportMetric(float64(end-start)/float64(b.N), "cpu-ns/op")
 	}
 }
+
+// PushCPU measures push, one push of a body of bodyLen bytes, with
+// ParallelCPU, after warmUp pushes one at a time (connections, pools and
+// the heap's size settle first). A push's error fails the benchmark.
+func PushCPU(b *testing.B, bodyLen, warmUp int, push func() error) {
+	for range warmUp {
+		if err := push(); err != nil {
+			b.Fatalf("warm-up: %v", err)
+		}
+	}
+	b.SetBytes(int64(bodyLen))
+	b.ReportAllocs()
+	ParallelCPU(b, func(pb *testing.PB) {
+		for pb.Next() {
+			if err := push(); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}
