@@ -63,6 +63,13 @@ func basicReq(user, pass string) *http.Request {
 	return r
 }
 
+// authReq is a request with this Authorization header.
+func authReq(authorization string) *http.Request {
+	r := httptest.NewRequest(http.MethodGet, "http://gw/", nil)
+	r.Header.Set("Authorization", authorization)
+	return r
+}
+
 func bearerReq(token string, orgIDs ...string) *http.Request {
 	r := httptest.NewRequest(http.MethodGet, "http://gw/prometheus/api/v1/query", nil)
 	r.Header.Set("Authorization", "Bearer "+token)
@@ -124,16 +131,8 @@ func TestDecide(t *testing.T) {
 		{"bearer multi tenant write", bearerReq("token-b", "team-b|team-c"), ScopeMetricsWrite, 400, "", "multi", "several tenants", false},
 		{"bearer wrong tenant", bearerReq("token-a", "team-b"), ScopeMetricsRead, 403, "", "team-a", `tenant "team-b" is not granted`, false},
 		{"bearer unknown", bearerReq("what"), ScopeMetricsRead, 401, "", "", "invalid or unknown token", true},
-		{"bearer lowercase scheme", func() *http.Request {
-			r := httptest.NewRequest(http.MethodGet, "http://gw/", nil)
-			r.Header.Set("Authorization", "bearer  token-a")
-			return r
-		}(), ScopeMetricsRead, 0, "team-a", "team-a", "", false},
-		{"bearer empty", func() *http.Request {
-			r := httptest.NewRequest(http.MethodGet, "http://gw/", nil)
-			r.Header.Set("Authorization", "Bearer ")
-			return r
-		}(), ScopeMetricsRead, 401, "", "", "empty token", true},
+		{"bearer lowercase scheme", authReq("bearer  token-a"), ScopeMetricsRead, 0, "team-a", "team-a", "", false},
+		{"bearer empty", authReq("Bearer "), ScopeMetricsRead, 401, "", "", "empty token", true},
 		{"jwt-shaped static token without oidc", bearerReq("a.b.c"), ScopeMetricsRead, 401, "", "", "invalid or unknown token", true},
 
 		// Expiry.
@@ -142,21 +141,9 @@ func TestDecide(t *testing.T) {
 
 		// Malformed or missing credentials.
 		{"no credentials", httptest.NewRequest(http.MethodGet, "http://gw/", nil), ScopeMetricsRead, 401, "", "", "authentication required", true},
-		{"unsupported scheme", func() *http.Request {
-			r := httptest.NewRequest(http.MethodGet, "http://gw/", nil)
-			r.Header.Set("Authorization", "Digest username=x")
-			return r
-		}(), ScopeMetricsRead, 401, "", "", "authentication required", true},
-		{"basic not base64", func() *http.Request {
-			r := httptest.NewRequest(http.MethodGet, "http://gw/", nil)
-			r.Header.Set("Authorization", "Basic !!!")
-			return r
-		}(), ScopeMetricsRead, 401, "", "", "not base64", true},
-		{"basic without colon", func() *http.Request {
-			r := httptest.NewRequest(http.MethodGet, "http://gw/", nil)
-			r.Header.Set("Authorization", "Basic "+base64.StdEncoding.EncodeToString([]byte("token-a")))
-			return r
-		}(), ScopeMetricsRead, 401, "", "", "no ':'", true},
+		{"unsupported scheme", authReq("Digest username=x"), ScopeMetricsRead, 401, "", "", "authentication required", true},
+		{"basic not base64", authReq("Basic !!!"), ScopeMetricsRead, 401, "", "", "not base64", true},
+		{"basic without colon", authReq("Basic " + base64.StdEncoding.EncodeToString([]byte("token-a"))), ScopeMetricsRead, 401, "", "", "no ':'", true},
 		{"two authorization headers", func() *http.Request {
 			r := bearerReq("token-a")
 			r.Header.Add("Authorization", "Bearer token-b")

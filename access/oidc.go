@@ -357,13 +357,11 @@ func (k *keySet) refresh(ctx context.Context, seen *jwks) (*jwks, error) {
 // waits for it.
 func (k *keySet) startFetch(seen *jwks) <-chan fetchResult {
 	done := make(chan fetchResult, 1)
-	k.fetching.Add(1)
-	go func() {
-		defer k.fetching.Done()
+	k.fetching.Go(func() {
 		set, err := k.refreshLocked(seen)
 		<-k.sem // before the waiter goes on: its next token may need a fetch
 		done <- fetchResult{set, err}
-	}()
+	})
 	return done
 }
 

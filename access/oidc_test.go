@@ -1,6 +1,7 @@
 package access
 
 import (
+	"cmp"
 	"context"
 	"encoding/base64"
 	"encoding/json"
@@ -203,9 +204,7 @@ func TestOIDCRejected(t *testing.T) {
 	}
 	// The valid one works, and none of the above fetched the keys again
 	// (the clock stood still: one fetch at most per 10 s).
-	if d := g.Decide(bearerReq(valid), ScopeMetricsWrite); !d.Allowed() {
-		t.Fatalf("%+v", d)
-	}
+	allowWrite(t, g, valid, "")
 	if n := is.Fetches.Load(); n != 1 {
 		t.Fatalf("%d fetches", n)
 	}
@@ -215,18 +214,12 @@ func TestOIDCKeyRotation(t *testing.T) {
 	clock := newFakeClock(testStart)
 	is := standin.StartIdP(t, rsaKey1())
 	g := oidcGuard(t, is, clock, nil)
-	if d := g.Decide(bearerReq(rsaKey1().Sign(t, claims(is, clock, "team-a"))), ScopeMetricsWrite); !d.Allowed() {
-		t.Fatalf("%+v", d)
-	}
+	allowWrite(t, g, rsaKey1().Sign(t, claims(is, clock, "team-a")), "")
 	// The provider publishes a new key and signs with it, a minute later.
 	is.Publish(rsaKey1(), rsaKey2())
 	clock.Add(time.Minute)
-	if d := g.Decide(bearerReq(rsaKey2().Sign(t, claims(is, clock, "team-a"))), ScopeMetricsWrite); !d.Allowed() {
-		t.Fatalf("new key: %+v", d)
-	}
-	if d := g.Decide(bearerReq(rsaKey1().Sign(t, claims(is, clock, "team-a"))), ScopeMetricsWrite); !d.Allowed() {
-		t.Fatalf("old key: %+v", d)
-	}
+	allowWrite(t, g, rsaKey2().Sign(t, claims(is, clock, "team-a")), "new key")
+	allowWrite(t, g, rsaKey1().Sign(t, claims(is, clock, "team-a")), "old key")
 	if n := is.Fetches.Load(); n != 2 {
 		t.Fatalf("%d fetches, want 2", n)
 	}
@@ -240,9 +233,7 @@ func TestOIDCKeyRotation(t *testing.T) {
 	if n := is.Fetches.Load(); n != 3 {
 		t.Fatalf("%d fetches, want 3", n)
 	}
-	if d := g.Decide(bearerReq(rsaKey2().Sign(t, claims(is, clock, "team-a"))), ScopeMetricsWrite); !d.Allowed() {
-		t.Fatalf("%+v", d)
-	}
+	allowWrite(t, g, rsaKey2().Sign(t, claims(is, clock, "team-a")), "")
 }
 
 // TestOIDCKeysSurviveAReload: the Guard of a reloaded configuration starts
@@ -253,16 +244,12 @@ func TestOIDCKeysSurviveAReload(t *testing.T) {
 	is := standin.StartIdP(t, rsaKey1())
 	old := oidcGuard(t, is, clock, nil)
 	tok := rsaKey1().Sign(t, claims(is, clock, "team-a"))
-	if d := old.Decide(bearerReq(tok), ScopeMetricsWrite); !d.Allowed() {
-		t.Fatalf("%+v", d)
-	}
+	allowWrite(t, old, tok, "")
 	_ = old.Close()
 	is.Down.Store(true)
 	fetches := is.Fetches.Load() + is.Discovers.Load()
 	reloaded := oidcGuard(t, is, clock, nil)
-	if d := reloaded.Decide(bearerReq(tok), ScopeMetricsWrite); !d.Allowed() {
-		t.Fatalf("after a reload with the provider down: %+v", d)
-	}
+	allowWrite(t, reloaded, tok, "after a reload with the provider down")
 	if n := is.Fetches.Load() + is.Discovers.Load() - fetches; n != 0 {
 		t.Errorf("%d requests to the provider after the reload, want 0", n)
 	}
@@ -273,9 +260,7 @@ func TestOIDCRefetchRateLimit(t *testing.T) {
 	is := standin.StartIdP(t, rsaKey1())
 	g := oidcGuard(t, is, clock, nil)
 	good := rsaKey1().Sign(t, claims(is, clock, "team-a"))
-	if d := g.Decide(bearerReq(good), ScopeMetricsWrite); !d.Allowed() {
-		t.Fatalf("%+v", d)
-	}
+	allowWrite(t, g, good, "")
 	// Tokens with made-up key IDs, many at once: one fetch for all of them
 	// after the interval, none before.
 	forged := func(kid string) string { return strayKey().SignAs(t, kid, claims(is, clock, "team-a")) }
@@ -291,14 +276,12 @@ func TestOIDCRefetchRateLimit(t *testing.T) {
 	var wg sync.WaitGroup
 	for i := range 20 {
 		tok := forged("kid-b" + string(rune('a'+i)))
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			d := g.Decide(bearerReq(tok), ScopeMetricsWrite)
 			if d.Status != 401 {
 				t.Errorf("%+v", d)
 			}
-		}()
+		})
 	}
 	wg.Wait()
 	if n := is.Fetches.Load(); n != 2 {
@@ -355,9 +338,7 @@ func TestOIDCProviderDown(t *testing.T) {
 	// Back up: the next attempt, 10 s later, succeeds.
 	is.Down.Store(false)
 	clock.Add(minRefetchInterval)
-	if d := g.Decide(bearerReq(tok), ScopeMetricsWrite); !d.Allowed() {
-		t.Fatalf("%+v", d)
-	}
+	allowWrite(t, g, tok, "")
 	if st := g.Status().OIDC; st.LastError != "" || st.Keys != 1 {
 		t.Fatalf("%+v", st)
 	}
@@ -366,9 +347,7 @@ func TestOIDCProviderDown(t *testing.T) {
 	// key ID cannot be checked (503).
 	is.Down.Store(true)
 	clock.Add(minRefetchInterval)
-	if d := g.Decide(bearerReq(tok), ScopeMetricsWrite); !d.Allowed() {
-		t.Fatalf("%+v", d)
-	}
+	allowWrite(t, g, tok, "")
 	if d := g.Decide(bearerReq(rsaKey2().Sign(t, claims(is, clock, "team-a"))), ScopeMetricsWrite); d.Status != 503 {
 		t.Fatalf("%+v", d)
 	}
@@ -433,9 +412,7 @@ func TestOIDCFetchWaitsOnlyAsLongAsTheRequest(t *testing.T) {
 	clock := newFakeClock(testStart)
 	is := standin.StartIdP(t, rsaKey1())
 	g := oidcGuard(t, is, clock, nil)
-	if d := g.Decide(bearerReq(rsaKey1().Sign(t, claims(is, clock, "team-a"))), ScopeMetricsWrite); !d.Allowed() {
-		t.Fatalf("%+v", d)
-	}
+	allowWrite(t, g, rsaKey1().Sign(t, claims(is, clock, "team-a")), "")
 	decide := func(tok string) (Decision, time.Duration) {
 		ctx, cancel := context.WithTimeout(context.Background(), patience)
 		defer cancel()
@@ -464,4 +441,12 @@ func TestOIDCFetchWaitsOnlyAsLongAsTheRequest(t *testing.T) {
 	}
 	release()
 	standin.WaitFor(t, 10*time.Second, "the hung fetch to end", func() bool { return fetched() == 3 })
+}
+
+// allowWrite fails the test unless g lets the bearer token write.
+func allowWrite(t *testing.T, g *Guard, token, when string) {
+	t.Helper()
+	if d := g.Decide(bearerReq(token), ScopeMetricsWrite); !d.Allowed() {
+		t.Fatalf("%s: not allowed: %+v", cmp.Or(when, "token"), d)
+	}
 }

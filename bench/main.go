@@ -516,14 +516,8 @@ func (e *env) setWork(ctx context.Context, mode string) error {
 		if control == "" {
 			continue
 		}
-		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+control+"/work?mode="+mode, nil)
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
+		if err := postControl(ctx, control, "/work?mode="+mode); err != nil {
 			return err
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusNoContent {
-			return fmt.Errorf("setting work %s: status %d", mode, resp.StatusCode)
 		}
 	}
 	e.work = mode
@@ -532,14 +526,19 @@ func (e *env) setWork(ctx context.Context, mode string) error {
 
 // setSick makes the second stand-in slow, failing or healthy again.
 func (e *env) setSick(ctx context.Context, mode string) error {
-	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+e.info.Control+"/sick?mode="+mode, nil)
+	return postControl(ctx, e.info.Control, "/sick?mode="+mode)
+}
+
+// postControl sends a command to a stand-ins process's control address.
+func postControl(ctx context.Context, control, pathAndQuery string) error {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+control+pathAndQuery, nil)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return err
 	}
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusNoContent {
-		return fmt.Errorf("setting sickness %s: status %d", mode, resp.StatusCode)
+		return fmt.Errorf("POST %s: status %d", pathAndQuery, resp.StatusCode)
 	}
 	return nil
 }

@@ -238,11 +238,9 @@ func (e *env) runPinned(ctx context.Context, spec loadSpec) (wrkResult, error) {
 		s := spec
 		s.connections, s.threads = 1, 1
 		s.url = fmt.Sprintf("http://%s:%d/api/v1/push", e.info.IPs[i%len(e.info.IPs)], e.info.HTTPPort)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			results[i], errs[i] = e.runWrk(ctx, s)
-		}()
+		})
 	}
 	wg.Wait()
 	var sum wrkResult
@@ -337,11 +335,9 @@ func (e *env) profile(ctx context.Context, rep *report, body int) error {
 	errs := make([]error, len(profs))
 	var wg sync.WaitGroup
 	for i, p := range profs {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			errs[i] = fetchTo(ctx, p.url, filepath.Join(e.cfg.out, p.file), time.Duration(secs+20)*time.Second)
-		}()
+		})
 	}
 	wg.Wait()
 	<-done

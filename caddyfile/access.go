@@ -123,25 +123,9 @@ func unmarshalPolicy(d *parser.Dispenser, i int) (access.Policy, error) {
 
 // unmarshalOIDC parses an oidc block.
 func unmarshalOIDC(d *parser.Dispenser) (*access.OIDCConfig, error) {
-	if d.NextArg() {
-		return nil, d.ArgErr()
-	}
 	o := new(access.OIDCConfig)
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		var target *string
-		switch opt := d.Val(); opt {
-		case "issuer":
-			target = &o.Issuer
-		case "audience":
-			target = &o.Audience
-		case "policy_claim":
-			target = &o.PolicyClaim
-		default:
-			return nil, d.Errf("access_policies.oidc: unrecognized option %q (issuer, audience, policy_claim)", opt)
-		}
-		if !d.AllArgs(target) {
-			return nil, d.ArgErr()
-		}
-	}
-	return o, nil
+	err := unmarshalStrings(d, "access_policies.oidc", []stringOption{
+		{"issuer", &o.Issuer}, {"audience", &o.Audience}, {"policy_claim", &o.PolicyClaim},
+	})
+	return o, err
 }

@@ -65,6 +65,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -396,31 +397,45 @@ func sizeArg(d *parser.Dispenser) (int64, error) {
 }
 
 func unmarshalTLS(d *parser.Dispenser, t *caddymodule.GRPCTLSConfig) error {
+	return unmarshalStrings(d, "tls", []stringOption{
+		{"ca", &t.CA}, {"cert", &t.Cert}, {"key", &t.Key}, {"server_name", &t.ServerName},
+		{"insecure_skip_verify", &t.InsecureSkipVerify},
+	})
+}
+
+// stringOption is an option of a block that unmarshalStrings parses: its
+// value goes to a *string, or, for a *bool, the option alone sets it.
+type stringOption struct {
+	name   string
+	target any // *string or *bool
+}
+
+// unmarshalStrings parses a block whose every option takes one value (or,
+// for a flag, none). where names the block in an error.
+func unmarshalStrings(d *parser.Dispenser, where string, options []stringOption) error {
 	if d.NextArg() {
 		return d.ArgErr()
 	}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		var target *string
-		switch opt := d.Val(); opt {
-		case "ca":
-			target = &t.CA
-		case "cert":
-			target = &t.Cert
-		case "key":
-			target = &t.Key
-		case "server_name":
-			target = &t.ServerName
-		case "insecure_skip_verify":
+		opt := d.Val()
+		i := slices.IndexFunc(options, func(o stringOption) bool { return o.name == opt })
+		if i < 0 {
+			names := make([]string, len(options))
+			for j, o := range options {
+				names[j] = o.name
+			}
+			return d.Errf("%s: unrecognized option %q (%s)", where, opt, strings.Join(names, ", "))
+		}
+		switch target := options[i].target.(type) {
+		case *bool:
 			if d.NextArg() {
 				return d.ArgErr()
 			}
-			t.InsecureSkipVerify = true
-			continue
-		default:
-			return d.Errf("unrecognized tls option %q (ca, cert, key, server_name, insecure_skip_verify)", opt)
-		}
-		if !d.AllArgs(target) {
-			return d.ArgErr()
+			*target = true
+		case *string:
+			if !d.AllArgs(target) {
+				return d.ArgErr()
+			}
 		}
 	}
 	return nil

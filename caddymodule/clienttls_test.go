@@ -40,11 +40,9 @@ func TestGRPCPushOverH2TLS(t *testing.T) {
 	var wg sync.WaitGroup
 	errs := make(chan error, pushes)
 	for i := 0; i < pushes; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			errs <- pushStreamed(client, body)
-		}()
+		})
 	}
 	wg.Wait()
 	close(errs)

@@ -98,9 +98,7 @@ func TestGracefulDrain(t *testing.T) {
 	var results []result
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
+	wg.Go(func() {
 		for {
 			select {
 			case <-stop:
@@ -117,7 +115,7 @@ func TestGracefulDrain(t *testing.T) {
 			mu.Unlock()
 			time.Sleep(10 * time.Millisecond) // a client's pace, not synchronisation
 		}
-	}()
+	})
 
 	sigterm := time.Now()
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {

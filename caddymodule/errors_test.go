@@ -149,9 +149,7 @@ func TestGRPCSeriesAfterChurn(t *testing.T) {
 	var wg sync.WaitGroup
 	codes := make(chan int, inFlight)
 	for i := 0; i < inFlight; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			req, _ := http.NewRequest(http.MethodGet, "http://gateway/distributor/hold", nil)
 			req.Header.Set("X-Scope-OrgID", "tenant-1")
 			resp, _, err := c.Do(req)
@@ -160,7 +158,7 @@ func TestGRPCSeriesAfterChurn(t *testing.T) {
 				return
 			}
 			codes <- resp.StatusCode
-		}()
+		})
 	}
 	defer func() {
 		select {

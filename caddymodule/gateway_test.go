@@ -522,9 +522,7 @@ func runLoad(t *testing.T, n int, do func(worker int)) (stop func()) {
 	var once sync.Once
 	var wg sync.WaitGroup
 	for w := 0; w < n; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			for i := 0; i < 100000; i++ {
 				select {
 				case <-done:
@@ -533,7 +531,7 @@ func runLoad(t *testing.T, n int, do func(worker int)) (stop func()) {
 				}
 				do(w)
 			}
-		}()
+		})
 	}
 	stop = func() {
 		once.Do(func() { close(done) })

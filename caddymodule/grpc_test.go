@@ -158,15 +158,13 @@ func fromClients(t *testing.T, c *testcaddy.Caddy, clients, pushes int, do func(
 	errs := make(chan error, clients*pushes)
 	for i := 0; i < clients; i++ {
 		client := oneConnClient(t, c)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			for j := 0; j < pushes; j++ {
 				if err := do(client, j); err != nil {
 					errs <- err
 				}
 			}
-		}()
+		})
 	}
 	wg.Wait()
 	close(errs)
@@ -613,9 +611,7 @@ func TestGRPCHungEndpointAndDisconnect(t *testing.T) {
 	var wg sync.WaitGroup
 	codes := make(chan int, 10)
 	for i := 0; i < 10; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			start := time.Now()
 			resp, _, err := push(c.Client, body)
 			if err != nil {
@@ -626,7 +622,7 @@ func TestGRPCHungEndpointAndDisconnect(t *testing.T) {
 				t.Errorf("answered after %v, before the 300ms timeout", took)
 			}
 			codes <- resp.StatusCode
-		}()
+		})
 	}
 	wg.Wait()
 	close(codes)

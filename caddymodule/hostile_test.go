@@ -223,11 +223,9 @@ func TestHostileClients(t *testing.T) {
 	// concurrently without t.Parallel's limit of GOMAXPROCS at a time.
 	var attacks sync.WaitGroup
 	attack := func(name string, fn func(t *testing.T)) {
-		attacks.Add(1)
-		go func() {
-			defer attacks.Done()
+		attacks.Go(func() {
 			t.Run(name, fn)
-		}()
+		})
 	}
 	{
 		attack("slowloris headers", func(t *testing.T) {
@@ -300,15 +298,13 @@ func TestHostileClients(t *testing.T) {
 					conn.Close()
 					continue
 				}
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
+				wg.Go(func() {
 					defer conn.Close()
 					_ = conn.SetReadDeadline(time.Now().Add(lim.ReadHeader + 2*time.Minute))
 					if _, err := io.Copy(io.Discard, conn); err != nil {
 						open.Add(1)
 					}
-				}()
+				})
 			}
 			wg.Wait()
 			if n := open.Load(); n > 0 {

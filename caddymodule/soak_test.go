@@ -230,9 +230,7 @@ func TestSoak(t *testing.T) {
 	var wg sync.WaitGroup
 	for w := 0; w < clients; w++ {
 		client := oneConnClient(t, c)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			for time.Now().Before(deadline) {
 				if ok, r := pushOne(client); ok {
 					pushes.Add(1)
@@ -242,20 +240,18 @@ func TestSoak(t *testing.T) {
 				}
 			}
 			client.CloseIdleConnections()
-		}()
+		})
 	}
 	subsets := [][]int{{0, 1}, {1, 2, 3}, {3}, {0, 2}, {0, 1, 2, 3}, {2, 3}, {1}, {0, 3}}
 	var churns atomic.Int64
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
+	wg.Go(func() {
 		for i := 0; time.Now().Before(deadline); i++ {
 			cl.ListOnly(subsets[i%len(subsets)]...)
 			churns.Add(1)
 			time.Sleep(refresh) // the churn's own pace: one change per refresh
 		}
 		cl.List(4)
-	}()
+	})
 	interval := duration / time.Duration(reloads)
 	for i := 0; i < reloads; i++ {
 		if err := c.Reload(configs[i%2]); err != nil {

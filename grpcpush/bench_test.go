@@ -159,15 +159,13 @@ func BenchmarkPolicyCPU(b *testing.B) {
 func warmUp(b *testing.B, h http.Handler, body []byte, n int) {
 	var wg sync.WaitGroup
 	for range 8 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			left := n / 8
 			next := func() bool { left--; return left >= 0 }
 			if code := pushUntil(h, body, next); code != http.StatusOK {
 				b.Errorf("warm-up: status %d", code)
 			}
-		}()
+		})
 	}
 	wg.Wait()
 }

@@ -62,9 +62,7 @@ func TestKillEndpointUnderLoad(t *testing.T) {
 	var wg sync.WaitGroup
 	for i := 0; i < clients; i++ {
 		client := oneConnClient(t)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			for j := 0; j < pushes; j++ {
 				body := bodies[i*pushes+j]
 				code, _, b, err := post(client, fe.URL, body)
@@ -77,7 +75,7 @@ func TestKillEndpointUnderLoad(t *testing.T) {
 				}
 				mu.Unlock()
 			}
-		}()
+		})
 	}
 	wg.Wait()
 	<-killed
@@ -245,16 +243,14 @@ func TestHungEndpoint(t *testing.T) {
 	const n = 20
 	var wg sync.WaitGroup
 	for i := 0; i < n; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			start := time.Now()
 			w := serve(h, pushRequest(standin.RemoteWriteBody(10, 1)))
 			took := time.Since(start)
 			if w.Code != http.StatusGatewayTimeout || took < timeout || took > timeout+5*time.Second {
 				t.Errorf("got %d %q after %v", w.Code, w.Body, took)
 			}
-		}()
+		})
 	}
 	wg.Wait()
 	if hung.Load() != n {

@@ -134,13 +134,11 @@ func TestSharedStallNotCounted(t *testing.T) {
 	var out atomic.Bool
 	var wg sync.WaitGroup
 	for range 4 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			for i := 0; i < 200 && !out.Load(); i++ {
 				serve(h, pushRequest(body))
 			}
-		}()
+		})
 	}
 	standin.WaitFor(t, 20*time.Second, "the slow endpoint out", func() bool {
 		return logs.FilterMessageSnippet("endpoint out").Len() > 0

@@ -29,9 +29,7 @@ func pushMany(t *testing.T, url string, n, workers int, body []byte, each func(c
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	for w := 0; w < workers; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			for next.Add(1) <= int64(n) {
 				start := time.Now()
 				code, _, b, err := post(client, url, body)
@@ -49,7 +47,7 @@ func pushMany(t *testing.T, url string, n, workers int, body []byte, each func(c
 				counts[code]++
 				mu.Unlock()
 			}
-		}()
+		})
 	}
 	wg.Wait()
 	return counts

@@ -48,9 +48,7 @@ func TestRoundRobinPush(t *testing.T) {
 	errs := make(chan error, clients*pushes)
 	for i := 0; i < clients; i++ {
 		client := oneConnClient(t)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			for j := 0; j < pushes; j++ {
 				code, _, b, err := post(client, fe.URL, body)
 				if err == nil && code != http.StatusOK {
@@ -60,7 +58,7 @@ func TestRoundRobinPush(t *testing.T) {
 					errs <- err
 				}
 			}
-		}()
+		})
 	}
 	wg.Wait()
 	close(errs)

@@ -170,9 +170,7 @@ func TestMirrorHungOrDown(t *testing.T) {
 	var wg sync.WaitGroup
 	var slow atomic.Int64
 	for i := 0; i < 20; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			start := time.Now()
 			if code := push(primary, "team-a", body); code != http.StatusOK {
 				t.Errorf("push with a hung mirror: %d", code)
@@ -180,7 +178,7 @@ func TestMirrorHungOrDown(t *testing.T) {
 			if time.Since(start) > 500*time.Millisecond {
 				slow.Add(1)
 			}
-		}()
+		})
 	}
 	wg.Wait()
 	if n := slow.Load(); n > 0 {

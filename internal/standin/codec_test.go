@@ -50,9 +50,7 @@ func TestMimirCodecEchoes(t *testing.T) {
 	var wg sync.WaitGroup
 	errs := make(chan string, callers*rounds)
 	for c := range callers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			rng := rand.New(rand.NewPCG(uint64(c), 1))
 			for r := range rounds {
 				body := make([]byte, 40_000+rng.IntN(260_000)) // several 16 KiB frames
@@ -67,7 +65,7 @@ func TestMimirCodecEchoes(t *testing.T) {
 					errs <- fmt.Sprintf("caller %d round %d: body differs", c, r)
 				}
 			}
-		}()
+		})
 	}
 	wg.Wait()
 	close(errs)

@@ -10,17 +10,30 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"go.uber.org/goleak"
 )
 
-// remoteEnv makes a test binary serve stand-ins (RemoteMain) instead of
+// remoteEnv makes a test binary serve stand-ins (remoteMain) instead of
 // running tests.
 const remoteEnv = "METRICS_GATEWAY_STANDIN_SERVER"
 
-// RemoteMain serves, when the test binary was started by StartRemote, n
+// TestMain is the TestMain of a package whose tests use StartRemote. In a
+// binary that StartRemote started, it serves the stand-ins (remoteMain);
+// otherwise it runs the tests and fails the run when a test leaves a
+// goroutine behind (goleak).
+func TestMain(m *testing.M) {
+	if code, ok := remoteMain(); ok {
+		os.Exit(code)
+	}
+	goleak.VerifyTestMain(m)
+}
+
+// remoteMain serves, when the test binary was started by StartRemote, n
 // stand-ins that answer 200 without decoding, as a Cluster with its own DNS
-// server; it prints their target and returns when stdin closes. Call it
-// first in TestMain: ok is false in an ordinary test run.
-func RemoteMain() (code int, ok bool) {
+// server; it prints their target and returns when stdin closes. ok is false
+// in an ordinary test run.
+func remoteMain() (code int, ok bool) {
 	v := os.Getenv(remoteEnv)
 	if v == "" {
 		return 0, false
@@ -48,7 +61,7 @@ func RemoteMain() (code int, ok bool) {
 }
 
 // StartRemote runs n stand-ins in a child process (the test binary itself,
-// whose TestMain calls RemoteMain), so that a benchmark's CPU and
+// whose TestMain is standin.TestMain), so that a benchmark's CPU and
 // allocations are the gateway's alone, and returns the gateway's target for
 // them. The child stops when the test ends.
 func StartRemote(tb testing.TB, n int) string {
