@@ -399,6 +399,7 @@ func (f *docFixture) codeRow(row docRow, cs []codes.Code) []instance {
 // row says so, what is counted. Every gRPC code and every cause the code
 // maps must be in the table.
 func TestErrorTableInDocs(t *testing.T) {
+	t.Parallel()
 	f := newDocFixture(t)
 	special := f.specialRows()
 	rows := readErrorTable(t)

@@ -27,6 +27,7 @@ import (
 // push unique bodies: every acknowledged body must have reached a server,
 // failures stay <= 0.1 %, and the other two take over.
 func TestKillEndpointUnderLoad(t *testing.T) {
+	t.Parallel()
 	const clients, pushes = 4, 150
 	c := startCluster(t, 3)
 	for _, d := range c.Distributors {
@@ -117,6 +118,7 @@ func TestKillEndpointUnderLoad(t *testing.T) {
 // one none after the next refresh, and requests keep succeeding while the
 // DNS server is down.
 func TestDNSChanges(t *testing.T) {
+	t.Parallel()
 	const refresh = 200 * time.Millisecond
 	c := startCluster(t, 3)
 	c.ListOnly(0, 1)

@@ -282,6 +282,7 @@ func (b *lateBody) Read(p []byte) (int, error) {
 // timeout), though the client still gets 504. A call that had its fair
 // share and ran out still counts.
 func TestLateUploadDoesNotTakeEndpointOut(t *testing.T) {
+	t.Parallel()
 	c := startCluster(t, 1)
 	const timeout = 2 * time.Second
 	h := newHandler(t, c, Options{Timeout: timeout, Retries: Ptr(0), FailDuration: time.Minute, MaxFails: 1})

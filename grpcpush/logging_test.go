@@ -17,9 +17,10 @@ import (
 // its reason, endpoint and target, a client's fault at warn; an outage of
 // many requests writes at most failureLogBurst lines a window.
 func TestFailedRequestsLogged(t *testing.T) {
+	t.Parallel()
 	c := startCluster(t, 1)
 	core, logs := zapobserver.New(zapcore.DebugLevel)
-	h := newHandler(t, c, Options{Logger: zap.New(core), Timeout: 300 * time.Millisecond, Retries: Ptr(0)})
+	h := newHandler(t, c, Options{Logger: zap.New(core), Timeout: 100 * time.Millisecond, Retries: Ptr(0)})
 	waitReady(t, h, 1)
 	c.Distributors[0].SetBehavior(standin.AnswerAfter(time.Second))
 	body := standin.RemoteWriteBody(10, 1)
@@ -35,7 +36,7 @@ func TestFailedRequestsLogged(t *testing.T) {
 	f := failed[0]
 	fields := f.ContextMap()
 	if f.Level != zapcore.ErrorLevel || fields["status"] != int64(504) || fields["endpoint"] != c.Addr(0) ||
-		fields["target"] != c.Target() || !strings.Contains(fields["error"].(string), "no answer within 300ms") {
+		fields["target"] != c.Target() || !strings.Contains(fields["error"].(string), "no answer within 100ms") {
 		t.Errorf("error line %v %v", f.Level, fields)
 	}
 

@@ -50,6 +50,7 @@ func total(c *cluster) int64 {
 // endpoint of the first group is answered by the second, with the same
 // body; with retries 0 it is not.
 func TestPrioritySpillsUnavailable(t *testing.T) {
+	t.Parallel()
 	a, b := startFailingZone(t, 2), startCluster(t, 2)
 	for _, d := range b.Distributors {
 		d.KeepRecords(100)

@@ -20,6 +20,7 @@ import (
 // each) push 2000-sample bodies through real HTTP into the Handler, which
 // spreads them over 3 dskit httpgrpc servers found through a real DNS server.
 func TestRoundRobinPush(t *testing.T) {
+	t.Parallel()
 	const clients, pushes = 4, 150
 	c := startCluster(t, 3)
 	for _, d := range c.Distributors {

@@ -67,6 +67,21 @@ type GRPCServer struct {
 	calls atomic.Int64
 	done  chan struct{}
 	once  sync.Once
+
+	// killed closes when Stop begins; a call's context carries it (see
+	// Killed), so a behaviour that waits ends with the server.
+	killed chan struct{}
+}
+
+// killedKey is the context key of a GRPCServer's killed channel.
+type killedKey struct{}
+
+// Killed returns a channel that closes when the server that took r is
+// stopped with Stop (nil, which never closes, for a request that did not
+// come through a GRPCServer).
+func Killed(r *http.Request) <-chan struct{} {
+	c, _ := r.Context().Value(killedKey{}).(chan struct{})
+	return c
 }
 
 // StartGRPC listens on addr (e.g. "127.0.0.2:0") and serves h over gRPC until
@@ -84,7 +99,7 @@ func serveGRPC(lis net.Listener, h http.Handler, opts ...GRPCOption) *GRPCServer
 	for _, o := range opts {
 		o(&cfg)
 	}
-	s := &GRPCServer{lis: lis, done: make(chan struct{})}
+	s := &GRPCServer{lis: lis, done: make(chan struct{}), killed: make(chan struct{})}
 	chain := []grpc.UnaryServerInterceptor{s.countCalls}
 	chain = append(chain, cfg.interceptors...)
 	chain = append(chain, middleware.ServerUserHeaderInterceptor)
@@ -114,7 +129,7 @@ func serveGRPC(lis net.Listener, h http.Handler, opts ...GRPCOption) *GRPCServer
 // countCalls counts every call that reaches the server.
 func (s *GRPCServer) countCalls(ctx context.Context, req any, _ *grpc.UnaryServerInfo, next grpc.UnaryHandler) (any, error) {
 	s.calls.Add(1)
-	return next(ctx, req)
+	return next(context.WithValue(ctx, killedKey{}, s.killed), req)
 }
 
 // Addr returns the listening address as host:port.
@@ -131,6 +146,7 @@ func (s *GRPCServer) Calls() int64 { return s.calls.Load() }
 // calls, like a killed pod. It waits for the serving goroutine to end.
 func (s *GRPCServer) Stop() {
 	s.once.Do(func() {
+		close(s.killed)
 		s.srv.Stop()
 		<-s.done
 	})

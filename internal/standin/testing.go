@@ -1,6 +1,7 @@
 package standin
 
 import (
+	"context"
 	"net/http"
 	"os"
 	"runtime"
@@ -34,11 +35,32 @@ func Answer503(w http.ResponseWriter, _ *http.Request) bool {
 	return true
 }
 
-// AnswerAfter answers normally after d, as a slow distributor.
+// AnswerAfter answers normally after d, as a slow distributor. A call
+// canceled before (its client went away) or one whose server is stopped
+// (Stop) is abandoned at once, so no handler outlives its test. One past
+// its deadline waits on: answering then would race the client's own
+// deadline, which must decide what the client sees.
 func AnswerAfter(d time.Duration) Behavior {
-	return func(http.ResponseWriter, *http.Request) bool {
-		time.Sleep(d)
-		return false
+	return func(_ http.ResponseWriter, r *http.Request) bool {
+		t := time.NewTimer(d)
+		defer t.Stop()
+		ctx := r.Context()
+		select {
+		case <-t.C:
+			return false
+		case <-Killed(r):
+			return true
+		case <-ctx.Done():
+			if ctx.Err() == context.Canceled {
+				return true
+			}
+		}
+		select {
+		case <-t.C:
+			return false
+		case <-Killed(r):
+			return true
+		}
 	}
 }
 
