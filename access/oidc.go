@@ -138,7 +138,7 @@ func (v *oidcVerifier) verify(ctx context.Context, token []byte, snap *snapshot)
 	} else if e.names, err = policyNames(val); err != nil {
 		e.detail = fmt.Sprintf("oidc: claim %s: %v", v.claim, err)
 	}
-	if e.keys != nil {
+	if e.keys != nil && e.size() <= maxCachedTokenBytes {
 		v.cache.put(key, e, now)
 	}
 	return e.result(snap, v.claim)

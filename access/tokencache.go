@@ -15,6 +15,13 @@ import (
 // when seen.
 const maxCachedTokens = 10000
 
+// maxCachedTokenBytes bounds what one cached token holds (its subject,
+// policy names and note). A token whose policy claim is larger (a long list
+// of groups) is verified at every request instead, so the cache holds at
+// most maxCachedTokens × ~4 KiB (about 45 MiB) however large the tokens
+// the provider signs.
+const maxCachedTokenBytes = 4096
+
 // NewCachedTokensGauge returns the gauge of verified JWTs remembered,
 // metrics_gateway_auth_jwt_cache_entries, unregistered: the caller
 // registers it (once) and passes it in Options.CachedTokens of every Guard.
@@ -51,6 +58,15 @@ type cachedToken struct {
 	subject string
 	names   []string // the policy claim's policy names
 	detail  string   // when not "": why the claim names no policy (missing, bad shape)
+}
+
+// size is about what e holds in memory: its strings and their headers.
+func (e *cachedToken) size() int {
+	n := len(e.subject) + len(e.detail) + 16*len(e.names)
+	for _, name := range e.names {
+		n += len(name)
+	}
+	return n
 }
 
 // result maps the token's policy names to the policies of snap.

@@ -161,3 +161,32 @@ func TestOIDCTokenCacheBound(t *testing.T) {
 		}
 	}
 }
+
+// TestOIDCLargeTokenNotCached: a token whose policy claim is larger than
+// maxCachedTokenBytes (here 1,000 group names) still grants what it names,
+// but is verified at every request and never held by the cache.
+func TestOIDCLargeTokenNotCached(t *testing.T) {
+	g, is, clock, _ := cachingGuard(t)
+	groups := []string{"team-a"}
+	for i := range 999 {
+		groups = append(groups, fmt.Sprintf("group-%05d", i))
+	}
+	tok := rsaKey1().Sign(t, claims(is, clock, groups))
+	for i := range 3 {
+		checks := g.oidc.keys.signatureChecks.Load()
+		if d := g.Decide(bearerReq(tok), ScopeMetricsWrite); !d.Allowed() || d.Tenant != "team-a" {
+			t.Fatalf("send %d: %+v", i+1, d)
+		}
+		if n := g.oidc.keys.signatureChecks.Load() - checks; n != 1 {
+			t.Fatalf("send %d: %d signature checks, want 1 (not cached)", i+1, n)
+		}
+	}
+	if n := g.oidc.cache.len(); n != 0 {
+		t.Errorf("%d tokens cached, want 0", n)
+	}
+	small := rsaKey1().Sign(t, claims(is, clock, "team-a"))
+	g.Decide(bearerReq(small), ScopeMetricsWrite)
+	if n := g.oidc.cache.len(); n != 1 {
+		t.Errorf("a small token: %d cached, want 1", n)
+	}
+}
