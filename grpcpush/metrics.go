@@ -42,7 +42,7 @@ func NewMetrics() *Metrics {
 	return &Metrics{
 		users:       map[[2]string]int{},
 		healthOwner: map[[2]string]*backendMetrics{},
-		requests: prometheus.NewCounterVec(opts("requests_total",
+		requests: prometheus.NewCounterVec(metricOpts("requests_total",
 			"Requests tunnelled over gRPC, by backend, target (priority group) and endpoint of the last attempt (\"none\" if no endpoint was picked) and HTTP status sent to the client."),
 			[]string{"backend", "target", "endpoint", "code"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
@@ -56,21 +56,21 @@ func NewMetrics() *Metrics {
 			"1 while the passive health check keeps an endpoint in (always without passive health checks), 0 while it is out.",
 			"endpoint"),
 		buffered: gaugeVec("buffered_bytes", "Bytes of request body buffers held, by backend (bounded by max_buffered_bytes)."),
-		bufferFull: prometheus.NewCounterVec(opts("buffer_full_total",
+		bufferFull: prometheus.NewCounterVec(metricOpts("buffer_full_total",
 			"Requests answered 503 because their body would have taken the backend's buffered bytes over max_buffered_bytes."),
 			[]string{"backend"}),
 	}
 }
 
-// opts names a metrics_gateway_grpc_* collector.
-func opts(name, help string) prometheus.CounterOpts {
+// metricOpts names a metrics_gateway_grpc_* collector.
+func metricOpts(name, help string) prometheus.CounterOpts {
 	return prometheus.CounterOpts{Namespace: "metrics_gateway", Subsystem: "grpc", Name: name, Help: help}
 }
 
 // gaugeVec is a metrics_gateway_grpc_* gauge labelled by backend and the
 // extra labels.
 func gaugeVec(name, help string, labels ...string) *prometheus.GaugeVec {
-	return prometheus.NewGaugeVec(prometheus.GaugeOpts(opts(name, help)), append([]string{"backend"}, labels...))
+	return prometheus.NewGaugeVec(prometheus.GaugeOpts(metricOpts(name, help)), append([]string{"backend"}, labels...))
 }
 
 // Collectors returns the collectors to register.
