@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -442,7 +443,7 @@ func TestReloadSwitchesBackends(t *testing.T) {
 		t.Fatalf("before reload: %q %v", b, err)
 	}
 	c.Client.CloseIdleConnections()
-	goroutinesBefore := standin.NumGoroutines()
+	goroutinesBefore := runtime.NumGoroutine()
 	servedBefore := oldDef.served.Load() + newDef.served.Load()
 
 	// Load in the background for the whole reload sequence.

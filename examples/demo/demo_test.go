@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -36,7 +37,7 @@ func testConfig() Config {
 const goroutineMargin = 8
 
 func TestDemo(t *testing.T) {
-	base := standin.NumGoroutines()
+	base := runtime.NumGoroutine()
 	cfg := testConfig()
 	var out bytes.Buffer
 	res, err := run(context.Background(), cfg, &out)
@@ -153,7 +154,7 @@ func (w *cancelOn) Write(p []byte) (int, error) {
 // Ctrl-C does: it returns promptly, stops everything, and the next run can
 // start its own Caddy.
 func TestDemoInterrupted(t *testing.T) {
-	base := standin.NumGoroutines()
+	base := runtime.NumGoroutine()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	cfg := testConfig()
