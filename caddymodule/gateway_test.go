@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -443,7 +442,7 @@ func TestReloadSwitchesBackends(t *testing.T) {
 		t.Fatalf("before reload: %q %v", b, err)
 	}
 	c.Client.CloseIdleConnections()
-	goroutinesBefore := runtime.NumGoroutine()
+	goroutinesBefore := standin.NumGoroutines()
 	servedBefore := oldDef.served.Load() + newDef.served.Load()
 
 	// Load in the background for the whole reload sequence.

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -602,7 +601,7 @@ func TestGRPCHungEndpointAndDisconnect(t *testing.T) {
 	if resp, b, err := push(c.Client, body); err != nil || resp.StatusCode != 200 {
 		t.Fatalf("push: %v %q", err, b)
 	}
-	baseline := runtime.NumGoroutine()
+	baseline := standin.NumGoroutines()
 
 	// A hung distributor answers nothing until released (not even when its
 	// own deadline passes: it would race the gateway's timeout with a 200).

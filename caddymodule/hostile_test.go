@@ -11,7 +11,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -96,7 +95,7 @@ func waitBaseline(t *testing.T, goroutines, fds, gTol, fdTol int) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	t.Logf("back to baseline: %d goroutines (baseline %d, +%d allowed), %d fds (baseline %d, +%d allowed)",
-		runtime.NumGoroutine(), goroutines, gTol, openFDs(t), fds, fdTol)
+		standin.NumGoroutines(), goroutines, gTol, openFDs(t), fds, fdTol)
 }
 
 // raiseFDLimit makes room for n more descriptors.
@@ -216,7 +215,7 @@ func TestHostileClients(t *testing.T) {
 		return cl.conns.Load() == 3
 	})
 	c.Client.CloseIdleConnections()
-	goroutines, fds := runtime.NumGoroutine(), openFDs(t)
+	goroutines, fds := standin.NumGoroutines(), openFDs(t)
 	stop := wellBehaved(t, c)
 	t.Logf("set up after %v", time.Since(began).Round(time.Millisecond))
 

@@ -54,7 +54,7 @@ func snapshot(t *testing.T, c *testcaddy.Caddy, cl *cluster) soakSnapshot {
 
 func takeSnapshot(t *testing.T, c *testcaddy.Caddy, cl *cluster) soakSnapshot {
 	return soakSnapshot{
-		goroutines: runtime.NumGoroutine(), fds: openFDs(t),
+		goroutines: standin.NumGoroutines(), fds: openFDs(t),
 		upstreams: caddymodule.PooledGRPCUpstreams(), gateways: caddymodule.LiveGateways(),
 		serverConns: int(cl.conns.Load()), names: gatewaySeries(t, c), rss: rss(t),
 	}

@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -37,7 +36,7 @@ func testConfig() Config {
 const goroutineMargin = 8
 
 func TestDemo(t *testing.T) {
-	base := runtime.NumGoroutine()
+	base := standin.NumGoroutines()
 	cfg := testConfig()
 	var out bytes.Buffer
 	res, err := run(context.Background(), cfg, &out)
@@ -154,7 +153,7 @@ func (w *cancelOn) Write(p []byte) (int, error) {
 // Ctrl-C does: it returns promptly, stops everything, and the next run can
 // start its own Caddy.
 func TestDemoInterrupted(t *testing.T) {
-	base := runtime.NumGoroutine()
+	base := standin.NumGoroutines()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	cfg := testConfig()
