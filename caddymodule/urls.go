@@ -17,7 +17,8 @@ type BackendKind string
 const (
 	// KindHTTP backends are served by Caddy's reverse_proxy.
 	KindHTTP BackendKind = "http"
-	// KindGRPC backends are served by the gRPC round-robin upstream.
+	// KindGRPC backends are served by grpcpush: each request balanced over
+	// persistent gRPC connections to every address of the name.
 	KindGRPC BackendKind = "grpc"
 )
 

@@ -13,9 +13,9 @@
 // instead of writing them, for a caller that answers them its own way.
 // Priority puts several Handlers (one per zone) in order as priority
 // groups; a Budget bounds the request body bytes held by the requests that
-// share it. NewMetrics makes the Prometheus collectors, Endpoints and
-// Serving feed an admin view, Options.Key says which Options may share one
-// Handler across configurations.
+// share it. NewMetrics makes the Prometheus collectors; Endpoints,
+// Available and Priority.Current feed an admin view; Options.Key says which
+// Options may share one Handler across configurations.
 //
 // The files: handler.go (the request path, Handler, Error), body.go and
 // budget.go (reading bodies into pooled buffers, and their bound),

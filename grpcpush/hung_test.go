@@ -60,7 +60,6 @@ func pushMany(t *testing.T, url string, n, workers int, body []byte, each func(c
 // to retry), and once they are done the gateway holds no more goroutines
 // than before.
 func TestThousandCallsToAHungDistributor(t *testing.T) {
-	t.Parallel()
 	const n, workers, timeout = 1000, 50, 200 * time.Millisecond
 	cl := startCluster(t, 1)
 	h := newHandler(t, cl, Options{Timeout: timeout, Metrics: NewMetrics()})
@@ -268,7 +267,6 @@ func isTimeout(err error) bool {
 // at the timeout with 504 and release their goroutines; none is retried
 // (part of the request may have reached the distributor).
 func TestEndpointStopsReadingMidBody(t *testing.T) {
-	t.Parallel()
 	// The timeout counts from the start of the request, upload included:
 	// 1.5s leaves a busy machine time to upload each 1 MiB body to the
 	// gateway, so every push ends at the stalled call, not at its upload.
