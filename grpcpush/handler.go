@@ -293,8 +293,30 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, c *call, start t
 		// failed) is not copied twice.
 		c.site.tee.Copy(c.view(tenant))
 	}
+	return h.relay(w, r, c, &c.resp)
+}
+
+// relay writes the component's answer. A 499 is Mimir's answer to a
+// request whose context it saw canceled; with the client still connected,
+// the client closed nothing, and a 4xx would make a remote-write client
+// drop the batch: it gets a 503, which it retries, as for CANCELLED on the
+// way. A client that went away is relayed the 499 (it never reads it).
+func (h *Handler) relay(w http.ResponseWriter, r *http.Request, c *call, resp *httpgrpc.HTTPResponse) (int, *Error) {
+	if resp.Code == StatusClientClosedRequest && r.Context().Err() == nil {
+		return 0, h.failed(c, r, http.StatusServiceUnavailable,
+			"the component canceled the request (499) while the client was still connected: "+excerpt(resp.Body))
+	}
 	h.answering(r, c.endpoint.Load())
-	return writeResponse(w, &c.resp), nil
+	return writeResponse(w, resp), nil
+}
+
+// excerpt is the start of a component's answer body for a one-line error.
+func excerpt(body []byte) string {
+	const max = 200
+	if len(body) > max {
+		return strings.ToValidUTF8(string(body[:max]), "") + "..."
+	}
+	return strings.ToValidUTF8(string(body), "")
 }
 
 // invoke makes the call on this Handler's ClientConn and, when it fails
@@ -401,10 +423,8 @@ func (h *Handler) bodyError(c *call, r *http.Request, err error) (int, *Error) {
 // callError answers a failed call following mapError.
 func (h *Handler) callError(w http.ResponseWriter, r *http.Request, c *call, err error) (int, *Error) {
 	o := mapError(err)
-	ep := c.endpoint.Load()
 	if o.resp != nil {
-		h.answering(r, ep)
-		return writeResponse(w, o.resp), nil
+		return h.relay(w, r, c, o.resp)
 	}
 	if o.code == StatusClientClosedRequest && r.Context().Err() != nil {
 		h.logFailure(c, r, StatusClientClosedRequest, "client went away: "+o.msg)
