@@ -291,6 +291,7 @@ func TestGRPCErrorContract(t *testing.T) {
 		{name: "ha dedupe", behavior: answer(202, nil, "replicas did not match"), wantCode: 202},
 		{name: "internal", behavior: answer(500, nil, "boom"), wantCode: 500, wantBody: "boom"},
 		{name: "unavailable", behavior: answer(503, nil, "ingesters down"), wantCode: 503, wantBody: "ingesters down"},
+		{name: "mimir push canceled (499)", behavior: answer(499, nil, "context canceled"), wantCode: 503, wantHeader: map[string]string{"Retry-After": ""}, wantBody: "canceled the request (499)"},
 		{name: "cortex 5xx without detail", raw: raw(status.Error(codes.Code(502), "bad gateway")), wantCode: 502},
 		{name: "mimir ErrorDetails ingestion rate", raw: raw(standin.ErrorDetailsStatus(codes.ResourceExhausted, standin.CauseIngestionRateLimited, "rate")), wantCode: 429},
 		{name: "mimir ErrorDetails bad data", raw: raw(standin.ErrorDetailsStatus(codes.InvalidArgument, standin.CauseBadData, "bad")), wantCode: 400},
