@@ -2,7 +2,6 @@ package access
 
 import (
 	"bytes"
-	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -376,6 +375,3 @@ var yamlValue = regexp.MustCompile("`[^`]*`")
 func redactYAML(err error) string {
 	return yamlValue.ReplaceAllString(err.Error(), "(value not shown)")
 }
-
-// hashOf returns the SHA-256 of a token as the map key of the policies.
-func hashOf(token []byte) [32]byte { return sha256.Sum256(token) }

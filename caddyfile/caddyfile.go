@@ -280,7 +280,7 @@ func grpcOption(d *parser.Dispenser, opt string, cfg *caddymodule.GRPCConfig) (k
 	case "keepalive":
 		args := d.RemainingArgs()
 		if len(args) < 1 || len(args) > 2 {
-			return true, argError
+			return true, errArgCount
 		}
 		cfg.KeepaliveTime, err = parseDuration(args[0])
 		if err == nil && len(args) == 2 {
@@ -325,7 +325,7 @@ func unmarshalMirror(d *parser.Dispenser, m *caddymodule.MirrorConfig) error {
 		switch opt {
 		case "tenants":
 			if m.Tenants = d.RemainingArgs(); len(m.Tenants) == 0 {
-				err = argError
+				err = errArgCount
 			}
 		case "percent":
 			var n int
@@ -346,13 +346,13 @@ func unmarshalMirror(d *parser.Dispenser, m *caddymodule.MirrorConfig) error {
 	return nil
 }
 
-// argError is a missing or extra argument.
-var argError = errors.New("wrong number of arguments")
+// errArgCount is a missing or extra argument.
+var errArgCount = errors.New("wrong number of arguments")
 
 // stringArg reads the one argument of an option into v.
 func stringArg(d *parser.Dispenser, v *string) error {
 	if !d.AllArgs(v) {
-		return argError
+		return errArgCount
 	}
 	return nil
 }
