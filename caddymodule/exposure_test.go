@@ -126,8 +126,7 @@ func TestStalledUploadsBoundMemory(t *testing.T) {
 	const stalled, timeout = 300, 4 * time.Second
 	raiseFDLimit(t, 4*stalled+4096)
 	cl := startCluster(t, 2)
-	var c *testcaddy.Caddy
-	c = testcaddy.StartJSON(t, func(tc *testcaddy.Caddy) string {
+	c := testcaddy.StartJSON(t, func(tc *testcaddy.Caddy) string {
 		return h1h2cConfig(tc, cl.handlerJSON(fmt.Sprintf(`"timeout": %q`, timeout)))
 	})
 	body := standin.RemoteWriteBody(100, 1)
