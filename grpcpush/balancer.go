@@ -92,6 +92,11 @@ type tracker struct {
 	// (rare: connects, disconnects) so that Pick reads it without a lock.
 	bySubConn atomic.Pointer[map[balancer.SubConn]*endpoint]
 	connErr   atomic.Pointer[error] // the last failed connection attempt's
+	// state is the child balancer's aggregate connectivity state. grpc-go's
+	// balancers keep it in TRANSIENT_FAILURE, once there, until an endpoint
+	// is READY again, while each SubConn goes back through IDLE and
+	// CONNECTING on its own retries.
+	state atomic.Int32
 }
 
 func newTracker(m *backendMetrics) *tracker {
@@ -294,8 +299,11 @@ func (c *observingCC) NewSubConn(addrs []resolver.Address, opts balancer.NewSubC
 }
 
 func (c *observingCC) UpdateState(s balancer.State) {
-	if t := c.tracker.Load(); t != nil && s.Picker != nil {
-		s.Picker = &countingPicker{Picker: s.Picker, t: t}
+	if t := c.tracker.Load(); t != nil {
+		t.state.Store(int32(s.ConnectivityState))
+		if s.Picker != nil {
+			s.Picker = &countingPicker{Picker: s.Picker, t: t}
+		}
 	}
 	c.ClientConn.UpdateState(s)
 }

@@ -327,3 +327,27 @@ func TestKeepaliveDetectsBlackHole(t *testing.T) {
 		t.Errorf("left READY after %v, before any keepalive ping was due: detected by something else", took)
 	}
 }
+
+// TestSilentEndpointUnreachable: an endpoint that takes connections but
+// never speaks HTTP/2 makes the Handler Unreachable once the connect
+// timeout has passed, and it stays so through the next attempt (CONNECTING
+// for another connect timeout) as long as no endpoint is READY.
+func TestSilentEndpointUnreachable(t *testing.T) {
+	t.Parallel()
+	silent := listenSilent(t, "127.0.0.1:0")
+	h, err := New(Options{Target: "dns:///" + silent.Addr().String()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = h.Close() })
+	standin.WaitFor(t, 30*time.Second, "unreachable after the connect timeout", h.Unreachable)
+	attempts := silent.accepted.Load()
+	for end := time.Now().Add(8 * time.Second); time.Now().Before(end); time.Sleep(5 * time.Millisecond) {
+		if !h.Unreachable() {
+			t.Fatalf("reachable again during attempt %d to an endpoint that never answers", silent.accepted.Load())
+		}
+	}
+	if silent.accepted.Load() == attempts {
+		t.Error("no new connection attempt within 8 s: the check did not span one")
+	}
+}

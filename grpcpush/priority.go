@@ -151,34 +151,22 @@ func (p *Priority) note(i int) {
 // and, with passive health checks, in. It reads no lock.
 func (h *Handler) Available() int { return h.tracker.availableCount() }
 
-// Unreachable reports whether h has endpoints and the last connection
-// attempt to each failed (all in TRANSIENT_FAILURE, waiting out their
-// reconnect backoff): a call now would fail at once, and its retries would
-// hold it through their backoff for nothing. Right after start (endpoints
+// Unreachable reports whether h's connections are in TRANSIENT_FAILURE:
+// the last attempt to every endpoint failed (refused, or no handshake
+// within the connect timeout), or the name resolved to none, and none has
+// been READY since. A call now would fail, and its retries would hold it
+// through their backoff for nothing. Right after start (endpoints
 // connecting) it is false. It reads no lock.
 func (h *Handler) Unreachable() bool { return h.tracker.allFailing() }
 
-// Unreachable reports whether every group is (Handler.Unreachable).
-func (p *Priority) Unreachable() bool {
-	for _, g := range p.groups {
-		if !g.Unreachable() {
-			return false
-		}
-	}
-	return true
-}
+// Unreachable reports whether the group that Send uses now is
+// (Handler.Unreachable).
+func (p *Priority) Unreachable() bool { return p.groups[p.Current()].Unreachable() }
 
+// allFailing reports whether the child balancer's aggregate state is
+// TRANSIENT_FAILURE.
 func (t *tracker) allFailing() bool {
-	subConns := *t.bySubConn.Load()
-	if len(subConns) == 0 {
-		return false
-	}
-	for _, ep := range subConns {
-		if connectivity.State(ep.state.Load()) != connectivity.TransientFailure {
-			return false
-		}
-	}
-	return true
+	return connectivity.State(t.state.Load()) == connectivity.TransientFailure
 }
 
 // maxCounted bounds the endpoints availableCount tells apart without

@@ -242,6 +242,14 @@ func TestMirrorUnreachable(t *testing.T) {
 
 	cl.Stop()
 	standin.WaitFor(t, 20*time.Second, "every endpoint refusing connections", h.Unreachable)
+	// It stays so through the endpoints' reconnect attempts (each SubConn
+	// goes back through IDLE and CONNECTING after its backoff): the
+	// balancer's state, not the SubConns', is what counts.
+	for end := time.Now().Add(3 * time.Second); time.Now().Before(end); time.Sleep(5 * time.Millisecond) {
+		if !h.Unreachable() {
+			t.Fatal("reachable again while every endpoint refuses connections")
+		}
+	}
 	for i := 0; i < 10; i++ {
 		copyOne()
 	}
