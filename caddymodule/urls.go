@@ -93,11 +93,10 @@ func redactPassword(raw string) string {
 	if start < len("://") {
 		start = 0
 	}
-	end := len(raw)
-	if i := strings.IndexAny(raw[start:], "/?#"); i >= 0 {
-		end = start + i
-	}
-	at := strings.LastIndex(raw[start:end], "@")
+	// The last "@" of the rest, not only of the authority: a password may
+	// hold "/", "?" or "#" (then the URL does not parse), and a backend
+	// URL has no path whose "@" this could mistake.
+	at := strings.LastIndex(raw[start:], "@")
 	if at < 0 {
 		return raw
 	}
@@ -120,6 +119,10 @@ func parseHTTPURL(written string) (scheme, dial string, err error) {
 	}
 	u, err := url.Parse(full)
 	if err != nil {
+		if raw != written {
+			// url.Parse's reason may quote part of the password.
+			return "", "", fmt.Errorf("%q is not a URL", raw)
+		}
 		var ue *url.Error
 		if errors.As(err, &ue) {
 			err = ue.Err // without the URL, which may not be raw
