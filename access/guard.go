@@ -199,7 +199,7 @@ func (g *Guard) Close() error {
 		<-g.done // no install after this
 		trackPolicies(g.metrics, g.snap.Load(), nil)
 		if g.oidc != nil {
-			g.oidc.keys.fetching.Wait() // cancelled with g.ctx
+			g.oidc.keys.waitFetch() // cancelled with g.ctx
 			g.oidc.cache.close()
 		}
 		if g.ownClient != nil {

@@ -1,7 +1,9 @@
 package access
 
 import (
+	"bytes"
 	"context"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/rsa"
@@ -12,6 +14,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -132,13 +135,14 @@ func (v *oidcVerifier) verify(ctx context.Context, token []byte, snap *snapshot)
 	if err := tok.Claims(&claims); err != nil {
 		return verifyResult{invalid: true, detail: "oidc: claims: " + err.Error()}
 	}
-	e := &cachedToken{keys: note.keys, expires: tok.Expiry, subject: tok.Subject}
+	e := &cachedToken{expires: tok.Expiry, subject: tok.Subject}
 	if val, ok := claimValue(claims, v.claim); !ok {
 		e.detail = fmt.Sprintf("oidc: the token has no %s claim", v.claim)
 	} else if e.names, err = policyNames(val); err != nil {
 		e.detail = fmt.Sprintf("oidc: claim %s: %v", v.claim, err)
 	}
-	if e.keys != nil && e.size() <= maxCachedTokenBytes {
+	if note.keys != nil && e.size() <= maxCachedTokenBytes {
+		e.gen = note.keys.gen
 		v.cache.put(key, e, now)
 	}
 	return e.result(snap, v.claim)
@@ -221,8 +225,6 @@ type keySet struct {
 
 	signatureChecks atomic.Int64 // tokens whose signature was checked (not taken from the cache)
 
-	fetching sync.WaitGroup // the fetch under way, if any
-
 	sem         chan struct{} // held while fetching; guards the fields below
 	jwksURI     string        // from discovery; "" to discover again
 	lastAttempt time.Time
@@ -237,6 +239,34 @@ type keySet struct {
 type jwks struct {
 	keys    []jose.JSONWebKey
 	fetched time.Time
+	// gen is the same for sets of the same keys: a fetch that finds the
+	// keys unchanged (the hourly one, or one forced by an unknown key ID)
+	// keeps the tokens verified with the set before.
+	gen uint64
+}
+
+// keyGens numbers the distinct key sets.
+var keyGens atomic.Uint64
+
+// setGen gives set the generation of prev when both hold the same keys
+// (key IDs and public keys, in order), a new one otherwise.
+func setGen(set, prev *jwks) {
+	if prev != nil && sameKeys(set.keys, prev.keys) {
+		set.gen = prev.gen
+		return
+	}
+	set.gen = keyGens.Add(1)
+}
+
+func sameKeys(a, b []jose.JSONWebKey) bool {
+	return slices.EqualFunc(a, b, func(x, y jose.JSONWebKey) bool {
+		if x.KeyID != y.KeyID {
+			return false
+		}
+		tx, errX := x.Thumbprint(crypto.SHA256)
+		ty, errY := y.Thumbprint(crypto.SHA256)
+		return errX == nil && errY == nil && bytes.Equal(tx, ty)
+	})
 }
 
 // errNoKey is a token whose key ID is in the set but whose signature no key
@@ -354,14 +384,14 @@ func (k *keySet) refresh(ctx context.Context, seen *jwks) (*jwks, error) {
 // startFetch runs refreshLocked in a goroutine of its own, which releases
 // sem (held by the caller) when done: a request waits for a fetch only as
 // long as its own context allows. One fetch runs at a time (sem); Close
-// waits for it.
+// waits for it by taking sem.
 func (k *keySet) startFetch(seen *jwks) <-chan fetchResult {
 	done := make(chan fetchResult, 1)
-	k.fetching.Go(func() {
+	go func() {
 		set, err := k.refreshLocked(seen)
 		<-k.sem // before the waiter goes on: its next token may need a fetch
 		done <- fetchResult{set, err}
-	})
+	}()
 	return done
 }
 
@@ -397,6 +427,7 @@ func (k *keySet) refreshLocked(seen *jwks) (*jwks, error) {
 		kids[i] = key.KeyID
 	}
 	k.log.Info("fetched the OIDC provider's keys", zap.Strings("kids", kids))
+	setGen(set, k.cur.Load())
 	k.cur.Store(set)
 	lastKeys.Store(k.issuer, set)
 	return set, nil
@@ -518,4 +549,12 @@ func (k *keySet) getJSON(ctx context.Context, u string, v any) error {
 		return fmt.Errorf("GET %s: %w", u, err)
 	}
 	return nil
+}
+
+// waitFetch waits for the fetch under way, if any, to be done with the key
+// set: it takes sem and gives it back. (A WaitGroup would do, were it not
+// that requests still in flight may start a fetch while Close waits.)
+func (k *keySet) waitFetch() {
+	k.sem <- struct{}{}
+	<-k.sem
 }

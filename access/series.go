@@ -46,7 +46,9 @@ func trackPolicies(vec *prometheus.CounterVec, old, next *snapshot) {
 		k := seriesKey{vec, name}
 		if policySeries.users[k]--; policySeries.users[k] <= 0 {
 			delete(policySeries.users, k)
-			vec.DeletePartialMatch(prometheus.Labels{"policy": name})
+			for _, result := range resultNames {
+				vec.DeleteLabelValues(name, result)
+			}
 		}
 	}
 }

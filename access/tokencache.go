@@ -36,9 +36,11 @@ func NewCachedTokensGauge() prometheus.Gauge {
 // SHA-256 of the token (never the token), so that a client sending the
 // same token with every push costs a hash and a lookup, not a signature
 // check (tens of µs). An entry holds until the token's exp, and only while
-// the key set that verified it is the current one and younger than
-// keyMaxAge: a key the provider withdrew stops its tokens as soon as the
-// set is fetched again, exactly as without the cache. What the token's
+// the current key set holds the same keys as the one that verified it
+// (same generation) and was fetched less than keyMaxAge ago: a key the
+// provider withdrew stops its tokens as soon as the set is fetched again,
+// exactly as without the cache, while a fetch that finds the same keys
+// (hourly, or forced by a token with an unknown key ID) keeps them. What the token's
 // policy claim grants is looked up in the policies in force at each
 // request, so policy changes apply at once.
 type tokenCache struct {
@@ -53,7 +55,7 @@ type tokenCache struct {
 
 // cachedToken is what verification found in a token.
 type cachedToken struct {
-	keys    *jwks // the key set that verified it
+	gen     uint64 // the generation of the key set that verified it
 	expires time.Time
 	subject string
 	names   []string // the policy claim's policy names
@@ -96,7 +98,7 @@ func (c *tokenCache) get(key [32]byte, cur *jwks, now time.Time) *cachedToken {
 	c.mu.Lock()
 	e := c.entries[key]
 	c.mu.Unlock()
-	if e == nil || e.keys != cur || now.Sub(cur.fetched) >= keyMaxAge || e.expires.Before(now) {
+	if e == nil || e.gen != cur.gen || now.Sub(cur.fetched) >= keyMaxAge || e.expires.Before(now) {
 		return nil
 	}
 	return e
@@ -114,7 +116,7 @@ func (c *tokenCache) put(key [32]byte, e *cachedToken, now time.Time) {
 	before := len(c.entries)
 	if _, ok := c.entries[key]; !ok {
 		if len(c.entries) >= c.max {
-			c.shrinkLocked(e.keys, now)
+			c.shrinkLocked(e.gen, now)
 		}
 		c.order = append(c.order, key)
 	}
@@ -125,11 +127,11 @@ func (c *tokenCache) put(key [32]byte, e *cachedToken, now time.Time) {
 }
 
 // shrinkLocked drops the entries that expired or were verified with
-// another key set than cur, then the oldest, to at most 3/4 of max.
-func (c *tokenCache) shrinkLocked(cur *jwks, now time.Time) {
+// another key set generation than cur, then the oldest, to at most 3/4 of max.
+func (c *tokenCache) shrinkLocked(cur uint64, now time.Time) {
 	keep := c.order[:0]
 	for _, k := range c.order {
-		if e := c.entries[k]; e.keys != cur || e.expires.Before(now) {
+		if e := c.entries[k]; e.gen != cur || e.expires.Before(now) {
 			delete(c.entries, k)
 			continue
 		}

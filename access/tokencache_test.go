@@ -190,3 +190,26 @@ func TestOIDCLargeTokenNotCached(t *testing.T) {
 		t.Errorf("a small token: %d cached, want 1", n)
 	}
 }
+
+// TestOIDCTokenCacheKeptWhenKeysUnchanged: a fetch that finds the same keys
+// (here forced by a token with an unknown key ID, as anyone can send)
+// keeps the remembered tokens: no client's token is verified again.
+func TestOIDCTokenCacheKeptWhenKeysUnchanged(t *testing.T) {
+	g, is, clock, _ := cachingGuard(t)
+	tok := rsaKey1().Sign(t, claims(is, clock, "team-a"))
+	allowWrite(t, g, tok, "first send")
+	clock.Add(minRefetchInterval + time.Second)
+	fetches := is.Fetches.Load()
+	forged := strayKey().SignAs(t, "kid-unknown", claims(is, clock, "team-a"))
+	if d := g.Decide(bearerReq(forged), ScopeMetricsWrite); d.Status != 401 {
+		t.Fatalf("forged token: %+v", d)
+	}
+	if n := is.Fetches.Load() - fetches; n != 1 {
+		t.Fatalf("%d fetches for the unknown key ID, want 1", n)
+	}
+	checks := g.oidc.keys.signatureChecks.Load()
+	allowWrite(t, g, tok, "after the fetch")
+	if n := g.oidc.keys.signatureChecks.Load() - checks; n != 0 {
+		t.Errorf("%d signature checks for a remembered token after a fetch of the same keys, want 0", n)
+	}
+}
