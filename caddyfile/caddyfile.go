@@ -436,6 +436,8 @@ func unmarshalStrings(d *parser.Dispenser, where string, options []stringOption)
 			if !d.AllArgs(target) {
 				return d.ArgErr()
 			}
+		default:
+			panic(fmt.Sprintf("option %s: target %T is neither *string nor *bool", opt, target))
 		}
 	}
 	return nil

@@ -39,38 +39,35 @@ const noEndpoint = "none"
 
 // NewMetrics creates the collectors (not registered).
 func NewMetrics() *Metrics {
+	byBackend := []string{"backend"}
 	return &Metrics{
 		users:       map[[2]string]int{},
 		healthOwner: map[[2]string]*backendMetrics{},
-		requests: prometheus.NewCounterVec(metricOpts("requests_total",
-			"Requests tunnelled over gRPC, by backend, target (priority group) and endpoint of the last attempt (\"none\" if no endpoint was picked) and HTTP status sent to the client."),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts(opts("requests_total",
+			"Requests tunnelled over gRPC, by backend, target (priority group) and endpoint of the last attempt (\"none\" if no endpoint was picked) and HTTP status sent to the client.")),
 			[]string{"backend", "target", "endpoint", "code"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: "metrics_gateway", Subsystem: "grpc", Name: "request_duration_seconds",
 			Help:    "Time from receiving a request to having answered it, by backend.",
 			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
-		}, []string{"backend"}),
-		inFlight: gaugeVec("requests_in_flight", "Requests being handled, by backend."),
-		ready:    gaugeVec("endpoints_ready", "Endpoints with a READY connection, by backend."),
-		healthy: gaugeVec("endpoint_healthy",
-			"1 while the passive health check keeps an endpoint in (always without passive health checks), 0 while it is out.",
-			"endpoint"),
-		buffered: gaugeVec("buffered_bytes", "Bytes of request body buffers held, by backend (bounded by max_buffered_bytes)."),
-		bufferFull: prometheus.NewCounterVec(metricOpts("buffer_full_total",
-			"Requests answered 503 because their body would have taken the backend's buffered bytes over max_buffered_bytes."),
-			[]string{"backend"}),
+		}, byBackend),
+		inFlight: prometheus.NewGaugeVec(prometheus.GaugeOpts(opts("requests_in_flight",
+			"Requests being handled, by backend.")), byBackend),
+		ready: prometheus.NewGaugeVec(prometheus.GaugeOpts(opts("endpoints_ready",
+			"Endpoints with a READY connection, by backend.")), byBackend),
+		healthy: prometheus.NewGaugeVec(prometheus.GaugeOpts(opts("endpoint_healthy",
+			"1 while the passive health check keeps an endpoint in (always without passive health checks), 0 while it is out.")),
+			[]string{"backend", "endpoint"}),
+		buffered: prometheus.NewGaugeVec(prometheus.GaugeOpts(opts("buffered_bytes",
+			"Bytes of request body buffers held, by backend (bounded by max_buffered_bytes).")), byBackend),
+		bufferFull: prometheus.NewCounterVec(prometheus.CounterOpts(opts("buffer_full_total",
+			"Requests answered 503 because their body would have taken the backend's buffered bytes over max_buffered_bytes.")), byBackend),
 	}
 }
 
-// metricOpts names a metrics_gateway_grpc_* collector.
-func metricOpts(name, help string) prometheus.CounterOpts {
-	return prometheus.CounterOpts{Namespace: "metrics_gateway", Subsystem: "grpc", Name: name, Help: help}
-}
-
-// gaugeVec is a metrics_gateway_grpc_* gauge labelled by backend and the
-// extra labels.
-func gaugeVec(name, help string, labels ...string) *prometheus.GaugeVec {
-	return prometheus.NewGaugeVec(prometheus.GaugeOpts(metricOpts(name, help)), append([]string{"backend"}, labels...))
+// opts names a metrics_gateway_grpc_* counter or gauge.
+func opts(name, help string) prometheus.Opts {
+	return prometheus.Opts{Namespace: "metrics_gateway", Subsystem: "grpc", Name: name, Help: help}
 }
 
 // Collectors returns the collectors to register.

@@ -272,12 +272,12 @@ func (m *Mirror) done(result int, reason func() error) {
 	if reason == nil {
 		return
 	}
-	n := m.problems.Add(1)
+	m.problems.Add(1)
 	now := time.Now().UnixNano()
 	last := m.warned.Load()
 	logger := m.logger.Get()
 	if now-last >= int64(warnEvery) && m.warned.CompareAndSwap(last, now) {
-		m.problems.Store(0)
+		n := m.problems.Swap(0) // with those counted by others meanwhile
 		logger.Warn("mirror copies dropped or failed; the primary is not affected",
 			zap.String("result", results[result]), zap.Error(reason()), zap.Int64("since_last_warning", n))
 		return
