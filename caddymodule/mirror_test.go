@@ -164,14 +164,25 @@ func TestMirrorPercent(t *testing.T) {
 	}
 	defer pick.Close()
 	want := 0
+	picked := map[string]bool{}
 	for i := 0; i < 100; i++ {
-		if pick.Mirrors(fmt.Sprintf("tenant-%d", i)) {
+		if tenant := fmt.Sprintf("tenant-%d", i); pick.Mirrors(tenant) {
+			picked[tenant] = true
 			want += 2
 		}
 	}
 	standin.WaitFor(t, 20*time.Second, "every copy answered", func() bool {
 		return mirrorCopies(t, c, m.Target(), "ok") == float64(want) && len(m.Distributors[0].Records()) == want
 	})
+	got := map[string]int{}
+	for _, r := range m.Distributors[0].Records() {
+		got[r.Tenant]++
+	}
+	for tenant, n := range got {
+		if !picked[tenant] || n != 2 {
+			t.Errorf("tenant %s: %d copies, want %d", tenant, n, map[bool]int{true: 2}[picked[tenant]])
+		}
+	}
 	_, errs := m.Distributors[0].CheckWholeTenants(2, 30, 70)
 	for _, err := range errs {
 		t.Errorf("mirrored at percent 50: %v", err)
