@@ -278,13 +278,20 @@ type httpMirror struct {
 // newHTTPMirrorSender makes the transport itself, not through ctx, since
 // the pooled mirror outlives the config that made it: the mirror closes it.
 func newHTTPMirrorSender(ctx caddy.Context, cfg *MirrorConfig, u *ParsedURL) (*httpMirror, error) {
+	// What the scheme implies (TLS, h2c), as for an HTTP backend.
+	raw, err := transportFor(nil, u.Scheme)
+	if err != nil {
+		return nil, err
+	}
 	transport := &reverseproxy.HTTPTransport{}
+	if len(raw) > 0 {
+		if err := json.Unmarshal(raw, transport); err != nil { // its "protocol" key is the module's name
+			return nil, fmt.Errorf("transport: %v", err)
+		}
+	}
 	scheme := "http" // h2c too: the transport speaks HTTP/2 over it
-	switch u.Scheme {
-	case "https":
-		transport.TLS, scheme = &reverseproxy.TLSConfig{}, "https"
-	case "h2c":
-		transport.Versions = []string{"h2c", "2"}
+	if u.Scheme == "https" {
+		scheme = "https"
 	}
 	if err := transport.Provision(ctx); err != nil {
 		return nil, fmt.Errorf("transport: %v", err)

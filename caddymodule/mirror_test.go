@@ -283,6 +283,37 @@ func mirrorEndpointState(t *testing.T, c *testcaddy.Caddy) string {
 	return ""
 }
 
+// TestMirrorOverH2C: a mirror at an h2c:// URL gets the copies over
+// HTTP/2 without TLS, as an h2c:// backend would (the scheme sets the
+// transport's versions).
+func TestMirrorOverH2C(t *testing.T) {
+	cl := startCluster(t, 1)
+	d := standin.NewDistributor("mirror-over-h2c")
+	var overH2 atomic.Int64
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ProtoMajor == 2 {
+			overH2.Add(1)
+		}
+		d.ServeHTTP(w, r)
+	}))
+	srv.Config.Protocols = new(http.Protocols)
+	srv.Config.Protocols.SetUnencryptedHTTP2(true)
+	srv.Start()
+	t.Cleanup(srv.Close)
+	c := testcaddy.Start(t, fmt.Sprintf(`[{"handler": "metrics_gateway", "proxy": {"default": {"url": %q}},
+		"mirrors": [{"url": ["h2c://%s"]}]}]`, cl.Target(), srv.Listener.Addr()))
+	client := oneConnClient(t, c)
+	for i := 0; i < 5; i++ {
+		if code, _ := pushAs(t, client, "team-a", standin.RemoteWriteBody(7, 1)); code != http.StatusOK {
+			t.Fatalf("push: %d", code)
+		}
+	}
+	standin.WaitFor(t, 20*time.Second, "the copies", func() bool { return d.Samples() == 35 })
+	if n := overH2.Load(); n != 5 {
+		t.Errorf("%d of 5 copies over HTTP/2", n)
+	}
+}
+
 // TestMirrorOverHTTP: a mirror at an http:// URL gets the copies through
 // reverse_proxy's transport, with the tenant and body.
 func TestMirrorOverHTTP(t *testing.T) {
