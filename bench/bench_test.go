@@ -137,6 +137,21 @@ func TestTemplatesRender(t *testing.T) {
 			t.Errorf("nginx.conf lacks %q", want)
 		}
 	}
+	if strings.Contains(string(b), "least_conn") || strings.Contains(string(b), "max_fails") {
+		t.Errorf("nginx.conf without Health has passive health:\n%s", b)
+	}
+	health := data
+	health.Health = true
+	p := filepath.Join(dir, "nginx-health.conf")
+	if err := writeTemplate(p, nginxUpstreamConf, health); err != nil {
+		t.Fatal(err)
+	}
+	b, _ = os.ReadFile(p)
+	for _, want := range []string{"least_conn;", "server 127.0.0.2:8080 max_fails=3 fail_timeout=5s;", "proxy_next_upstream error timeout http_503 non_idempotent;"} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("nginx.conf with Health lacks %q:\n%s", want, b)
+		}
+	}
 	b, _ = os.ReadFile(filepath.Join(dir, "gw.Caddyfile"))
 	if !strings.Contains(string(b), "dns://127.0.0.1:5353/distributors.bench:9095") {
 		t.Errorf("gateway Caddyfile target wrong:\n%s", b)

@@ -191,7 +191,7 @@ func TestReadmeQuickStart(t *testing.T) {
 		}
 		// Nothing of Mimir here: the push fails with a line that names the
 		// backend, unless something listens where the defaults point.
-		for _, addr := range []string{"localhost:9095", "localhost:8080"} {
+		for _, addr := range []string{"127.0.0.1:9095", "127.0.0.1:8080"} { // where the lines below say the push went
 			if conn, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
 				conn.Close()
 				t.Skipf("something listens on %s, where the quick start's defaults point", addr)

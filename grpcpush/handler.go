@@ -312,9 +312,9 @@ func (h *Handler) relay(w http.ResponseWriter, r *http.Request, c *call, resp *h
 
 // excerpt is the start of a component's answer body for a one-line error.
 func excerpt(body []byte) string {
-	const max = 200
-	if len(body) > max {
-		return strings.ToValidUTF8(string(body[:max]), "") + "..."
+	const shown = 200
+	if len(body) > shown {
+		return strings.ToValidUTF8(string(body[:shown]), "") + "..."
 	}
 	return strings.ToValidUTF8(string(body), "")
 }

@@ -70,7 +70,7 @@ func (q *Request) Keep() *Request {
 		if clientCredentials[hd.Key] {
 			continue
 		}
-		if hd.Key == "Host" { // its list lives in the pooled call, reused
+		if hd.Key == "Host" && !q.kept { // its list lives in the pooled call, reused
 			hd.Values = slices.Clone(hd.Values)
 		}
 		k.Headers = append(k.Headers, hd) // the request's own lists, never modified
