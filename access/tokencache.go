@@ -3,6 +3,7 @@ package access
 import (
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -60,6 +61,17 @@ type cachedToken struct {
 	subject string
 	names   []string // the policy claim's policy names
 	detail  string   // when not "": why the claim names no policy (missing, bad shape)
+
+	// last is the result for the last snapshot of policies it was asked
+	// for: a hit under the same policies costs a pointer compare, not the
+	// union of several policies built again.
+	last atomic.Pointer[snapResult]
+}
+
+// snapResult is a verifyResult under one snapshot of the policies.
+type snapResult struct {
+	snap *snapshot
+	res  verifyResult
 }
 
 // size is about what e holds in memory: its strings and their headers.
@@ -73,6 +85,16 @@ func (e *cachedToken) size() int {
 
 // result maps the token's policy names to the policies of snap.
 func (e *cachedToken) result(snap *snapshot, claim string) verifyResult {
+	if last := e.last.Load(); last != nil && last.snap == snap {
+		return last.res
+	}
+	res := e.resolve(snap, claim)
+	e.last.Store(&snapResult{snap: snap, res: res})
+	return res
+}
+
+// resolve is result without the memo.
+func (e *cachedToken) resolve(snap *snapshot, claim string) verifyResult {
 	res := verifyResult{subject: e.subject, detail: e.detail}
 	if e.detail != "" {
 		return res
