@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -50,17 +51,11 @@ func backendStatuses(t *testing.T, c *testcaddy.Caddy) []caddymodule.BackendStat
 // for the distributor endpoint addr, or "" when there is none.
 func healthyMetric(t *testing.T, c *testcaddy.Caddy, addr string) string {
 	t.Helper()
-	code, b, err := c.AdminGet("/metrics")
-	if err != nil || code != 200 {
-		t.Fatalf("GET /metrics: %d %v", code, err)
+	v, ok := adminMetric(t, c, "metrics_gateway_grpc_endpoint_healthy", `backend="distributor"`, `endpoint="`+addr+`"`)
+	if !ok {
+		return ""
 	}
-	prefix := `metrics_gateway_grpc_endpoint_healthy{backend="distributor",endpoint="` + addr + `"} `
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, prefix); ok {
-			return v
-		}
-	}
-	return ""
+	return strconv.FormatFloat(v, 'f', -1, 64)
 }
 
 // warmUp pushes until all n endpoints are READY, then zeroes the counters.

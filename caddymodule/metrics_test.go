@@ -64,13 +64,26 @@ func metricLines(text, name string, labels ...string) []string {
 		}
 		ok := true
 		for _, lb := range labels {
-			ok = ok && strings.Contains(l, lb)
+			ok = ok && hasLabel(l, lb)
 		}
 		if ok {
 			out = append(out, l)
 		}
 	}
 	return out
+}
+
+// hasLabel reports whether the sample line carries the label pair lb
+// (`k="v"`) itself, not as the end of another label's name or value.
+func hasLabel(line, lb string) bool {
+	for _, before := range []string{"{", ","} {
+		for _, after := range []string{",", "}"} {
+			if strings.Contains(line, before+lb+after) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // metricSum adds up the values of metricLines.
