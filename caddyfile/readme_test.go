@@ -1,7 +1,6 @@
 package caddyfile_test
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -267,16 +266,7 @@ func TestReadmeQuickStart(t *testing.T) {
 // it is empty.
 func pushRequest(t *testing.T, tenant string) *http.Request {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodPost, "http://gateway"+standin.PushPath, bytes.NewReader(standin.RemoteWriteBody(2, 1)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Content-Type", standin.ContentTypeRW1)
-	req.Header.Set("Content-Encoding", "snappy")
-	if tenant != "" {
-		req.Header.Set("X-Scope-OrgID", tenant)
-	}
-	return req
+	return standin.NewPush("http://gateway"+standin.PushPath, standin.RemoteWriteBody(2, 1), tenant)
 }
 
 // Markers of the error table in docs/errors.md.

@@ -95,12 +95,7 @@ func (c connCounter) HandleConn(_ context.Context, s stats.ConnStats) {
 // newPush is a Remote-Write 1.0 push of body to the gateway: the body's
 // Content-Type and Content-Encoding, then cr's headers.
 func newPush(body []byte, cr cred) *http.Request {
-	req, err := http.NewRequest(http.MethodPost, "http://gateway/api/v1/push", bytes.NewReader(body))
-	if err != nil {
-		panic(err) // a constant method and URL
-	}
-	req.Header.Set("Content-Type", standin.ContentTypeRW1)
-	req.Header.Set("Content-Encoding", "snappy")
+	req := standin.NewPush("http://gateway"+standin.PushPath, body, "")
 	cr(req.Header)
 	return req
 }

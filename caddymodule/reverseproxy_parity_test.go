@@ -163,13 +163,7 @@ func do(client *http.Client, req *http.Request) (*http.Response, []byte, error) 
 // pushRequest is a Remote-Write push to path with extra headers.
 func pushRequest(t *testing.T, path string, extra http.Header) *http.Request {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodPost, "http://gateway"+path, bytes.NewReader(standin.RemoteWriteBody(10, 1)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Content-Type", standin.ContentTypeRW1)
-	req.Header.Set("Content-Encoding", "snappy")
-	req.Header.Set("X-Scope-OrgID", "tenant-1")
+	req := standin.NewPush("http://gateway"+path, standin.RemoteWriteBody(10, 1), "tenant-1")
 	for k, v := range extra {
 		req.Header[k] = v
 	}

@@ -1,6 +1,7 @@
 package standin
 
 import (
+	"bytes"
 	"context"
 	"net/http"
 	"os"
@@ -90,6 +91,22 @@ func HangUntil(release <-chan struct{}, held *atomic.Int64) Behavior {
 		<-release
 		return true
 	}
+}
+
+// NewPush is a Remote-Write 1.0 push of body to url, with the body's
+// Content-Type and Content-Encoding, and tenant as X-Scope-OrgID unless it
+// is "". It panics on a URL that does not parse (a test's own constant).
+func NewPush(url string, body []byte, tenant string) *http.Request {
+	req, err := http.NewRequest(http.MethodPost, url, bytes.NewReader(body))
+	if err != nil {
+		panic("standin.NewPush: " + err.Error())
+	}
+	req.Header.Set("Content-Type", ContentTypeRW1)
+	req.Header.Set("Content-Encoding", "snappy")
+	if tenant != "" {
+		req.Header.Set("X-Scope-OrgID", tenant)
+	}
+	return req
 }
 
 // SetPushHeaders sets what a Remote-Write 1.0 client sends with a push, as
