@@ -70,6 +70,7 @@ type sample struct {
 	mirrorResults
 	MirrorInFlightStart int64  `json:"mirror_in_flight_start,omitempty"`
 	MirrorInFlightEnd   int64  `json:"mirror_in_flight_end,omitempty"`
+	MirrorBufferedEnd   int64  `json:"mirror_buffered_end,omitempty"` // body bytes held at the end
 	MirrorReceived      int64  `json:"mirror_received,omitempty"`
 	LoadAvg             string `json:"loadavg"`
 	Err                 string `json:"error,omitempty"`
@@ -161,6 +162,7 @@ func (e *env) measure(ctx context.Context, s runSpec) sample {
 		}
 		res.mirrorResults = mirror1.sub(mirror0).mirrorResults
 		res.MirrorInFlightStart, res.MirrorInFlightEnd = mirror0.InFlight, mirror1.InFlight
+		res.MirrorBufferedEnd = mirror1.Buffered
 		// Only the stand-ins this system mirrors to: a hung stand-in may
 		// count a copy of an earlier system's run late.
 		prefix := map[string]string{sysGatewayMirror: "mirror-", sysGatewayMirrorHung: "hung-"}[s.system]

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/metrics-gateway/metrics_gateway/access"
+	"github.com/metrics-gateway/metrics_gateway/grpcpush"
 )
 
 // The mirror phase: the gateway alone, then with a mirror to a second
@@ -160,10 +161,13 @@ func (m *mirrorResults) add(o mirrorResults) {
 func (m mirrorResults) total() int64 { return m.OK + m.Failed + m.Timeout + m.Dropped }
 
 // mirrorCounts are a gateway's mirror metrics: copies by result and copies
-// in flight (metrics_gateway_mirror_in_flight), summed over its mirrors.
+// in flight (metrics_gateway_mirror_in_flight), summed over its mirrors,
+// and the body bytes its backends hold (metrics_gateway_grpc_buffered_bytes,
+// summed over them: the copies' bodies once no push is in flight).
 type mirrorCounts struct {
 	mirrorResults
 	InFlight int64
+	Buffered int64
 }
 
 // scrapeMirror reads a gateway's mirror metrics from Caddy's admin /metrics.
@@ -191,7 +195,7 @@ func parseMirrorMetrics(r io.Reader) (mirrorCounts, error) {
 	for sc.Scan() {
 		line := sc.Text()
 		name, rest, ok := strings.Cut(line, "{")
-		if !ok || (name != "metrics_gateway_mirror_requests_total" && name != "metrics_gateway_mirror_in_flight") {
+		if !ok || (name != "metrics_gateway_mirror_requests_total" && name != "metrics_gateway_mirror_in_flight" && name != "metrics_gateway_grpc_buffered_bytes") {
 			continue
 		}
 		labels, value, ok := strings.Cut(rest, "} ")
@@ -203,8 +207,12 @@ func parseMirrorMetrics(r io.Reader) (mirrorCounts, error) {
 			return c, fmt.Errorf("%q: %w", line, err)
 		}
 		n := int64(v)
-		if name == "metrics_gateway_mirror_in_flight" {
+		switch name {
+		case "metrics_gateway_mirror_in_flight":
 			c.InFlight += n
+			continue
+		case "metrics_gateway_grpc_buffered_bytes":
+			c.Buffered += n
 			continue
 		}
 		switch {
@@ -221,10 +229,10 @@ func parseMirrorMetrics(r io.Reader) (mirrorCounts, error) {
 	return c, sc.Err()
 }
 
-// sub is c - o, the in-flight gauges left as they are.
+// sub is c - o, the gauges left as they are.
 func (c mirrorCounts) sub(o mirrorCounts) mirrorCounts {
 	d := mirrorResults{OK: c.OK - o.OK, Failed: c.Failed - o.Failed, Timeout: c.Timeout - o.Timeout, Dropped: c.Dropped - o.Dropped}
-	return mirrorCounts{mirrorResults: d, InFlight: c.InFlight}
+	return mirrorCounts{mirrorResults: d, InFlight: c.InFlight, Buffered: c.Buffered}
 }
 
 // mirrorAccount is what a run's copies add up to: the copies started
@@ -363,6 +371,9 @@ func (r *report) mirrorTargets(body int) string {
 			peakBound := g.PeakRSSMiB + mib(bound)
 			fmt.Fprintf(&b, "| %s: peak RSS ≤ gateway's without a mirror + max_in_flight × body | %.1f MiB ≤ %.1f + %d × %d B (%.1f MiB) = %.1f MiB | %s |\n",
 				sys, s.PeakRSSMiB, g.PeakRSSMiB, r.cfg.mirrorMaxInFlight, g.BodyBytes, mib(bound), peakBound, verdict(s.PeakRSSMiB <= peakBound))
+			held := float64(r.cfg.mirrorMaxInFlight) * float64(grpcpush.BufferBytes(g.BodyBytes))
+			fmt.Fprintf(&b, "| %s: bodies held by copies at the end ≤ max_in_flight × the body's buffer (the bound docs/mirroring.md states) | %.1f MiB (`metrics_gateway_grpc_buffered_bytes`, %d copies in flight) ≤ %d × %d KiB = %.1f MiB | %s |\n",
+				sys, mib(float64(s.MirrorBufferedEnd)), s.MirrorInFlightEnd, r.cfg.mirrorMaxInFlight, grpcpush.BufferBytes(g.BodyBytes)>>10, mib(held), verdict(float64(s.MirrorBufferedEnd) <= held))
 		}
 		var copies, primary int64
 		for _, run := range runs {

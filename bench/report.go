@@ -109,7 +109,8 @@ func machineInfo(cfg *config) machine {
 
 // median aggregates the successful samples of one cell: every number is the
 // median over repeats, except the counts Requests, Non2xx, SocketErrors,
-// TakenOut and the mirror's copies by result and received, which are summed.
+// TakenOut and the mirror's copies by result and received, which are summed,
+// and the body bytes held at the end, the most of any run.
 func (r *report) median(phase, system string, body int) *sample {
 	ss := r.runsOf(phase, system, body)
 	if len(ss) == 0 {
@@ -145,7 +146,9 @@ func (r *report) median(phase, system string, body int) *sample {
 	m.mirrorResults, m.MirrorReceived = mirrorResults{}, 0
 	m.MirrorInFlightStart = int64(med(func(s sample) float64 { return float64(s.MirrorInFlightStart) }))
 	m.MirrorInFlightEnd = int64(med(func(s sample) float64 { return float64(s.MirrorInFlightEnd) }))
+	m.MirrorBufferedEnd = 0 // the most of any run: it is checked against a bound
 	for _, s := range ss {
+		m.MirrorBufferedEnd = max(m.MirrorBufferedEnd, s.MirrorBufferedEnd)
 		m.mirrorResults.add(s.mirrorResults)
 		m.MirrorReceived += s.MirrorReceived
 		m.Non2xx += s.Non2xx

@@ -72,6 +72,14 @@ func capFor(n int) int {
 	return n
 }
 
+// BufferBytes is how many bytes a body of n bytes sent with its
+// Content-Length holds while the gateway keeps it (a request in flight, a
+// mirror's copy): its pooled buffer, a power of two from 4 KiB with room for
+// the message prefix in front, as metrics_gateway_grpc_buffered_bytes
+// counts it. A 42 KB push holds 64 KiB. A body of unknown length holds at
+// least the first chunk's 64 KiB.
+func BufferBytes(n int) int { return capFor(headroom + n) }
+
 // Get returns a buffer of length n and capacity capFor(n).
 func (p *bufferPool) Get(n int) *[]byte {
 	c := classOf(n)

@@ -3,11 +3,12 @@ package grpcpush
 import (
 	"bytes"
 	"errors"
-	"github.com/metrics-gateway/metrics_gateway/internal/standin"
 	"io"
 	"testing"
 	"testing/iotest"
 	"time"
+
+	"github.com/metrics-gateway/metrics_gateway/internal/standin"
 )
 
 // stalledRead starts readBody on a body announced as contentLength of
@@ -32,6 +33,32 @@ func stalledRead(t *testing.T, contentLength int64, budget *Budget) (end func(er
 		case <-time.After(10 * time.Second):
 			t.Fatal("readBody did not return after the upload ended")
 			return nil
+		}
+	}
+}
+
+// TestBufferBytesIsWhatABodyHolds: BufferBytes is what a Budget counts for
+// a body read whole with its length announced; without, at least the first
+// chunk.
+func TestBufferBytesIsWhatABodyHolds(t *testing.T) {
+	for n, want := range map[int]int{1: 4 << 10, 4<<10 - headroom: 4 << 10, 4<<10 - headroom + 1: 8 << 10, 42569: 64 << 10, 100 << 10: 128 << 10} {
+		if got := BufferBytes(n); got != want {
+			t.Errorf("BufferBytes(%d) = %d, want %d", n, got, want)
+		}
+		for _, announced := range []int64{int64(n), -1} {
+			budget := NewBudget(1<<30, nil, "")
+			buf, _, err := readBody(bytes.NewReader(make([]byte, n)), announced, DefaultMaxRequestBody, budget)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := BufferBytes(n)
+			if announced < 0 {
+				want = max(want, headroom+firstChunk)
+			}
+			if used := budget.Used(); used != int64(want) {
+				t.Errorf("%d bytes (Content-Length %d) hold %d, want %d", n, announced, used, want)
+			}
+			budget.Put(buf)
 		}
 	}
 }
