@@ -431,10 +431,14 @@ func logHas(c *testcaddy.Caddy, name, msg string) bool {
 // scope, is chosen on the path as sent; a path a backend would resolve to
 // another one ("..", ".", "//") is refused with 400 and reaches no backend,
 // so that a read token cannot reach a write route through
-// /prometheus/api/v1/../../../api/v1/push.
+// /prometheus/api/v1/../../../api/v1/push. So is a raw "#" in the request
+// target: dskit's httpgrpc cuts the target there, so a gRPC backend would
+// serve /graphite/metrics (metrics:write) for /graphite/metrics#x, routed
+// as /graphite (metrics:read). Both kinds of backend are tried.
 func TestNonCanonicalPathsRefused(t *testing.T) {
 	def := startEchoBackend(t, "default")
-	c := testcaddy.Start(t, fmt.Sprintf(`[{"handler": "metrics_gateway", "proxy": {"default": {"url": %q}}}]`, def.URL()))
+	cl := startCluster(t, 1)
+	c := testcaddy.Start(t, fmt.Sprintf(`[{"handler": "metrics_gateway", "proxy": {"default": {"url": %q}, "graphite": {"url": %q}}}]`, def.URL(), cl.Target()))
 	for _, path := range []string{
 		"/prometheus/api/v1/../../../api/v1/push",
 		"/prometheus/api/v1/query/../admin/tsdb/delete_series",
@@ -442,6 +446,11 @@ func TestNonCanonicalPathsRefused(t *testing.T) {
 		"/prometheus/./api/v1/query",
 		"//api/v1/push",
 		"/prometheus/api/v1//query",
+		"/graphite/../api/v1/push",
+		"/api/v1/push#x",
+		"/prometheus/api/v1/query?query=up#x",
+		"/graphite/metrics#x",
+		"/graphite/render#/../metrics",
 	} {
 		conn := dialRaw(t, c)
 		if _, err := fmt.Fprintf(conn, "POST %s HTTP/1.1\r\nHost: gateway\r\nX-Scope-OrgID: team-a\r\nContent-Length: 0\r\n\r\n", path); err != nil {
@@ -452,7 +461,10 @@ func TestNonCanonicalPathsRefused(t *testing.T) {
 		}
 	}
 	if n := def.served.Load(); n != 0 {
-		t.Errorf("%d requests with non-canonical paths reached the backend", n)
+		t.Errorf("%d requests with non-canonical paths reached the HTTP backend", n)
+	}
+	if n := cl.Requests()[0]; n != 0 {
+		t.Errorf("%d requests with non-canonical paths reached the gRPC backend", n)
 	}
 	if resp, _, err := c.Get("/prometheus/api/v1/query?query=up"); err != nil || resp.StatusCode != 200 {
 		t.Errorf("a canonical path: %v %v", err, resp)

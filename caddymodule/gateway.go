@@ -324,6 +324,14 @@ func (g *Gateway) serveRoute(w http.ResponseWriter, r *http.Request, next caddyh
 		// backend that resolves "..", "." or "//" would serve another one.
 		return g.answerError(w, r, http.StatusBadRequest, "path is not in canonical form (no ., .. or empty segments)")
 	}
+	if strings.IndexByte(r.RequestURI, '#') >= 0 {
+		// A request target has no fragment (RFC 9112). Go's server keeps
+		// a raw "#" in the path the route is chosen on, while the gRPC
+		// tunnel's far end (dskit's httpgrpc) cuts the target there: a
+		// backend would serve /graphite/metrics for /graphite/metrics#x,
+		// routed (and its scope decided) as /graphite.
+		return g.answerError(w, r, http.StatusBadRequest, "a request target has no fragment: send # as %23")
+	}
 	if status, msg := g.admit(w, r, route, repl); status != 0 {
 		return g.answerError(w, r, status, msg)
 	}
