@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"os"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -72,7 +73,8 @@ type Policy struct {
 
 	// Scopes are the actions granted on those tenants: metrics:write,
 	// metrics:read, metrics:delete, rules:read, rules:write, alerts:read,
-	// alerts:write, admin. Required. admin does not imply any other scope.
+	// alerts:write, admin. Required. admin does not imply any other scope,
+	// and acts on the whole cluster: only with Tenants ["*"].
 	Scopes []string `json:"scopes" yaml:"scopes"`
 
 	// Tokens are the static tokens that carry this policy, by hash. A
@@ -265,6 +267,12 @@ func (c *checker) policy(where string, p Policy) {
 		if !Scope(s).Valid() {
 			c.errorf("%s.scopes: unknown scope %q (known: %s)", where, s, knownScopes())
 		}
+	}
+	if slices.Contains(p.Scopes, string(ScopeAdmin)) && len(p.Tenants) > 0 && !slices.Contains(p.Tenants, AllTenants) {
+		// The tenant a caller names means nothing to /ingester/shutdown,
+		// a ring page or /runtime_config: a tenant's admin would be the
+		// cluster's.
+		c.errorf("%s.scopes: %s acts on the whole cluster (ring and status pages, /ingester/shutdown, /runtime_config …), not on a tenant: a policy granting it needs tenants %q", where, ScopeAdmin, AllTenants)
 	}
 
 	for j, t := range p.Tokens {

@@ -46,6 +46,8 @@ func TestValidateErrors(t *testing.T) {
 		{"unknown scope", func(c *Config) { c.Policies[1].Scopes = []string{"metrics:wrte"} },
 			`access_policies.policies[1] (ops).scopes: unknown scope "metrics:wrte" (known: metrics:write, metrics:read, metrics:delete, rules:read, rules:write, alerts:read, alerts:write, admin)`},
 		{"empty scopes", func(c *Config) { c.Policies[0].Scopes = nil }, `access_policies.policies[0] (team-a).scopes: required`},
+		{"admin on a tenant", func(c *Config) { c.Policies[1].Tenants = []string{"team-a"} },
+			`access_policies.policies[1] (ops).scopes: admin acts on the whole cluster (ring and status pages, /ingester/shutdown, /runtime_config …), not on a tenant: a policy granting it needs tenants "*"`},
 		{"empty tenants", func(c *Config) { c.Policies[0].Tenants = nil }, `access_policies.policies[0] (team-a).tenants: required`},
 		{"empty name", func(c *Config) { c.Policies[1].Name = "" }, `access_policies.policies[1].name: required`},
 		{"duplicate name", func(c *Config) { c.Policies[1].Name = "team-a" },
@@ -184,13 +186,13 @@ policies:
 	}
 
 	errCases := []struct{ name, content, want string }{
-		{"name used inline", `{"policies": [{"name": "team-a", "tenants": ["x"], "scopes": ["admin"]}]}`,
+		{"name used inline", `{"policies": [{"name": "team-a", "tenants": ["x"], "scopes": ["metrics:read"]}]}`,
 			`policies[0] (team-a).name: duplicate policy name "team-a" (also access_policies.policies[0] (team-a))`},
-		{"hash used inline", `{"policies": [{"name": "x", "tenants": ["x"], "scopes": ["admin"], "tokens": [{"hash": "` + hashB + `"}]}]}`,
+		{"hash used inline", `{"policies": [{"name": "x", "tenants": ["x"], "scopes": ["metrics:read"], "tokens": [{"hash": "` + hashB + `"}]}]}`,
 			`policies[0] (x).tokens[0].hash: the same hash is already used by access_policies.policies[1] (ops).tokens[0]`},
 		{"unknown scope", `{"policies": [{"name": "x", "tenants": ["x"], "scopes": ["metrics:wrte"]}]}`, `policies[0] (x).scopes: unknown scope "metrics:wrte"`},
 		{"unknown field", "policies:\n  - name: x\n    tenant: [x]\n", `field tenant not found`},
-		{"token where a list is", "policies:\n  - name: x\n    tenants: [x]\n    scopes: [admin]\n    tokens: s3cr3t-t0ken\n", `cannot unmarshal`},
+		{"token where a list is", "policies:\n  - name: x\n    tenants: [x]\n    scopes: [metrics:read]\n    tokens: s3cr3t-t0ken\n", `cannot unmarshal`},
 		{"not YAML", "policies: [", `access_policies.file (` + path + `)`},
 	}
 	for _, tt := range errCases {

@@ -37,9 +37,11 @@
 // ScopeAlertsWrite, ScopeAdmin) on tenants (IDs, or "*") to the holders of
 // its tokens. A static token belongs to one policy: its hash appears once
 // across the inline policies and the policy file. ScopeAdmin implies no other
-// scope, as in GEM: a token that administers a tenant's limits or rules need
-// not be able to read or write its series, and an operator gives both
-// explicitly when wanted.
+// scope, as in GEM: a token that operates the cluster need not be able to
+// read or write series, and an operator gives both explicitly when wanted.
+// ScopeAdmin acts on the whole cluster (ring pages, /ingester/shutdown,
+// /runtime_config), whatever tenant a caller names, so only a policy of
+// every tenant ("*") may grant it.
 //
 // A request authenticates with
 //   - Basic: username = tenant ("a" or "a|b"), password = token; or
