@@ -195,7 +195,9 @@ func TestLoadTimeErrors(t *testing.T) {
 		{"bad unhealthy_latency", "default http://a:1\n distributor dns:///d:9095 {\n fail_duration 5s\n unhealthy_latency 0s\n }", "proxy.distributor.grpc.unhealthy_latency: duration 0s must be positive"},
 		{"too many retries", "default http://a:1\n distributor dns:///d:9095 {\n retries 7\n }", "proxy.distributor.grpc: retries 7: must be 0-4"},
 		{"cert without key", "default http://a:1\n distributor dns:///d:9095 {\n tls {\n cert c.pem\n }\n }\n }", "proxy.distributor.grpc: tls: cert and key must be given together"},
-		{"buffered bytes below the body limit", "default http://a:1\n distributor dns:///d:9095 {\n max_request_body 16MiB\n max_buffered_bytes 8MiB\n }", "proxy.distributor.grpc: max_buffered_bytes 8388608: must be at least max_request_body (16777216)"},
+		{"buffered bytes below the body limit", "default http://a:1\n distributor dns:///d:9095 {\n max_request_body 16MiB\n max_buffered_bytes 8MiB\n }", "proxy.distributor.grpc: max_buffered_bytes 8388608: must be at least 33556481 for max_request_body 16777216"},
+		// Above the body limit, but below what reading the largest body holds.
+		{"buffered bytes below a body's peak", "default http://a:1\n distributor dns:///d:9095 {\n max_request_body 16MiB\n max_buffered_bytes 24MiB\n }", "proxy.distributor.grpc: max_buffered_bytes 25165824: must be at least 33556481 for max_request_body 16777216"},
 		{"bad buffered bytes", "default http://a:1\n distributor dns:///d:9095 {\n max_buffered_bytes lots\n }", "proxy.distributor.grpc.max_buffered_bytes:"},
 		{"negative response limit", "default http://a:1\n distributor dns:///d:9095 {\n max_response_body 3GiB\n }", "proxy.distributor.grpc: max_response_body 3221225472: must be 1 byte to 2 GiB-1 MiB"},
 	}

@@ -192,10 +192,13 @@ type GRPCConfig struct {
 	// Content-Length reserves at most 64 KiB), and a request whose body
 	// would take the backend over the bound is answered 503 with
 	// Retry-After before more of it is read: the client retries, nothing is
-	// lost. At least max_request_body. Default: half the Go memory limit
-	// (GOMEMLIMIT, which Caddy sets to 90 % of the container's memory
-	// limit, or of the machine's memory without one) or 1 GiB without a Go
-	// memory limit, and at least max_request_body.
+	// lost. At least what reading a body of max_request_body holds at its
+	// peak (a buffer grows in powers of two, and the last two are held
+	// while the bytes move): 171968513 (164 MiB) for the default 100 MiB,
+	// 12 MiB for 4 MiB; the error of a smaller value says how much.
+	// Default: half the Go memory limit (GOMEMLIMIT, which Caddy sets to
+	// 90 % of the container's memory limit, or of the machine's memory
+	// without one) or 1 GiB without a Go memory limit, and at least that.
 	MaxBufferedBytes int64 `json:"max_buffered_bytes,omitempty"`
 
 	// MaxResponseBody is the largest response body, in bytes, accepted

@@ -80,6 +80,23 @@ func capFor(n int) int {
 // least the first chunk's 64 KiB.
 func BufferBytes(n int) int { return capFor(headroom + n) }
 
+// peakRead is the most a body of up to limit bytes holds at once while
+// readBody reads it: the buffer grows by doubling as the bytes arrive, and
+// while they move into the next buffer both are held (for 100 MiB:
+// 64 MiB + 100 MiB). A Budget below it could never hold the largest body
+// accepted, and a client would retry that push's 503 for ever.
+func peakRead(limit int64) int64 {
+	want := headroom + int(limit) + 1 // a body of unknown length: one byte over shows it is too large
+	n := min(want, headroom+firstChunk)
+	peak := capFor(n)
+	for n < want {
+		next := min(2*n, want)
+		peak = max(peak, capFor(n)+capFor(next))
+		n = next
+	}
+	return int64(peak)
+}
+
 // Get returns a buffer of length n and capacity capFor(n).
 func (p *bufferPool) Get(n int) *[]byte {
 	c := classOf(n)

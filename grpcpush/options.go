@@ -90,7 +90,7 @@ type Options struct {
 	// once, when it is used on its own (a Priority has its own Budget):
 	// bodies being read and bodies waiting for or in their call. A request
 	// whose body would go over it is answered 503. Default:
-	// DefaultMaxBufferedBytes; at least MaxRequestBody.
+	// DefaultMaxBufferedBytes; at least MinBufferedBytes(MaxRequestBody).
 	MaxBufferedBytes int64
 	// MaxResponseBody is the largest answer body accepted from an endpoint
 	// (default 100 MiB); a larger answer is the backend's failure: 502.
@@ -277,8 +277,8 @@ func (s *settings) check(o Options) error {
 	if o.MaxRequestBody < 0 || s.maxBody > 2<<30-MaxMessageOverhead {
 		errs = append(errs, fmt.Errorf("max_request_body %d: must be 1 byte to 2 GiB-1 MiB", o.MaxRequestBody))
 	}
-	if o.MaxBufferedBytes < 0 || (o.MaxBufferedBytes > 0 && o.MaxBufferedBytes < s.maxBody) {
-		errs = append(errs, fmt.Errorf("max_buffered_bytes %d: must be at least max_request_body (%d), or the largest body accepted could never be held", o.MaxBufferedBytes, s.maxBody))
+	if need := MinBufferedBytes(s.maxBody); o.MaxBufferedBytes < 0 || (o.MaxBufferedBytes > 0 && o.MaxBufferedBytes < need) {
+		errs = append(errs, fmt.Errorf("max_buffered_bytes %d: must be at least %d for max_request_body %d (a body's buffer grows by doubling, and the last two are held while it is read), or the largest body accepted could never be held", o.MaxBufferedBytes, need, s.maxBody))
 	}
 	if o.MaxResponseBody < 0 || s.maxResponse > 2<<30-MaxMessageOverhead {
 		errs = append(errs, fmt.Errorf("max_response_body %d: must be 1 byte to 2 GiB-1 MiB", o.MaxResponseBody))

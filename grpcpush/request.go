@@ -85,7 +85,7 @@ func (c *call) outgoingMD(tenant string) metadata.MD {
 func (c *call) setBody(buf *[]byte, n int) {
 	*buf = (*buf)[:headroom+n]
 	c.req.buf, c.req.bodyLen = buf, n
-	c.req.root = mem.NewBuffer(buf, c.site.budget)
+	c.req.root = mem.NewBuffer(buf, c.site.budget.lease(buf))
 }
 
 // releaseBody drops the call's reference to the body; the buffer returns to
