@@ -8,6 +8,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/grafana/dskit/httpgrpc"
+
+	"github.com/metrics-gateway/metrics_gateway/grpcpush"
 )
 
 // forwardedHeaders returns the X-Forwarded-For, X-Forwarded-Proto,
@@ -22,7 +24,20 @@ import (
 // X-Real-IP and Forwarded pass through untouched, as reverse_proxy does.
 func forwardedHeaders(r *http.Request) []httpgrpc.Header {
 	trusted, _ := caddyhttp.GetVar(r.Context(), caddyhttp.TrustedProxyVarKey).(bool)
-	via := httpgrpc.Header{Key: "Via", Values: append(append([]string(nil), r.Header["Via"]...),
+	// A header the client's Connection header lists ends at this hop:
+	// reverse_proxy removes it before it reads the prior values.
+	connection := r.Header["Connection"]
+	prior := func(field string, all bool) (string, bool, bool) {
+		if len(connection) > 0 && grpcpush.ConnectionLists(connection, field) {
+			return "", false, false
+		}
+		return priorHeader(r.Header, field, all)
+	}
+	var priorVia []string
+	if len(connection) == 0 || !grpcpush.ConnectionLists(connection, "Via") {
+		priorVia = r.Header["Via"]
+	}
+	via := httpgrpc.Header{Key: "Via", Values: append(append([]string(nil), priorVia...),
 		strconv.Itoa(r.ProtoMajor)+"."+strconv.Itoa(r.ProtoMinor)+" Caddy")}
 
 	var clientIP string
@@ -40,14 +55,14 @@ func forwardedHeaders(r *http.Request) []httpgrpc.Header {
 	}
 
 	out := make([]httpgrpc.Header, 0, 4)
-	prior, ok, omit := priorHeader(r.Header, "X-Forwarded-For", true)
+	value, ok, omit := prior("X-Forwarded-For", true)
 	switch {
 	case omit:
 		out = append(out, httpgrpc.Header{Key: "X-Forwarded-For"})
-	case trusted && ok && prior != "" && clientIP != "":
-		out = append(out, httpgrpc.Header{Key: "X-Forwarded-For", Values: []string{prior + ", " + clientIP}})
-	case trusted && ok && prior != "":
-		out = append(out, httpgrpc.Header{Key: "X-Forwarded-For", Values: []string{prior}})
+	case trusted && ok && value != "" && clientIP != "":
+		out = append(out, httpgrpc.Header{Key: "X-Forwarded-For", Values: []string{value + ", " + clientIP}})
+	case trusted && ok && value != "":
+		out = append(out, httpgrpc.Header{Key: "X-Forwarded-For", Values: []string{value}})
 	case clientIP != "":
 		out = append(out, httpgrpc.Header{Key: "X-Forwarded-For", Values: []string{clientIP}})
 	}
@@ -56,16 +71,16 @@ func forwardedHeaders(r *http.Request) []httpgrpc.Header {
 	if r.TLS == nil {
 		proto = "http"
 	}
-	prior, ok, omit = priorHeader(r.Header, "X-Forwarded-Proto", false)
-	if trusted && ok && prior != "" {
-		proto = prior
+	value, ok, omit = prior("X-Forwarded-Proto", false)
+	if trusted && ok && value != "" {
+		proto = value
 	}
 	out = append(out, httpgrpc.Header{Key: "X-Forwarded-Proto", Values: unlessOmitted(omit, proto)})
 
 	host := r.Host
-	prior, ok, omit = priorHeader(r.Header, "X-Forwarded-Host", false)
-	if trusted && ok && prior != "" {
-		host = prior
+	value, ok, omit = prior("X-Forwarded-Host", false)
+	if trusted && ok && value != "" {
+		host = value
 	}
 	out = append(out, httpgrpc.Header{Key: "X-Forwarded-Host", Values: unlessOmitted(omit, host)})
 	return append(out, via)

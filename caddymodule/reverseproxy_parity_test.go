@@ -296,3 +296,73 @@ func TestGRPCSlowUploadEndsAtTimeout(t *testing.T) {
 		t.Fatalf("%d calls for an incomplete body", n)
 	}
 }
+
+// TestTunnelParity: requests and answers that the gRPC tunnel used to
+// carry differently from reverse_proxy, tried through both kinds of
+// backend in front of the same stand-in: a raw UTF-8 query (grpc-go
+// refused it as metadata: 500), an absolute-form target with credentials
+// (tunnelled verbatim), a Via the client's Connection header lists (kept),
+// a site's Set-Cookie beside the component's (replaced), and the
+// component's Content-Length for HEAD (dropped).
+func TestTunnelParity(t *testing.T) {
+	cl := startCluster(t, 1)
+	d := cl.Distributors[0]
+	d.KeepRecords(100)
+	d.SetBehavior(func(w http.ResponseWriter, r *http.Request) bool {
+		w.Header().Add("Set-Cookie", "component=1")
+		if r.Method == http.MethodHead {
+			w.Header().Set("Content-Length", "1234")
+			w.WriteHeader(http.StatusOK)
+			return true
+		}
+		_, _ = io.WriteString(w, "q="+r.URL.Query().Get("q"))
+		return true
+	})
+	overHTTP := httptest.NewServer(d)
+	t.Cleanup(overHTTP.Close)
+	for _, distributor := range []string{cl.Target(), overHTTP.URL} {
+		c := testcaddy.Start(t, fmt.Sprintf(`[{"handler": "headers", "response": {"add": {"Set-Cookie": ["site=1"]}}},
+			{"handler": "metrics_gateway", "proxy": {"default": {"url": "http://127.0.0.1:1"}, "distributor": {"url": %q}}}]`, distributor))
+		raw := func(method, target string, extra string) (*http.Response, string) {
+			conn := dialRaw(t, c)
+			if _, err := fmt.Fprintf(conn, "%s %s HTTP/1.1\r\nHost: gateway\r\nX-Scope-OrgID: tenant-1\r\n%s\r\n", method, target, extra); err != nil {
+				t.Fatal(err)
+			}
+			_ = conn.SetReadDeadline(time.Now().Add(time.Minute))
+			resp, err := http.ReadResponse(conn.r, &http.Request{Method: method})
+			if err != nil {
+				t.Fatalf("%s %s %s: %v", distributor, method, target, err)
+			}
+			defer resp.Body.Close()
+			b, _ := io.ReadAll(resp.Body)
+			return resp, string(b)
+		}
+
+		resp, body := raw(http.MethodGet, "/distributor/x?q=caf\xc3\xa9", "")
+		if resp.StatusCode != http.StatusOK || body != "q=caf\xc3\xa9" {
+			t.Errorf("%s: raw UTF-8 query: %s %q", distributor, resp.Status, body)
+		}
+		if got := resp.Header.Values("Set-Cookie"); strings.Join(got, " ") != "site=1 component=1" {
+			t.Errorf("%s: Set-Cookie %q, want the site's and the component's", distributor, got)
+		}
+
+		if resp, _ = raw(http.MethodGet, "http://user:secret@other.example/distributor/x", ""); resp.StatusCode != http.StatusOK {
+			t.Errorf("%s: absolute-form target: %s", distributor, resp.Status)
+		} else if rec := last(t, d); rec.URL != "/distributor/x" {
+			t.Errorf("%s: absolute-form target reached the component as %q", distributor, rec.URL)
+		}
+
+		if resp, _ = raw(http.MethodGet, "/distributor/x", "Via: 1.1 secret-hop\r\nConnection: Via\r\n"); resp.StatusCode != http.StatusOK {
+			t.Errorf("%s: Via in Connection: %s", distributor, resp.Status)
+		} else if via := last(t, d).Header.Values("Via"); strings.Contains(strings.Join(via, " "), "secret-hop") {
+			t.Errorf("%s: a Via the Connection header lists went on: %q", distributor, via)
+		}
+
+		if resp, _ = raw(http.MethodHead, "/distributor/x", ""); resp.StatusCode != http.StatusOK || resp.ContentLength != 1234 {
+			t.Errorf("%s: HEAD: %s, Content-Length %d, want the component's 1234", distributor, resp.Status, resp.ContentLength)
+		}
+		if err := caddy.Stop(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

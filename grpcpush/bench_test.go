@@ -230,7 +230,7 @@ func BenchmarkWriteResponse(b *testing.B) {
 	b.ReportAllocs()
 	for i := 0; i < b.N; i++ {
 		w.reset()
-		writeResponse(w, resp)
+		writeResponse(w, resp, false)
 	}
 }
 

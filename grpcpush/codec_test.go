@@ -99,7 +99,7 @@ func TestWriteResponseDropsHopByHop(t *testing.T) {
 		{Key: "Keep-Alive", Values: []string{"timeout=5"}},
 		{Key: "Transfer-Encoding", Values: []string{"chunked"}},
 		{Key: "x-custom", Values: []string{"a", "b"}},
-	}})
+	}}, false)
 	if code != 202 || w.Code != 202 || w.Body.String() != "ok" {
 		t.Fatalf("got %d %d %q", code, w.Code, w.Body.String())
 	}

@@ -307,7 +307,7 @@ func (h *Handler) relay(w http.ResponseWriter, r *http.Request, c *call, resp *h
 			"the component canceled the request (499) while the client was still connected: "+excerpt(resp.Body))
 	}
 	h.answering(r, c.endpoint.Load())
-	return writeResponse(w, resp), nil
+	return writeResponse(w, resp, r.Method == http.MethodHead), nil
 }
 
 // excerpt is the start of a component's answer body for a one-line error.
@@ -542,8 +542,9 @@ var (
 
 // writeResponse writes a component's answer: status, headers (without
 // hop-by-hop ones, those its Connection header lists and malformed ones, see
-// relayable) and body, and returns the status.
-func writeResponse(w http.ResponseWriter, resp *httpgrpc.HTTPResponse) int {
+// relayable) and body, and returns the status. head says it answers a HEAD
+// request, whose Content-Length is the length a GET would have.
+func writeResponse(w http.ResponseWriter, resp *httpgrpc.HTTPResponse, head bool) int {
 	var connection []string
 	for _, hd := range resp.Headers {
 		if http.CanonicalHeaderKey(hd.Key) == "Connection" {
@@ -553,11 +554,17 @@ func writeResponse(w http.ResponseWriter, resp *httpgrpc.HTTPResponse) int {
 	hdr := w.Header()
 	for _, hd := range resp.Headers {
 		k := http.CanonicalHeaderKey(hd.Key)
-		if relayable(k, hd.Values) && (connection == nil || !listedIn(connection, k)) {
-			hdr[k] = hd.Values
+		if relayable(k, hd.Values) && (connection == nil || !ConnectionLists(connection, k)) {
+			if prior := hdr[k]; len(prior) > 0 {
+				// Added to what handlers before this one set, as
+				// reverse_proxy does (a site's Set-Cookie stays).
+				hdr[k] = append(prior[:len(prior):len(prior)], hd.Values...)
+			} else {
+				hdr[k] = hd.Values
+			}
 		}
 	}
-	dropWrongContentLength(hdr, len(resp.Body))
+	dropWrongContentLength(hdr, len(resp.Body), head)
 	code := int(resp.Code)
 	w.WriteHeader(code)
 	if len(resp.Body) > 0 {

@@ -76,8 +76,30 @@ func (c *call) outgoingMD(tenant string) metadata.MD {
 			grpcutil.MetadataMessageSize: c.mdv[3:4:4],
 		}
 	}
-	c.mdv = [4]string{tenant, c.req.msg.Method, c.req.msg.Url, strconv.Itoa(c.req.Size())}
+	c.mdv = [4]string{tenant, c.req.msg.Method, printable(c.req.msg.Url), strconv.Itoa(c.req.Size())}
 	return c.md
+}
+
+// printable returns s with every byte that gRPC metadata cannot carry
+// (outside printable ASCII) percent-escaped. Go's server takes a raw UTF-8
+// query (curl sends one) that grpc-go would refuse to put in metadata,
+// failing the call as a 500 that reverse_proxy serves; the message itself
+// carries the URI as the client sent it.
+func printable(s string) string {
+	i := strings.IndexFunc(s, func(r rune) bool { return r < 0x20 || r > 0x7e })
+	if i < 0 {
+		return s
+	}
+	const hex = "0123456789ABCDEF"
+	b := []byte(s[:i])
+	for j := i; j < len(s); j++ {
+		if c := s[j]; c < 0x20 || c > 0x7e {
+			b = append(b, '%', hex[c>>4], hex[c&15])
+		} else {
+			b = append(b, c)
+		}
+	}
+	return string(b)
 }
 
 // setBody hands the body buffer (from readBody) to the call. The call holds
@@ -102,12 +124,16 @@ func (c *call) releaseBody() {
 func (c *call) setRequest(r *http.Request, replace []httpgrpc.Header) {
 	c.req.msg.Method = r.Method
 	c.req.msg.Url = r.RequestURI
-	if c.req.msg.Url == "" { // a request built in code rather than read from a client
+	if !strings.HasPrefix(c.req.msg.Url, "/") {
+		// A request built in code (no RequestURI), or one in absolute
+		// form (http://user:pass@host/path): the component gets the
+		// origin form, as from reverse_proxy, not the client's host and
+		// credentials.
 		c.req.msg.Url = r.URL.RequestURI()
 	}
 	connection := r.Header["Connection"]
 	for k, vs := range r.Header {
-		if isHopByHop(k) || (len(connection) > 0 && listedIn(connection, k)) || replaced(replace, k) {
+		if isHopByHop(k) || (len(connection) > 0 && ConnectionLists(connection, k)) || replaced(replace, k) {
 			continue
 		}
 		c.headers = append(c.headers, httpgrpc.Header{Key: k, Values: vs})
@@ -156,8 +182,9 @@ var hopByHop = map[string]bool{
 // isHopByHop reports whether the canonical header key k is hop-by-hop.
 func isHopByHop(k string) bool { return hopByHop[k] }
 
-// listedIn reports whether header k is named in a Connection header.
-func listedIn(connection []string, k string) bool {
+// ConnectionLists reports whether the values of a Connection header name
+// header k, which then goes no further than this hop.
+func ConnectionLists(connection []string, k string) bool {
 	for _, v := range connection {
 		for name := range strings.SplitSeq(v, ",") {
 			if strings.EqualFold(strings.TrimSpace(name), k) {

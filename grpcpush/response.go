@@ -3,6 +3,7 @@ package grpcpush
 import (
 	"net/http"
 	"strconv"
+	"strings"
 
 	"golang.org/x/net/http/httpguts"
 )
@@ -27,14 +28,15 @@ func relayable(k string, values []string) bool {
 // dropWrongContentLength removes a tunnelled Content-Length that does not
 // match the body the gateway holds: relayed as it is, a shorter one would
 // truncate the body and a longer one leave the client waiting for bytes that
-// never come. Without it net/http sets the length itself.
-func dropWrongContentLength(hdr http.Header, bodyLen int) {
+// never come. Without it net/http sets the length itself. The answer to a
+// HEAD request keeps any well-formed one: it has no body to match.
+func dropWrongContentLength(hdr http.Header, bodyLen int, head bool) {
 	v, ok := hdr["Content-Length"]
 	if !ok {
 		return
 	}
-	if len(v) == 1 {
-		if n, err := strconv.ParseInt(v[0], 10, 64); err == nil && n == int64(bodyLen) {
+	if len(v) == 1 && v[0] != "" && strings.Trim(v[0], "0123456789") == "" { // digits only: no sign
+		if n, err := strconv.ParseInt(v[0], 10, 64); err == nil && (head || n == int64(bodyLen)) {
 			return
 		}
 	}
