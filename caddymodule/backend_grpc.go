@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -114,7 +115,11 @@ func (g *Gateway) pooledBudget(c Component, url string, cfg *GRPCConfig) (*grpcp
 	if limit == 0 {
 		limit = grpcpush.DefaultMaxBufferedBytes(cmp.Or(cfg.MaxRequestBody, grpcpush.DefaultMaxRequestBody))
 	}
-	key := fmt.Sprintf("metrics_gateway.budget:%s|%s|%d", c, url, limit)
+	// The targets in any order: a reload that only reorders the zones
+	// keeps one bound for the old config's requests and the new one's.
+	targets := strings.Fields(url)
+	slices.Sort(targets)
+	key := fmt.Sprintf("metrics_gateway.budget:%s|%s|%d", c, strings.Join(targets, " "), limit)
 	val, _, err := budgets.LoadOrNew(key, func() (caddy.Destructor, error) {
 		return pooledBudget{grpcpush.NewBudget(limit, grpcMetrics, string(c))}, nil
 	})

@@ -10,6 +10,8 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -84,9 +86,11 @@ type Gateway struct {
 
 	routes   *Routes
 	backends map[Component]upstream
-	// pooled are the keys of the gRPC upstreams this instance holds in the
-	// usage pool, released on Cleanup.
+	// pooled are the keys of the gRPC upstreams, budgets and mirrors this
+	// instance holds in the usage pools, released once it is cleaned up
+	// and its requests are done (retire).
 	pooled []string
+	retire *retirement
 	// released undoes what this instance changed on shared things (the
 	// loggers it registered on pooled Handlers), on Cleanup.
 	released   []func()
@@ -135,6 +139,7 @@ func (Gateway) CaddyModule() caddy.ModuleInfo {
 // per configured backend. Components without a backend share default's.
 func (g *Gateway) Provision(ctx caddy.Context) error {
 	g.logger = ctx.Logger()
+	g.retire = new(retirement)
 	g.setDefaults()
 	parsed, err := g.checkConfig()
 	if err != nil {
@@ -296,6 +301,8 @@ func (g *Gateway) newUpstream(ctx caddy.Context, c Component, b *Backend, u *Par
 // ServeHTTP routes the request: one table lookup, the tenant header, one
 // backend call.
 func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	g.retire.enter()
+	defer g.retire.leave()
 	route := g.routes.Match(r.URL.Path)
 	return instrument(w, r, route, func(w http.ResponseWriter) error {
 		return g.serveRoute(w, r, next, route)
@@ -398,8 +405,12 @@ func addLogFields(r *http.Request, fields ...zap.Field) {
 	}
 }
 
-// Cleanup releases the gRPC upstreams this config holds. The reverse_proxy
-// handlers were loaded through the Caddy context, which cleans them up.
+// Cleanup releases the gRPC upstreams, budgets and mirrors this config
+// holds once its requests are done: Caddy cleans up the old config of a
+// reload while its server may still be finishing requests, and a write
+// among them still sends its copies through this config's mirrors when its
+// primary answers. The reverse_proxy handlers were loaded through the
+// Caddy context, which cleans them up.
 func (g *Gateway) Cleanup() error {
 	live.Delete(g)
 	g.cleanupAccess()
@@ -411,9 +422,54 @@ func (g *Gateway) Cleanup() error {
 	for _, release := range g.released {
 		release()
 	}
+	g.released = nil
 	pooled := g.pooled
-	g.pooled, g.released = nil, nil // Cleanup may be called twice
-	return releasePooled(pooled)
+	if g.retire == nil { // not provisioned
+		g.retire = new(retirement)
+	}
+	return g.retire.start(func() {
+		if err := releasePooled(pooled); err != nil {
+			g.logger.Error("releasing the upstreams of a retired config", zap.Error(err))
+		}
+	})
+}
+
+// retireLimit is the longest a retired config keeps its pooled upstreams
+// for requests that are still running.
+const retireLimit = 5 * time.Minute
+
+// retirement counts a config's requests in flight and runs its release
+// once it is retired (Cleanup) and none is left, or retireLimit after it
+// was retired, whichever comes first; only once.
+type retirement struct {
+	n       atomic.Int64
+	retired atomic.Bool
+	once    sync.Once
+	release func()
+}
+
+func (r *retirement) enter() { r.n.Add(1) }
+
+func (r *retirement) leave() {
+	if r.n.Add(-1) == 0 && r.retired.Load() {
+		r.once.Do(r.release)
+	}
+}
+
+// start retires: it runs release now when no request is in flight, else
+// when the last one leaves (or at retireLimit). A second call does nothing.
+func (r *retirement) start(release func()) error {
+	if r.retired.Load() {
+		return nil // Cleanup may be called twice
+	}
+	r.release = release
+	r.retired.Store(true)
+	if r.n.Load() == 0 {
+		r.once.Do(release)
+		return nil
+	}
+	time.AfterFunc(retireLimit, func() { r.once.Do(release) })
+	return nil
 }
 
 // Interface guards.

@@ -71,11 +71,13 @@ type pooledMirror struct {
 	sender mirrorSender
 }
 
-// Destruct cancels the copies in flight, waits for them and closes the
-// sender.
+// Destruct retires the mirror: it takes no more copies, and closes the
+// sender once those in flight have ended (each within its timeout), without
+// holding up the reload. The configs that used it have finished their
+// requests by now (Gateway.Cleanup): a later copy is counted dropped.
 func (p *pooledMirror) Destruct() error {
-	p.Close()
-	return p.sender.close()
+	p.Retire(func() { _ = p.sender.close() })
+	return nil
 }
 
 // mirrorSender is a mirror's way of sending, with its admin view.

@@ -388,3 +388,44 @@ func TestMirrorInAdminView(t *testing.T) {
 		return false
 	})
 }
+
+// TestMirrorReloadKeepsCopiesInFlight: a push is at its distributor while a
+// reload changes a mirror option (a new Mirror replaces the old one). When
+// the primary answers, its copy still goes out through the old Mirror, which
+// lasts until the old config's requests are done; a copy offered to it
+// after that is counted dropped, never lost without a trace.
+func TestMirrorReloadKeepsCopiesInFlight(t *testing.T) {
+	cl := startCluster(t, 1)
+	m := mirrorCluster(t, 1)
+	cfg := func(maxInFlight int) string {
+		return fmt.Sprintf(`[{"handler": "metrics_gateway", "proxy": {"default": {"url": %q}},
+		"mirrors": [{"url": [%q], "max_in_flight": %d}]}]`, cl.Target(), m.Target(), maxInFlight)
+	}
+	c := testcaddy.Start(t, cfg(100))
+	if code, _ := pushAs(t, oneConnClient(t, c), "team-a", standin.RemoteWriteBody(3, 1)); code != http.StatusOK {
+		t.Fatalf("push: %d", code)
+	}
+	standin.WaitFor(t, 20*time.Second, "the first copy", func() bool { return m.Distributors[0].Samples() == 3 })
+
+	release := make(chan struct{})
+	cl.Distributors[0].SetBehavior(func(http.ResponseWriter, *http.Request) bool { <-release; return false })
+	served := cl.Distributors[0].Requests()
+	done := make(chan int, 1)
+	go func() {
+		code, _ := pushAs(t, oneConnClient(t, c), "team-a", standin.RemoteWriteBody(5, 1))
+		done <- code
+	}()
+	standin.WaitFor(t, 20*time.Second, "the push at its distributor", func() bool { return cl.Distributors[0].Requests() > served })
+	if err := c.Reload(cfg(101)); err != nil {
+		t.Fatal(err)
+	}
+	cl.Distributors[0].SetBehavior(nil)
+	close(release)
+	if code := <-done; code != http.StatusOK {
+		t.Fatalf("the push in flight across the reload: %d", code)
+	}
+	standin.WaitFor(t, 20*time.Second, "its copy at the mirror (3 + 5 samples)", func() bool { return m.Distributors[0].Samples() == 8 })
+	if n := adminMetricSum(t, c, "metrics_gateway_mirror_requests_total", `mirror="`+m.Target()+`"`, `result="ok"`); n != 2 {
+		t.Errorf("%v copies counted ok, want 2", n)
+	}
+}

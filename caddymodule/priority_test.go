@@ -2,6 +2,7 @@ package caddymodule_test
 
 import (
 	"fmt"
+	"net/http"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -10,6 +11,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/metrics-gateway/metrics_gateway/caddymodule"
+	"github.com/metrics-gateway/metrics_gateway/grpcpush"
 	"github.com/metrics-gateway/metrics_gateway/internal/standin"
 	"github.com/metrics-gateway/metrics_gateway/internal/testcaddy"
 )
@@ -264,5 +266,36 @@ func TestGRPCZonesReorderKeepsConnections(t *testing.T) {
 	}
 	if got := zs.requests(); got[1] != 10 {
 		t.Errorf("per-zone requests %v, want all 10 in zone b (now first)", got)
+	}
+}
+
+// TestZoneReorderKeepsOneBudget: a reload that only reorders the zones
+// keeps the backend's one max_buffered_bytes for the old config's requests
+// and the new one's. With the bound at what one 16 MiB body needs while it
+// is read, an upload held by the old config leaves no room for a second
+// one under the new config: it is answered 503 (two budgets took both).
+func TestZoneReorderKeepsOneBudget(t *testing.T) {
+	zs := startZones(t, 1, 1, zoneNames[:2]...)
+	opts := fmt.Sprintf(`"timeout": "15s", "max_request_body": %d, "max_buffered_bytes": %d`, 16<<20, grpcpush.MinBufferedBytes(16<<20))
+	c := testcaddy.Start(t, zs.handlerJSON(opts, 0, 1))
+	if resp, b, err := push(c.Client, standin.RemoteWriteBody(10, 1)); err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("push: %v %v %q", err, resp, b)
+	}
+	const size, sent = 16 << 20, 15 << 20
+	stalledH1(t, c, size, sent)
+	standin.WaitFor(t, 20*time.Second, "the old config's upload holding 16 MiB", func() bool {
+		held, _ := distributorBuffered(t, c)
+		return held == size
+	})
+	if err := c.Reload(zs.handlerJSON(opts, 1, 0)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case code := <-stalledH1(t, c, size, sent):
+		if code != http.StatusServiceUnavailable {
+			t.Errorf("the new config's upload: %d, want 503 (the shared bound is full)", code)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("the new config's upload was held: the reorder started a second bound")
 	}
 }

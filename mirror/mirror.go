@@ -220,6 +220,7 @@ func (m *Mirror) Copy(q *grpcpush.Request) {
 	if m.closed {
 		m.mu.Unlock()
 		<-m.slots
+		m.done(resultDropped, func() error { return errRetired })
 		return
 	}
 	m.wg.Add(1)
@@ -229,6 +230,10 @@ func (m *Mirror) Copy(q *grpcpush.Request) {
 	}
 	go m.send(q.Keep())
 }
+
+// errRetired is why a copy offered to a closed or retired Mirror is
+// dropped: a configuration reload replaced it.
+var errRetired = errors.New("the mirror was closed, replaced by a configuration reload")
 
 // errUnreachable is the failure of a copy not sent because the last
 // connection attempt to every endpoint of the mirror failed.
@@ -291,13 +296,31 @@ func (m *Mirror) done(result int, reason func() error) {
 func (m *Mirror) InFlight() int { return len(m.slots) }
 
 // Close cancels the copies in flight, waits for them, and makes later
-// copies no-ops.
+// copies dropped.
 func (m *Mirror) Close() {
+	m.stop()
+	m.cancel()
+	m.wg.Wait()
+}
+
+// Retire makes later copies dropped and returns at once; once the copies
+// in flight have ended by themselves (each within Timeout), it releases
+// what Close does and calls then. A copy offered while the request it
+// copies was still in flight at a reload must not be canceled by it.
+func (m *Mirror) Retire(then func()) {
+	m.stop()
+	go func() {
+		m.wg.Wait()
+		m.cancel()
+		then()
+	}()
+}
+
+// stop makes later copies dropped.
+func (m *Mirror) stop() {
 	m.mu.Lock()
 	m.closed = true
 	m.mu.Unlock()
-	m.cancel()
-	m.wg.Wait()
 }
 
 // Set is several Mirrors; each request goes to each of them.

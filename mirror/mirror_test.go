@@ -345,3 +345,53 @@ func TestMirrorLeavesTheBudgetToRequests(t *testing.T) {
 type senderFunc func(ctx context.Context, q *grpcpush.Request) (int, error)
 
 func (f senderFunc) Send(ctx context.Context, q *grpcpush.Request) (int, error) { return f(ctx, q) }
+
+// TestMirrorRetire: a retired Mirror lets its copy in flight end by itself
+// (a reload must not cancel the copy of a push acknowledged meanwhile),
+// counts a later copy dropped, and calls back once the copy has ended.
+func TestMirrorRetire(t *testing.T) {
+	metrics := NewMetrics()
+	entered, answer := make(chan struct{}), make(chan struct{})
+	var canceled atomic.Bool
+	m, err := New(senderFunc(func(ctx context.Context, _ *grpcpush.Request) (int, error) {
+		close(entered)
+		<-answer
+		canceled.Store(ctx.Err() != nil)
+		return 200, nil
+	}), Options{Name: "retired", Percent: DefaultPercent, Metrics: metrics})
+	if err != nil {
+		t.Fatal(err)
+	}
+	copyOf := func() {
+		r := httptest.NewRequest(http.MethodPost, standin.PushPath, bytes.NewReader([]byte("body")))
+		standin.SetPushHeaders(r.Header, "team-a")
+		q, err := grpcpush.ReadRequest(r, 1<<20, grpcpush.NewBudget(1<<30, nil, ""), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.Copy(q)
+		q.Release()
+	}
+	copyOf()
+	<-entered
+	released := make(chan struct{})
+	m.Retire(func() { close(released) })
+	copyOf() // after the reload
+	if n := counter(t, metrics, "retired", ResultDropped); n != 1 {
+		t.Errorf("%v copies offered to the retired mirror counted dropped, want 1", n)
+	}
+	select {
+	case <-released:
+		t.Fatal("released while a copy was in flight")
+	default:
+	}
+	close(answer)
+	select {
+	case <-released:
+	case <-time.After(10 * time.Second):
+		t.Fatal("not released after its copy ended")
+	}
+	if canceled.Load() || counter(t, metrics, "retired", ResultOK) != 1 {
+		t.Errorf("the copy in flight: canceled %v, ok %v; want it answered", canceled.Load(), counter(t, metrics, "retired", ResultOK))
+	}
+}
