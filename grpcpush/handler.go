@@ -81,6 +81,7 @@ func New(opts Options) (*Handler, error) {
 	}
 	h.conn.Connect() // resolve and connect now, not on the first request
 	h.watch = h.watchReadiness()
+	h.metrics.useTarget()
 	return h, nil
 }
 
@@ -152,6 +153,7 @@ func (h *Handler) Close() error {
 		h.watch.stop()
 		h.closeErr = h.conn.Close()
 		h.tracker.closeAll()
+		h.metrics.forgetTarget()
 	})
 	return h.closeErr
 }

@@ -157,6 +157,37 @@ func (b *backendMetrics) forget(addr string) {
 	b.m.healthy.DeleteLabelValues(b.backend, addr)
 }
 
+// targetKey is the users key of a backend's target: an address never
+// holds a space.
+func (b *backendMetrics) targetKey() [2]string { return [2]string{b.backend, "target " + b.target} }
+
+// useTarget records that a Handler of the backend has its target.
+func (b *backendMetrics) useTarget() {
+	if b == nil {
+		return
+	}
+	b.m.mu.Lock()
+	defer b.m.mu.Unlock()
+	b.m.users[b.targetKey()]++
+}
+
+// forgetTarget records that a Handler of the target closed. With the last
+// one go the target's requests that picked no endpoint ("none"), so that
+// the URLs a backend had before reloads do not keep series for ever.
+func (b *backendMetrics) forgetTarget() {
+	if b == nil {
+		return
+	}
+	key := b.targetKey()
+	b.m.mu.Lock()
+	defer b.m.mu.Unlock()
+	if b.m.users[key]--; b.m.users[key] > 0 {
+		return
+	}
+	delete(b.m.users, key)
+	b.m.requests.DeletePartialMatch(prometheus.Labels{"backend": b.backend, "target": b.target, "endpoint": noEndpoint})
+}
+
 // readyChanged adds delta (+1 or -1) to the backend's ready endpoints.
 // Deltas rather than a count, so that overlapping Handlers of one backend
 // add up instead of overwriting each other.

@@ -44,3 +44,25 @@ func seriesCount(c prometheus.Collector) int {
 	}
 	return n
 }
+
+// TestTargetSeriesFollowTheirHandlers: the requests of a target that
+// picked no endpoint ("none") keep their series while a Handler of the
+// target is open, and lose them with the last one: a backend whose URL
+// a reload changed leaves no series behind.
+func TestTargetSeriesFollowTheirHandlers(t *testing.T) {
+	m := NewMetrics()
+	older, newer := m.forBackend("distributor", "dns:///old:9095"), m.forBackend("distributor", "dns:///old:9095")
+	other := m.forBackend("distributor", "dns:///new:9095")
+	for _, b := range []*backendMetrics{older, newer, other} {
+		b.useTarget()
+		b.m.requests.WithLabelValues(b.backend, b.target, noEndpoint, "401").Inc()
+	}
+	older.forgetTarget()
+	if n := seriesCount(m.requests); n != 2 {
+		t.Errorf("%d request series with a Handler of each target open, want 2", n)
+	}
+	newer.forgetTarget()
+	if n := seriesCount(m.requests); n != 1 {
+		t.Errorf("%d request series after the old target's last Handler closed, want 1 (the new target's)", n)
+	}
+}

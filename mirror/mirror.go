@@ -116,6 +116,8 @@ type Mirror struct {
 	logger  *grpcpush.LoggerRef
 	counts  [4]prometheus.Counter // by result; nil without Metrics
 	gauge   prometheus.Gauge
+	metrics *Metrics
+	forget  sync.Once // the series, once the mirror is closed
 
 	ctx    context.Context // canceled by Close
 	cancel context.CancelFunc
@@ -148,6 +150,8 @@ func New(s Sender, o Options) (*Mirror, error) {
 		m.reach = r
 	}
 	if o.Metrics != nil {
+		m.metrics = o.Metrics
+		o.Metrics.use(m.name)
 		for i, r := range results {
 			m.counts[i] = o.Metrics.requests.WithLabelValues(m.name, r)
 		}
@@ -301,6 +305,7 @@ func (m *Mirror) Close() {
 	m.stop()
 	m.cancel()
 	m.wg.Wait()
+	m.forgetSeries()
 }
 
 // Retire makes later copies dropped and returns at once; once the copies
@@ -312,8 +317,17 @@ func (m *Mirror) Retire(then func()) {
 	go func() {
 		m.wg.Wait()
 		m.cancel()
+		m.forgetSeries()
 		then()
 	}()
+}
+
+// forgetSeries drops the mirror's series unless another Mirror of the same
+// name uses them (the one a reload that changed an option made).
+func (m *Mirror) forgetSeries() {
+	if m.metrics != nil {
+		m.forget.Do(func() { m.metrics.forget(m.name) })
+	}
 }
 
 // stop makes later copies dropped.
@@ -337,11 +351,35 @@ func (s Set) Copy(q *grpcpush.Request) {
 type Metrics struct {
 	requests *prometheus.CounterVec
 	inFlight *prometheus.GaugeVec
+
+	mu    sync.Mutex
+	users map[string]int // open Mirrors by name
+}
+
+// use records a Mirror of name.
+func (m *Metrics) use(name string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.users[name]++
+}
+
+// forget records that a Mirror of name closed; with the last one its
+// series go, so that the mirrors a reload removed leave none behind.
+func (m *Metrics) forget(name string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.users[name]--; m.users[name] > 0 {
+		return
+	}
+	delete(m.users, name)
+	m.requests.DeletePartialMatch(prometheus.Labels{"mirror": name})
+	m.inFlight.DeleteLabelValues(name)
 }
 
 // NewMetrics creates the collectors (not registered).
 func NewMetrics() *Metrics {
 	return &Metrics{
+		users: map[string]int{},
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "metrics_gateway_mirror_requests_total",
 			Help: "Copies of requests sent to a mirror, by mirror and result (ok, failed, dropped, timeout).",

@@ -2,6 +2,7 @@ package mirror
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"fmt"
 	"net/http"
@@ -12,9 +13,9 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
 
-	"context"
 	"github.com/metrics-gateway/metrics_gateway/grpcpush"
 	"github.com/metrics-gateway/metrics_gateway/internal/standin"
 )
@@ -348,7 +349,8 @@ func (f senderFunc) Send(ctx context.Context, q *grpcpush.Request) (int, error) 
 
 // TestMirrorRetire: a retired Mirror lets its copy in flight end by itself
 // (a reload must not cancel the copy of a push acknowledged meanwhile),
-// counts a later copy dropped, and calls back once the copy has ended.
+// counts a later copy dropped, and calls back once the copy has ended,
+// its series gone with it.
 func TestMirrorRetire(t *testing.T) {
 	metrics := NewMetrics()
 	entered, answer := make(chan struct{}), make(chan struct{})
@@ -372,6 +374,7 @@ func TestMirrorRetire(t *testing.T) {
 		m.Copy(q)
 		q.Release()
 	}
+	ok := metrics.requests.WithLabelValues("retired", ResultOK) // the Mirror's own counter
 	copyOf()
 	<-entered
 	released := make(chan struct{})
@@ -391,7 +394,33 @@ func TestMirrorRetire(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("not released after its copy ended")
 	}
-	if canceled.Load() || counter(t, metrics, "retired", ResultOK) != 1 {
-		t.Errorf("the copy in flight: canceled %v, ok %v; want it answered", canceled.Load(), counter(t, metrics, "retired", ResultOK))
+	if canceled.Load() || testutil.ToFloat64(ok) != 1 {
+		t.Errorf("the copy in flight: canceled %v, ok %v; want it answered", canceled.Load(), testutil.ToFloat64(ok))
+	}
+	if n := testutil.CollectAndCount(metrics.requests) + testutil.CollectAndCount(metrics.inFlight); n != 0 {
+		t.Errorf("%d series of the closed mirror left", n)
+	}
+}
+
+// TestMirrorSeriesSharedByName: two Mirrors of one name (a reload that
+// changed an option) share their series; they go with the last one.
+func TestMirrorSeriesSharedByName(t *testing.T) {
+	metrics := NewMetrics()
+	var mirrors [2]*Mirror
+	for i := range mirrors {
+		m, err := New(senderFunc(func(context.Context, *grpcpush.Request) (int, error) { return 200, nil }),
+			Options{Name: "dns:///m:9095", Percent: DefaultPercent, MaxInFlight: 1 + i, Metrics: metrics})
+		if err != nil {
+			t.Fatal(err)
+		}
+		mirrors[i] = m
+	}
+	mirrors[0].Close()
+	if n := testutil.CollectAndCount(metrics.requests); n != 4 {
+		t.Errorf("%d request series while the newer mirror is open, want 4 (one per result)", n)
+	}
+	mirrors[1].Close()
+	if n := testutil.CollectAndCount(metrics.requests) + testutil.CollectAndCount(metrics.inFlight); n != 0 {
+		t.Errorf("%d series after both closed", n)
 	}
 }
