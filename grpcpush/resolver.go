@@ -43,14 +43,21 @@ type dnsBuilder struct {
 // newDNSBuilder prepares resolution of t: through the system resolver, or
 // through the DNS server named by the target's authority.
 func newDNSBuilder(t Target, refresh time.Duration, logger *LoggerRef, tr *tracker) *dnsBuilder {
-	r := &net.Resolver{PreferGo: true}
-	if t.Authority != "" {
-		var d net.Dialer
-		authority := t.Authority
-		r.Dial = func(ctx context.Context, network, _ string) (net.Conn, error) {
-			return d.DialContext(ctx, network, authority)
+	var d net.Dialer
+	r := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, server string) (net.Conn, error) {
+		if t.Authority != "" {
+			server = t.Authority
 		}
-	}
+		c, err := d.DialContext(ctx, network, server)
+		if err != nil {
+			return nil, err
+		}
+		// Go's resolver ends a read by its deadline only: a lookup whose
+		// caller left (a closing Handler) would wait for an answer that
+		// may never come, seconds after Close returned.
+		context.AfterFunc(ctx, func() { _ = c.Close() })
+		return c, nil
+	}}
 	return &dnsBuilder{
 		target:  t,
 		refresh: refresh,

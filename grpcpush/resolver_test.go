@@ -1,14 +1,41 @@
 package grpcpush
 
 import (
+	"net"
 	"testing"
 	"time"
 
-	"github.com/metrics-gateway/metrics_gateway/internal/standin"
+	"go.uber.org/goleak"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	zapobserver "go.uber.org/zap/zaptest/observer"
+
+	"github.com/metrics-gateway/metrics_gateway/internal/standin"
 )
+
+// TestCloseEndsALookupInFlight: a Handler closed while its DNS server has
+// not answered a lookup leaves nothing behind: Go's resolver would wait for
+// the answer until its own deadline, seconds after Close returned.
+func TestCloseEndsALookupInFlight(t *testing.T) {
+	silent, err := net.ListenPacket("udp", "127.0.0.1:0") // reads queries, never answers
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	before := goleak.IgnoreCurrent()
+	h, err := New(Options{Target: "dns://" + silent.LocalAddr().String() + "/distributor.mimir.test:9095"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = silent.SetReadDeadline(time.Now().Add(20 * time.Second))
+	if _, _, err := silent.ReadFrom(make([]byte, 512)); err != nil {
+		t.Fatalf("no lookup reached the DNS server: %v", err)
+	}
+	_ = h.Close()
+	if err := goleak.Find(before); err != nil {
+		t.Errorf("after Close, with a lookup unanswered: %v", err)
+	}
+}
 
 // unresolvable runs a Handler whose target name does not exist (NXDOMAIN
 // from a real DNS server) for window, and returns the lookups the server

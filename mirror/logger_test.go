@@ -1,10 +1,8 @@
 package mirror
 
 import (
-	"bytes"
 	"context"
 	"net/http"
-	"net/http/httptest"
 	"testing"
 	"time"
 
@@ -28,16 +26,7 @@ func TestMirrorLogsThroughTheNewestUser(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(m.Close)
-	fail := func() {
-		r := httptest.NewRequest(http.MethodPost, standin.PushPath, bytes.NewReader([]byte("body")))
-		standin.SetPushHeaders(r.Header, "team-a")
-		q, err := grpcpush.ReadRequest(r, 1<<20, grpcpush.NewBudget(1<<20, nil, ""), nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		m.Copy(q)
-		q.Release()
-	}
+	fail := func() { offer(t, m) }
 
 	newer, newerLogs := zapobserver.New(zapcore.DebugLevel)
 	release := m.UseLogger(zap.New(newer))

@@ -343,6 +343,20 @@ func TestMirrorLeavesTheBudgetToRequests(t *testing.T) {
 	}
 }
 
+// offer offers m a copy of a small push of team-a, as a Priority does once
+// its primary accepted it.
+func offer(t *testing.T, m *Mirror) {
+	t.Helper()
+	r := httptest.NewRequest(http.MethodPost, standin.PushPath, bytes.NewReader([]byte("body")))
+	standin.SetPushHeaders(r.Header, "team-a")
+	q, err := grpcpush.ReadRequest(r, 1<<20, grpcpush.NewBudget(1<<20, nil, ""), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Copy(q)
+	q.Release()
+}
+
 type senderFunc func(ctx context.Context, q *grpcpush.Request) (int, error)
 
 func (f senderFunc) Send(ctx context.Context, q *grpcpush.Request) (int, error) { return f(ctx, q) }
@@ -364,22 +378,12 @@ func TestMirrorRetire(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	copyOf := func() {
-		r := httptest.NewRequest(http.MethodPost, standin.PushPath, bytes.NewReader([]byte("body")))
-		standin.SetPushHeaders(r.Header, "team-a")
-		q, err := grpcpush.ReadRequest(r, 1<<20, grpcpush.NewBudget(1<<30, nil, ""), nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		m.Copy(q)
-		q.Release()
-	}
 	ok := metrics.requests.WithLabelValues("retired", ResultOK) // the Mirror's own counter
-	copyOf()
+	offer(t, m)
 	<-entered
 	released := make(chan struct{})
 	m.Retire(func() { close(released) })
-	copyOf() // after the reload
+	offer(t, m) // after the reload
 	if n := counter(t, metrics, "retired", ResultDropped); n != 1 {
 		t.Errorf("%v copies offered to the retired mirror counted dropped, want 1", n)
 	}
