@@ -233,16 +233,20 @@ func TestMaxBufferedBytes(t *testing.T) {
 	}
 }
 
-// TestLateUploadKeepsEndpointHealthy: a push whose body arrives 10 ms
-// before the timeout leaves its call 10 ms; it times out (504), and with
-// max_fails 1 that must not take a healthy distributor out: the upload, not
-// the distributor, used the time.
+// TestLateUploadKeepsEndpointHealthy: a push whose body arrives `left`
+// before the timeout leaves its call `left` (well under the fair share,
+// timeout/2); it times out (504), and with max_fails 1 that must not take a
+// healthy distributor out: the upload, not the distributor, used the time.
 func TestLateUploadKeepsEndpointHealthy(t *testing.T) {
-	const timeout = 2 * time.Second
+	// Margins for a busy machine, both ways: the body may arrive up to
+	// `left` late and still be read (not a 408), and the gateway may start
+	// the request's clock up to answer-left after the client wrote its head
+	// and the distributor still answers after the deadline (not a 200).
+	const timeout, left, answer = 2 * time.Second, 200 * time.Millisecond, 500 * time.Millisecond
 	cl := startCluster(t, 3)
 	c := testcaddy.Start(t, cl.handlerJSON(fmt.Sprintf(`"timeout": %q, "retries": 0, "fail_duration": "1m", "max_fails": 1`, timeout)))
 	for _, d := range cl.Distributors {
-		d.SetBehavior(standin.AnswerAfter(50 * time.Millisecond)) // a healthy distributor's push
+		d.SetBehavior(standin.AnswerAfter(answer)) // a healthy distributor's push
 	}
 	body := standin.RemoteWriteBody(100, 1)
 	for i := 0; i < 3; i++ {
@@ -255,7 +259,7 @@ func TestLateUploadKeepsEndpointHealthy(t *testing.T) {
 		if _, err := io.WriteString(rc, pushHead(len(body), "")); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(timeout - 10*time.Millisecond) // the slow upload itself
+		time.Sleep(timeout - left) // the slow upload itself
 		if _, err := rc.Write(body); err != nil {
 			t.Fatal(err)
 		}
