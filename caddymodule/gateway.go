@@ -452,8 +452,18 @@ func (r *retirement) enter() { r.n.Add(1) }
 
 func (r *retirement) leave() {
 	if r.n.Add(-1) == 0 && r.retired.Load() {
-		r.once.Do(r.release)
+		r.run()
 	}
+}
+
+// run releases, once; it then drops release, so that the timer of
+// retireLimit holds nothing of the config for the minutes it still runs.
+func (r *retirement) run() {
+	r.once.Do(func() {
+		release := r.release
+		r.release = nil
+		release()
+	})
 }
 
 // start retires: it runs release now when no request is in flight, else
@@ -465,10 +475,10 @@ func (r *retirement) start(release func()) error {
 	r.release = release
 	r.retired.Store(true)
 	if r.n.Load() == 0 {
-		r.once.Do(release)
+		r.run()
 		return nil
 	}
-	time.AfterFunc(retireLimit, func() { r.once.Do(release) })
+	time.AfterFunc(retireLimit, r.run)
 	return nil
 }
 
