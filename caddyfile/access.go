@@ -32,14 +32,8 @@ func unmarshalAccess(d *parser.Dispenser) (*access.Config, error) {
 		return nil, d.ArgErr()
 	}
 	cfg := new(access.Config)
-	seen := map[string]bool{}
-	once := func(opt string) error {
-		if seen[opt] {
-			return d.Errf("access_policies.%s: given twice", opt)
-		}
-		seen[opt] = true
-		return nil
-	}
+	seen := onceEach{}
+	once := func(opt string) error { return seen.check(d, "access_policies.", opt) }
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		switch opt := d.Val(); opt {
 		case "policy":
@@ -53,8 +47,8 @@ func unmarshalAccess(d *parser.Dispenser) (*access.Config, error) {
 				return nil, err
 			}
 			var v string
-			if !d.AllArgs(&v) {
-				return nil, d.ArgErr()
+			if err := stringArg(d, &v); err != nil {
+				return nil, d.Errf("access_policies.%s: %v", opt, err)
 			}
 			if opt == "file" {
 				cfg.File = v

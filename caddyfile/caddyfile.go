@@ -103,8 +103,15 @@ func unmarshalGateway(h httpcaddyfile.Helper, g *caddymodule.Gateway) error {
 		return d.ArgErr()
 	}
 	sawProxy := false
+	seen := onceEach{}
 	for d.NextBlock(0) {
-		switch opt := d.Val(); opt {
+		opt := d.Val()
+		if opt != "mirror" && opt != "proxy" && opt != "access_policies" { // those say it their own way
+			if err := seen.check(d, "", opt); err != nil {
+				return err
+			}
+		}
+		switch opt {
 		case "proxy":
 			if sawProxy {
 				return d.Err("proxy: only one proxy block is allowed")
@@ -113,23 +120,11 @@ func unmarshalGateway(h httpcaddyfile.Helper, g *caddymodule.Gateway) error {
 			if err := unmarshalProxy(h, &g.Proxy); err != nil {
 				return err
 			}
-		case "prometheus_http_prefix", "alertmanager_http_prefix":
-			var prefix string
-			if !d.AllArgs(&prefix) {
-				return d.ArgErr()
-			}
-			if opt == "prometheus_http_prefix" {
-				g.PrometheusHTTPPrefix = prefix
-			} else {
-				g.AlertmanagerHTTPPrefix = prefix
-			}
-		case "default_tenant":
-			if !d.AllArgs(&g.DefaultTenant) {
-				return d.ArgErr()
-			}
-		case "tenant":
-			if !d.AllArgs(&g.Tenant) {
-				return d.ArgErr()
+		case "prometheus_http_prefix", "alertmanager_http_prefix", "default_tenant", "tenant":
+			target := map[string]*string{"prometheus_http_prefix": &g.PrometheusHTTPPrefix,
+				"alertmanager_http_prefix": &g.AlertmanagerHTTPPrefix, "default_tenant": &g.DefaultTenant, "tenant": &g.Tenant}[opt]
+			if err := stringArg(d, target); err != nil {
+				return d.Errf("%s: %v", opt, err)
 			}
 		case "access_policies":
 			if g.AccessPolicies != nil {
@@ -243,8 +238,12 @@ func unmarshalReverseProxy(h httpcaddyfile.Helper, seg parser.Segment, nURLs int
 // unmarshalGRPC parses a dns: backend's block. Values are only parsed
 // here; whether they are allowed is caddymodule's rule (CheckConfig).
 func unmarshalGRPC(d *parser.Dispenser, c caddymodule.Component, cfg *caddymodule.GRPCConfig) error {
+	seen := onceEach{}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		opt := d.Val()
+		if err := seen.check(d, "proxy."+string(c)+".grpc.", opt); err != nil {
+			return err
+		}
 		known, err := grpcOption(d, opt, cfg)
 		if !known {
 			return d.Errf("proxy.%s: unrecognized option %q for a dns: backend (%s)", c, opt, grpcOptionNames)
@@ -319,8 +318,12 @@ func unmarshalMirror(d *parser.Dispenser, m *caddymodule.MirrorConfig) error {
 	if len(m.URL) == 0 {
 		return d.Err("mirror: missing URL")
 	}
+	seen := onceEach{}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		opt := d.Val()
+		if err := seen.check(d, "mirror.", opt); err != nil {
+			return err
+		}
 		var err error
 		switch opt {
 		case "tenants":
@@ -349,11 +352,33 @@ func unmarshalMirror(d *parser.Dispenser, m *caddymodule.MirrorConfig) error {
 // errArgCount is a missing or extra argument.
 var errArgCount = errors.New("wrong number of arguments")
 
-// stringArg reads the one argument of an option into v.
+// errEmpty is an argument that is "": written so, or an environment
+// variable ({$TENANT}) that is empty or unset. Taken as "not set", it would
+// quietly change what the option guards (an empty tenant lets clients pick
+// theirs).
+var errEmpty = errors.New(`empty value (an empty or unset environment variable?); leave the option out for its default`)
+
+// stringArg reads the one argument of an option into v; it must not be
+// empty.
 func stringArg(d *parser.Dispenser, v *string) error {
 	if !d.AllArgs(v) {
 		return errArgCount
 	}
+	if *v == "" {
+		return errEmpty
+	}
+	return nil
+}
+
+// onceEach refuses an option given twice in one block: the second would
+// silently replace the first (a second tls block dropping the first's ca).
+type onceEach map[string]bool
+
+func (s onceEach) check(d *parser.Dispenser, where, opt string) error {
+	if s[opt] {
+		return d.Errf("%s%s: given twice", where, opt)
+	}
+	s[opt] = true
 	return nil
 }
 
@@ -416,8 +441,12 @@ func unmarshalStrings(d *parser.Dispenser, where string, options []stringOption)
 	if d.NextArg() {
 		return d.ArgErr()
 	}
+	seen := onceEach{}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		opt := d.Val()
+		if err := seen.check(d, where+".", opt); err != nil {
+			return err
+		}
 		i := slices.IndexFunc(options, func(o stringOption) bool { return o.name == opt })
 		if i < 0 {
 			names := make([]string, len(options))
@@ -435,6 +464,9 @@ func unmarshalStrings(d *parser.Dispenser, where string, options []stringOption)
 		case *string:
 			if !d.AllArgs(target) {
 				return d.ArgErr()
+			}
+			if *target == "" {
+				return d.Errf("%s.%s: %v", where, opt, errEmpty)
 			}
 		default:
 			panic(fmt.Sprintf("option %s: target %T is neither *string nor *bool", opt, target))

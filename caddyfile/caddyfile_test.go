@@ -200,6 +200,13 @@ func TestLoadTimeErrors(t *testing.T) {
 		{"buffered bytes below a body's peak", "default http://a:1\n distributor dns:///d:9095 {\n max_request_body 16MiB\n max_buffered_bytes 24MiB\n }", "proxy.distributor.grpc: max_buffered_bytes 25165824: must be at least 33556481 for max_request_body 16777216"},
 		{"bad buffered bytes", "default http://a:1\n distributor dns:///d:9095 {\n max_buffered_bytes lots\n }", "proxy.distributor.grpc.max_buffered_bytes:"},
 		{"negative response limit", "default http://a:1\n distributor dns:///d:9095 {\n max_response_body 3GiB\n }", "proxy.distributor.grpc: max_response_body 3221225472: must be 1 byte to 2 GiB-1 MiB"},
+		// Given twice, the second would silently replace the first (the
+		// second tls block dropping the first's ca).
+		{"tls twice", "default http://a:1\n distributor dns:///d:9095 {\n tls {\n ca /ca.pem\n }\n tls {\n server_name d\n }\n }", "proxy.distributor.grpc.tls: given twice"},
+		{"timeout twice", "default http://a:1\n distributor dns:///d:9095 {\n timeout 5s\n timeout 9s\n }", "proxy.distributor.grpc.timeout: given twice"},
+		{"tls option twice", "default http://a:1\n distributor dns:///d:9095 {\n tls {\n ca /a.pem\n ca /b.pem\n }\n }", "tls.ca: given twice"},
+		{"empty tls value", "default http://a:1\n distributor dns:///d:9095 {\n tls {\n ca \"\"\n }\n }", "tls.ca: empty value"},
+		{"empty compression", "default http://a:1\n distributor dns:///d:9095 {\n compression \"\"\n }", "proxy.distributor.grpc.compression: empty value"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -230,6 +237,15 @@ func TestLoadTimeErrors(t *testing.T) {
 		{"retry_after below a second", "retry_after 500ms 10s", "retry_after min 500ms: must be at least 1s"},
 		{"retry_after max below min", "retry_after 10s 5s", "retry_after max 5s: must be at least min (10s)"},
 		{"retry_after not a duration", "retry_after soon 10s", `retry_after: time: invalid duration "soon"`},
+		// An empty value, or an empty environment variable, is not "unset":
+		// an empty tenant would let every client pick its own.
+		{"empty tenant", `tenant ""`, "tenant: empty value"},
+		{"tenant from an unset variable", `tenant "{$METRICS_GATEWAY_TEST_UNSET_VARIABLE}"`, "tenant: empty value"},
+		{"empty default tenant", `default_tenant ""`, "default_tenant: empty value"},
+		{"empty prefix", `prometheus_http_prefix ""`, "prometheus_http_prefix: empty value"},
+		{"default tenant twice", "default_tenant a\n default_tenant b", "default_tenant: given twice"},
+		{"mirror tenants twice", "mirror dns:///m:9095 {\n tenants team-a\n tenants team-b\n }", "mirror.tenants: given twice"},
+		{"empty policy file", "access_policies {\n file \"\"\n }", "access_policies.file: empty value"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			_, err := adapt(t, ":8000 {\n metrics_gateway {\n proxy {\n default http://a:1\n }\n "+c.option+"\n }\n}")
