@@ -306,6 +306,19 @@ func TestJSONLoadTimeErrors(t *testing.T) {
 		{"empty-ish default tenant", `{"proxy": {"default": {"url": "http://a:1"}}, "default_tenant": ".."}`, `default_tenant: tenant ID is '.' or '..'`},
 		{"too many retries", `{"proxy": {"default": {"url": "http://a:1"}, "distributor": {"url": "dns:///d:9095", "grpc": {"retries": 9}}}}`, "proxy.distributor.grpc: retries 9: must be 0-4"},
 		{"cert without key", `{"proxy": {"default": {"url": "http://a:1"}, "distributor": {"url": "dns:///d:9095", "grpc": {"tls": {"key": "k.pem"}}}}}`, "proxy.distributor.grpc: tls: cert and key must be given together"},
+		{"empty access_policies", `{"proxy": {"default": {"url": "http://a:1"}}, "access_policies": {}}`, "access_policies: no policy, file or oidc: every request would be refused"},
+		{"HTTP URL twice", `{"proxy": {"default": {"url": "http://a:1 a:1"}}}`, `proxy.default.url: "a:1" is listed twice`},
+		// Each write would reach the same cluster twice.
+		{"mirror twice", `{"proxy": {"default": {"url": "http://a:1"}}, "mirrors": [{"url": ["dns:///m:9095"]}, {"url": ["dns:///m:9095"], "percent": 50}]}`,
+			"mirrors[1].url: dns:///m:9095 is mirrors[0]'s too: each write would reach it twice"},
+		{"mirror of the distributor itself", `{"proxy": {"default": {"url": "http://a:1"}, "distributor": {"url": "dns:///d:9095"}}, "mirrors": [{"url": ["dns:///d:9095"]}]}`,
+			"mirrors[0].url: dns:///d:9095 is proxy.distributor's too"},
+		{"mirror of the default backend", `{"proxy": {"default": {"url": "http://a:1"}}, "mirrors": [{"url": ["h2c://a:1"]}]}`,
+			"mirrors[0].url: a:1 is proxy.default's too"},
+		{"empty mirror tenants", `{"proxy": {"default": {"url": "http://a:1"}}, "mirrors": [{"url": ["dns:///m:9095"], "tenants": []}]}`,
+			"mirrors[0].tenants: empty; leave it out to mirror every tenant"},
+		{"mirror max_buffered_bytes", `{"proxy": {"default": {"url": "http://a:1"}}, "mirrors": [{"url": ["dns:///m:9095"], "max_buffered_bytes": 1073741824}]}`,
+			"mirrors[0].max_buffered_bytes: a copy holds the request's own body"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

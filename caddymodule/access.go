@@ -55,7 +55,13 @@ func (g *Gateway) checkAccess() error {
 	if g.DefaultTenant != "" {
 		return errors.New("access_policies: not allowed together with default_tenant (a token whose policy grants one tenant uses it when the request names none)")
 	}
-	return g.AccessPolicies.Validate()
+	if err := g.AccessPolicies.Validate(); err != nil {
+		return err
+	}
+	if a := g.AccessPolicies; len(a.Policies) == 0 && a.File == "" && a.OIDC == nil {
+		return errors.New("access_policies: no policy, file or oidc: every request would be refused")
+	}
+	return nil
 }
 
 // provisionAccess makes the Gateway's Guard: it reads the policy file (an

@@ -261,7 +261,40 @@ func (g *Gateway) checkConfig() (map[Component]*ParsedURL, error) {
 		}
 		parsed[c] = u
 	}
+	if err := g.checkMirrorTargets(parsed); err != nil {
+		return nil, err
+	}
 	return parsed, nil
+}
+
+// checkMirrorTargets refuses a mirror that sends where another mirror, or
+// a backend of the mirrored writes, already does: each write would reach
+// that cluster twice.
+func (g *Gateway) checkMirrorTargets(backends map[Component]*ParsedURL) error {
+	owner := map[string]string{}
+	for _, c := range []Component{ComponentDistributor, ComponentGraphite} {
+		u := backends[c]
+		if u == nil {
+			c, u = ComponentDefault, backends[ComponentDefault]
+		}
+		for _, a := range u.addresses() {
+			owner[a] = "proxy." + string(c)
+		}
+	}
+	for i := range g.Mirrors {
+		u, err := ParseBackendURL(g.Mirrors[i].name())
+		if err != nil {
+			return fmt.Errorf("mirrors[%d].url: %v", i, err)
+		}
+		field := fmt.Sprintf("mirrors[%d]", i)
+		for _, a := range u.addresses() {
+			if first, dup := owner[a]; dup {
+				return fmt.Errorf("%s.url: %s is %s's too: each write would reach it twice", field, redactPassword(a), first)
+			}
+			owner[a] = field
+		}
+	}
+	return nil
 }
 
 // checkGRPC checks the gRPC options of a dns: backend, for each target.

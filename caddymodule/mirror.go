@@ -108,10 +108,17 @@ func (m *MirrorConfig) check(i int) error {
 	if err != nil {
 		return fmt.Errorf("%s.url: %v", field, err)
 	}
+	if m.Tenants != nil && len(m.Tenants) == 0 {
+		// The Caddyfile refuses `tenants` alone; [] must not mean "all".
+		return fmt.Errorf("%s.tenants: empty; leave it out to mirror every tenant", field)
+	}
 	for _, t := range m.Tenants {
 		if err := orgid.CheckOne(t); err != nil {
 			return fmt.Errorf("%s.tenants: %q: %v", field, t, err)
 		}
+	}
+	if m.MaxBufferedBytes != 0 {
+		return fmt.Errorf("%s.max_buffered_bytes: a copy holds the request's own body, counted against the primary backend's max_buffered_bytes: set it there", field)
 	}
 	if err := (mirror.Options{Percent: m.percent(), MaxInFlight: m.MaxInFlight, Timeout: time.Duration(m.Timeout)}).Check(); err != nil {
 		return fmt.Errorf("%s: %v", field, err)

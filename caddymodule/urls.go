@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"slices"
 	"errors"
 	"fmt"
 	"net"
@@ -80,9 +81,21 @@ func ParseBackendURL(raw string) (*ParsedURL, error) {
 			return nil, fmt.Errorf("%q: all URLs of one backend must use the same scheme (%s:// and %s:// mixed)", f, p.Scheme, scheme)
 		}
 		p.Scheme = scheme
+		if slices.Contains(p.Dials, dial) {
+			return nil, fmt.Errorf("%q is listed twice", f)
+		}
 		p.Dials = append(p.Dials, dial)
 	}
 	return p, nil
+}
+
+// addresses are what a backend or mirror sends to: its dns: targets, or
+// its HTTP host:port addresses.
+func (p *ParsedURL) addresses() []string {
+	if p.Kind == KindGRPC {
+		return p.Targets
+	}
+	return p.Dials
 }
 
 // redactPassword returns raw with the password of its user info, if any,

@@ -131,7 +131,7 @@ type Options struct {
 	// Metrics, when not nil, is updated by the Handler (see NewMetrics).
 	Metrics *Metrics
 	// BackendName is the "backend" label of the metrics and the prefix of
-	// error bodies (default "distributor").
+	// error bodies (default "backend").
 	BackendName string
 	// OnDone, when not nil, is called after every request with the endpoint
 	// ("ip:port") of its last attempt ("" when no endpoint was picked) and the

@@ -39,6 +39,11 @@ func ParseTarget(s string) (Target, error) {
 	if !ok {
 		return Target{}, fmt.Errorf("target %q: want dns:///host:port or dns://authority/host:port", s)
 	}
+	if strings.Contains(rest, "@") {
+		// Credentials have no meaning here, and an error or the admin
+		// view quoting the target would show them.
+		return Target{}, fmt.Errorf("target %q: user info (\"user@\") has no place in a dns: target", "dns://"+rest[strings.LastIndex(rest, "@")+1:])
+	}
 	authority, endpoint, ok := strings.Cut(rest, "/")
 	if !ok {
 		return Target{}, fmt.Errorf("target %q: no host:port after the authority %q (did you mean dns:///%s?)", s, rest, rest)

@@ -55,6 +55,9 @@ func TestParseTarget(t *testing.T) {
 		{"dns://:53/d:9095", `target "dns://:53/d:9095": invalid DNS server ":53": missing host`},
 		{"dns://1.2.3.4:dns/d:9095", `target "dns://1.2.3.4:dns/d:9095": invalid DNS server "1.2.3.4:dns": invalid port "dns" (want 1-65535)`},
 		{"dns://fd00::a/d:9095", `target "dns://fd00::a/d:9095": invalid DNS server "fd00::a" (want host or host:port)`},
+		// User info is refused, and the error does not quote it.
+		{"dns://user:s3cret@8.8.8.8/d:9095", `target "dns://8.8.8.8/d:9095": user info ("user@") has no place in a dns: target`},
+		{"dns:///us3r@d:9095", `target "dns://d:9095": user info ("user@") has no place in a dns: target`},
 	}
 	for _, tc := range bad {
 		_, err := ParseTarget(tc.in)
