@@ -30,7 +30,8 @@ import (
 // max_buffered_bytes.
 type MirrorConfig struct {
 	// URL is the mirror: one or more `dns:` targets (priority groups, as a
-	// backend's; every option of a `dns:` backend applies), or one or more
+	// backend's; every option of a `dns:` backend applies but
+	// max_buffered_bytes, which is the primary's), or one or more
 	// `http://`/`https://` URLs, sent through Caddy's reverse_proxy HTTP
 	// transport (round robin). Required.
 	URL []string `json:"url"`
