@@ -1,11 +1,11 @@
 package caddymodule
 
 import (
-	"slices"
 	"errors"
 	"fmt"
 	"net"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 
