@@ -282,6 +282,12 @@ func (c *observingCC) NewSubConn(addrs []resolver.Address, opts balancer.NewSubC
 		<-ready // the listener only runs after Connect, i.e. after registration
 		t.setState(sc, ep, s.ConnectivityState)
 		t.noteConnError(s.ConnectionError)
+		if hs, ok := sc.(*healthSubConn); ok && s.ConnectivityState != connectivity.Ready {
+			// The health seen on the connection that ended must not be
+			// replayed to the child (as grpc-go's outlier detection
+			// clears it too): it would call a reconnecting endpoint READY.
+			hs.clearHealthListener()
+		}
 		if inner != nil {
 			inner(s)
 		}

@@ -451,6 +451,15 @@ func (w *healthSubConn) RegisterHealthListener(l func(balancer.SubConnState)) {
 	})
 }
 
+// clearHealthListener forgets the child's listener and the last health
+// update, until the child registers again on the next READY.
+func (w *healthSubConn) clearHealthListener() {
+	w.mu.Lock()
+	w.listener, w.latest = nil, nil
+	w.seq++
+	w.mu.Unlock()
+}
+
 // deliver gives the child listener the SubConn's health, if it changed.
 func (w *healthSubConn) deliver(out bool) {
 	w.mu.Lock()

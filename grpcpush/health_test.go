@@ -358,3 +358,34 @@ func TestCanceledOnTheWayIsRetriable(t *testing.T) {
 		t.Errorf("%d endpoints out after one canceled call, want 1", out)
 	}
 }
+
+// TestHealthNotReplayedAcrossReconnect: an endpoint that passive health
+// took out loses its connection and reconnects to a peer that never
+// finishes the HTTP/2 handshake. When its failures age out, the health it
+// had on the old connection must not be replayed to the balancer as READY:
+// a call picked for it would wait, with no transport, until its timeout
+// (504) while the other endpoint is healthy.
+func TestHealthNotReplayedAcrossReconnect(t *testing.T) {
+	c := startCluster(t, 2)
+	h := newHandler(t, c, Options{Retries: Ptr(0), Timeout: 3 * time.Second,
+		FailDuration: time.Second, MaxFails: 1, UnhealthyStatus: []int{503}})
+	waitReady(t, h, 2)
+	sick := c.Addr(0)
+	c.Distributors[0].SetBehavior(standin.Answer503)
+	body := standin.RemoteWriteBody(10, 1)
+	standin.WaitFor(t, 20*time.Second, "the endpoint answering 503 out", func() bool {
+		serve(h, pushRequest(body))
+		return !endpointStatus(t, h, sick).Healthy
+	})
+	c.Servers[0].Stop()
+	listenSilent(t, sick)
+	standin.WaitFor(t, 20*time.Second, "the endpoint reconnecting, its failures aged out", func() bool {
+		e := endpointStatus(t, h, sick)
+		return e.State != "READY" && e.Healthy
+	})
+	for i := range 10 {
+		if w := serve(h, pushRequest(body)); w.Code != http.StatusOK {
+			t.Fatalf("push %d with one endpoint READY and the other reconnecting: %d %s", i, w.Code, w.Body)
+		}
+	}
+}
