@@ -72,12 +72,21 @@ func NewPriority(groups []*Handler, o PriorityOptions) (*Priority, error) {
 	return p, nil
 }
 
-// callFailsOver reports whether the call of ctx has a later group to take
-// its group's requests when none of its endpoints is in: then the group's
-// last endpoint in may be taken out for latency too (latency.go).
+// callFailsOver reports whether the call of ctx has a later group able to
+// take its group's requests (one with an endpoint available) when none of
+// its endpoints is in: then the group's last endpoint in may be taken out
+// for latency too (latency.go). A later group that is down takes nothing.
 func callFailsOver(ctx context.Context) bool {
 	c, ok := ctx.Value(callKey{}).(*call)
-	return ok && len(c.spill) > 0
+	if !ok {
+		return false
+	}
+	for _, g := range c.spill {
+		if g.Available() > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // Current returns the index of the group a request would go to now.

@@ -220,3 +220,37 @@ func TestPriorityLastEndpointOutForLatency(t *testing.T) {
 		t.Errorf("group b got %d of 5 pushes after group a's last endpoint was out, want 5", got)
 	}
 }
+
+// TestPriorityLastEndpointKeptWhenLaterGroupsAreDown: the last endpoint in
+// of a group is taken out for latency only when a later group can take the
+// requests; with every later group down it stays in, as a single group's
+// would, instead of the group going all out and half of the calls going to
+// its endpoint that answers 503.
+func TestPriorityLastEndpointKeptWhenLaterGroupsAreDown(t *testing.T) {
+	a, b := startCluster(t, 2), startCluster(t, 1)
+	health := Options{Retries: Ptr(0), FailDuration: time.Minute, MaxFails: 1,
+		UnhealthyStatus: []int{503}, UnhealthyLatency: 100 * time.Millisecond}
+	ha, hb := newHandler(t, a, health), newHandler(t, b, health)
+	waitReady(t, ha, 2)
+	waitReady(t, hb, 1)
+	b.Servers[0].Stop()
+	standin.WaitFor(t, 20*time.Second, "group b down", func() bool { return hb.Available() == 0 })
+	p, err := NewPriority([]*Handler{ha, hb}, PriorityOptions{MinReady: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := standin.RemoteWriteBody(10, 1)
+	a.Distributors[1].SetBehavior(standin.Answer503)
+	standin.WaitFor(t, 10*time.Second, "the 503 endpoint of group a out", func() bool {
+		serve(p, pushRequest(body))
+		return ha.Available() == 1
+	})
+	a.Distributors[0].SetBehavior(standin.AnswerAfter(250 * time.Millisecond))
+	serve(p, pushRequest(body)) // late
+	a.Distributors[0].SetBehavior(nil)
+	for i := range 10 {
+		if w := serve(p, pushRequest(body)); w.Code != http.StatusOK {
+			t.Fatalf("push %d with group a's last endpoint in and group b down: %d %s", i, w.Code, w.Body)
+		}
+	}
+}
