@@ -266,6 +266,14 @@ func TestLoadTimeErrors(t *testing.T) {
 			t.Errorf("got %v", err)
 		}
 	})
+	t.Run("colliding prefixes", func(t *testing.T) {
+		// Refused when loading; adapting must refuse them too.
+		for _, prefixes := range []string{"prometheus_http_prefix /p\n alertmanager_http_prefix /p", "alertmanager_http_prefix /distributor", "prometheus_http_prefix /api/v1/push"} {
+			if _, err := adapt(t, ":8000 {\n metrics_gateway {\n proxy {\n default http://a:1\n }\n "+prefixes+"\n }\n}"); err == nil || !strings.Contains(err.Error(), "is claimed by both") {
+				t.Errorf("%q: got %v", prefixes, err)
+			}
+		}
+	})
 	t.Run("bad prefix", func(t *testing.T) {
 		_, err := adapt(t, ":8000 {\n metrics_gateway {\n proxy {\n default http://a:1\n }\n prometheus_http_prefix prometheus\n }\n}")
 		if err == nil || !strings.Contains(err.Error(), `prometheus_http_prefix: "prometheus" must start with /`) {

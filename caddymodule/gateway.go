@@ -214,6 +214,11 @@ func (g *Gateway) checkConfig() (map[Component]*ParsedURL, error) {
 			return nil, fmt.Errorf("%s: %v", field, err)
 		}
 	}
+	// Prefixes that collide with each other or with a route of the table
+	// (alertmanager_http_prefix /distributor) fail here, at adapt time too.
+	if _, err := NewRoutes(RouteTable(g.PrometheusHTTPPrefix, g.AlertmanagerHTTPPrefix)); err != nil {
+		return nil, err
+	}
 	backends := g.Proxy.byComponent()
 	if len(backends) == 0 {
 		return nil, fmt.Errorf("proxy: no backends configured; set at least proxy.default")
