@@ -181,12 +181,7 @@ func BenchmarkPriorityServing(b *testing.B) {
 // the requests move to the next group; in the last group it is not
 // (TestLastEndpointInNotTakenOutForLatency).
 func TestPriorityLastEndpointOutForLatency(t *testing.T) {
-	a, b := startCluster(t, 2), startCluster(t, 1)
-	health := Options{Retries: Ptr(0), FailDuration: time.Minute, MaxFails: 1,
-		UnhealthyStatus: []int{503}, UnhealthyLatency: 100 * time.Millisecond}
-	ha, hb := newHandler(t, a, health), newHandler(t, b, health)
-	waitReady(t, ha, 2)
-	waitReady(t, hb, 1)
+	a, b, ha, hb := latencyGroups(t)
 	p, err := NewPriority([]*Handler{ha, hb}, PriorityOptions{MinReady: 1})
 	if err != nil {
 		t.Fatal(err)
@@ -198,11 +193,7 @@ func TestPriorityLastEndpointOutForLatency(t *testing.T) {
 		t.Fatal(err)
 	}
 	body := standin.RemoteWriteBody(10, 1)
-	a.Distributors[1].SetBehavior(standin.Answer503)
-	standin.WaitFor(t, 10*time.Second, "the 503 endpoint of group a out", func() bool {
-		serve(p, pushRequest(body))
-		return ha.Available() == 1
-	})
+	takeOut503(t, p, a, ha, body)
 	a.Distributors[0].SetBehavior(standin.AnswerAfter(250 * time.Millisecond))
 	if w := serve(p, pushRequest(body)); w.Code != http.StatusOK {
 		t.Fatalf("late push: %d %s", w.Code, w.Body)
@@ -227,12 +218,7 @@ func TestPriorityLastEndpointOutForLatency(t *testing.T) {
 // would, instead of the group going all out and half of the calls going to
 // its endpoint that answers 503.
 func TestPriorityLastEndpointKeptWhenLaterGroupsAreDown(t *testing.T) {
-	a, b := startCluster(t, 2), startCluster(t, 1)
-	health := Options{Retries: Ptr(0), FailDuration: time.Minute, MaxFails: 1,
-		UnhealthyStatus: []int{503}, UnhealthyLatency: 100 * time.Millisecond}
-	ha, hb := newHandler(t, a, health), newHandler(t, b, health)
-	waitReady(t, ha, 2)
-	waitReady(t, hb, 1)
+	a, b, ha, hb := latencyGroups(t)
 	b.Servers[0].Stop()
 	standin.WaitFor(t, 20*time.Second, "group b down", func() bool { return hb.Available() == 0 })
 	p, err := NewPriority([]*Handler{ha, hb}, PriorityOptions{MinReady: 1})
@@ -240,11 +226,7 @@ func TestPriorityLastEndpointKeptWhenLaterGroupsAreDown(t *testing.T) {
 		t.Fatal(err)
 	}
 	body := standin.RemoteWriteBody(10, 1)
-	a.Distributors[1].SetBehavior(standin.Answer503)
-	standin.WaitFor(t, 10*time.Second, "the 503 endpoint of group a out", func() bool {
-		serve(p, pushRequest(body))
-		return ha.Available() == 1
-	})
+	takeOut503(t, p, a, ha, body)
 	a.Distributors[0].SetBehavior(standin.AnswerAfter(250 * time.Millisecond))
 	serve(p, pushRequest(body)) // late
 	a.Distributors[0].SetBehavior(nil)
@@ -253,4 +235,26 @@ func TestPriorityLastEndpointKeptWhenLaterGroupsAreDown(t *testing.T) {
 			t.Fatalf("push %d with group a's last endpoint in and group b down: %d %s", i, w.Code, w.Body)
 		}
 	}
+}
+
+// latencyGroups starts group a (2 endpoints) and group b (1), with passive
+// health that takes an endpoint out for a 503 or a call over 100 ms.
+func latencyGroups(t *testing.T) (a, b *cluster, ha, hb *Handler) {
+	a, b = startCluster(t, 2), startCluster(t, 1)
+	health := Options{Retries: Ptr(0), FailDuration: time.Minute, MaxFails: 1,
+		UnhealthyStatus: []int{503}, UnhealthyLatency: 100 * time.Millisecond}
+	ha, hb = newHandler(t, a, health), newHandler(t, b, health)
+	waitReady(t, ha, 2)
+	waitReady(t, hb, 1)
+	return a, b, ha, hb
+}
+
+// takeOut503 makes group a's second endpoint answer 503 until it is out.
+func takeOut503(t *testing.T, p http.Handler, a *cluster, ha *Handler, body []byte) {
+	t.Helper()
+	a.Distributors[1].SetBehavior(standin.Answer503)
+	standin.WaitFor(t, 10*time.Second, "the 503 endpoint of group a out", func() bool {
+		serve(p, pushRequest(body))
+		return ha.Available() == 1
+	})
 }
