@@ -36,6 +36,9 @@ const (
 	// the next JWT (keeping them if that fails), so that a key the provider
 	// withdrew stops being accepted.
 	keyMaxAge = time.Hour
+	// staleFetchWait is the most a JWT that finds the keys stale waits for
+	// their fetch before it is checked with the keys in hand.
+	staleFetchWait = 500 * time.Millisecond
 	// fetchTimeout bounds one discovery plus key-set fetch.
 	fetchTimeout = 15 * time.Second
 	// maxDocument bounds a discovery document or key set.
@@ -311,18 +314,23 @@ func (k *keySet) VerifySignature(ctx context.Context, raw string) ([]byte, error
 	if cur != nil && k.now().Sub(cur.fetched) >= keyMaxAge {
 		// Stale: fetch again if no fetch is under way and the limit
 		// allows, so that a withdrawn key stops with this token; wait for
-		// it as long as the request may. On failure (or if the request
-		// cannot wait) the old keys stay.
+		// it at most staleFetchWait (a push has no deadline of its own,
+		// and a slow provider must not hold up tokens whose keys are in
+		// hand). On failure, or once the wait is over, the old keys stay
+		// until the fetch ends.
 		select {
 		case k.sem <- struct{}{}:
 			if k.cur.Load() != cur {
 				<-k.sem
 				break
 			}
+			wait := time.NewTimer(staleFetchWait)
 			select {
 			case <-k.startFetch(cur):
 			case <-ctx.Done():
+			case <-wait.C:
 			}
+			wait.Stop()
 		default:
 		}
 		cur = k.cur.Load()
@@ -399,14 +407,17 @@ func (k *keySet) startFetch(seen *jwks) <-chan fetchResult {
 func (k *keySet) refreshLocked(seen *jwks) (*jwks, error) {
 	now := k.now()
 	if !k.lastAttempt.IsZero() && now.Sub(k.lastAttempt) < minRefetchInterval {
-		if seen == nil {
-			// No keys at all: the last fetch failed moments ago.
-			k.mu.Lock()
-			last := k.lastErr
-			k.mu.Unlock()
+		k.mu.Lock()
+		last := k.lastErr
+		k.mu.Unlock()
+		if seen == nil || last != "" {
+			// No keys at all, or the last fetch failed moments ago: the
+			// token's key may well be one the provider published since
+			// the keys in hand; it cannot be checked now (503, which a
+			// client retries), not found invalid (401, which drops data).
 			return nil, fmt.Errorf("%w (next fetch in at most %v): %s", errKeysUnavailable, minRefetchInterval, last)
 		}
-		return seen, nil // the key ID is unknown as of a fetch moments ago
+		return seen, nil // the key ID is unknown as of a fetch that worked moments ago
 	}
 	k.lastAttempt = now
 	set, err := k.fetch()

@@ -450,3 +450,46 @@ func allowWrite(t *testing.T, g *Guard, token, when string) {
 		t.Fatalf("%s: not allowed: %+v", cmp.Or(when, "token"), d)
 	}
 }
+
+// TestOIDCNewKeyWhileProviderDown: with keys in hand and the provider down,
+// a token signed by a key the provider published since gets 503 (retried)
+// every time until a fetch can tell, never 401 (a remote-write client
+// drops the batch), also within the refetch interval after the failed
+// fetch.
+func TestOIDCNewKeyWhileProviderDown(t *testing.T) {
+	clock := newFakeClock(testStart)
+	is := standin.StartIdP(t, rsaKey1())
+	g := oidcGuard(t, is, clock, nil)
+	allowWrite(t, g, rsaKey1().Sign(t, claims(is, clock, "team-a")), "")
+	is.Down.Store(true)
+	clock.Add(minRefetchInterval)
+	tok := rsaKey2().Sign(t, claims(is, clock, "team-a"))
+	for i := range 3 {
+		if d := g.Decide(bearerReq(tok), ScopeMetricsWrite); d.Status != http.StatusServiceUnavailable {
+			t.Fatalf("try %d with the provider down: %d %s, want 503", i, d.Status, d.Message)
+		}
+		clock.Add(time.Second)
+	}
+}
+
+// TestOIDCStaleKeysWaitLittle: a token whose keys are in hand, found stale
+// (an hour old) while the provider hangs and the request has no deadline
+// (a push has none), waits at most staleFetchWait for the fetch, then is
+// checked with the keys in hand.
+func TestOIDCStaleKeysWaitLittle(t *testing.T) {
+	clock := newFakeClock(testStart)
+	is := standin.StartIdP(t, rsaKey1())
+	g := oidcGuard(t, is, clock, nil)
+	tok := rsaKey1().Sign(t, claims(is, clock, "team-a"))
+	allowWrite(t, g, tok, "")
+	release := is.Stall()
+	t.Cleanup(release)
+	clock.Add(keyMaxAge)
+	start := time.Now()
+	d := g.Decide(bearerReq(tok), ScopeMetricsWrite) // context.Background: no deadline
+	if took := time.Since(start); !d.Allowed() || took >= fetchTimeout {
+		t.Errorf("stale keys, provider hanging, no deadline: %+v after %v, want allowed without waiting for the fetch's timeout", d, took)
+	}
+	release()
+	standin.WaitFor(t, 20*time.Second, "the hung fetch to end", func() bool { return g.Status().OIDC.Fetches == 2 })
+}

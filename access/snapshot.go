@@ -125,15 +125,21 @@ type tokenEntry struct {
 
 // snapshot is an immutable set of policies; the guard swaps whole snapshots.
 type snapshot struct {
+	gen      uint64 // unique to this snapshot (snapshotGen)
 	byHash   map[[32]byte]tokenEntry
 	byName   map[string]*compiledPolicy
 	policies []*compiledPolicy // inline ones first, then the file's, in order
 }
 
+// snapshotGen numbers the snapshots: what remembers a result for one keeps
+// its number, not the snapshot (thousands of policies) itself.
+var snapshotGen atomic.Uint64
+
 // compile builds a snapshot from validated policies (Validate and LoadFile
 // have checked them: compile does not check again).
 func compile(inline, file []Policy, vec *prometheus.CounterVec) *snapshot {
 	s := &snapshot{
+		gen:    snapshotGen.Add(1),
 		byHash: map[[32]byte]tokenEntry{},
 		byName: map[string]*compiledPolicy{},
 	}

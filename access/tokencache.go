@@ -68,10 +68,12 @@ type cachedToken struct {
 	last atomic.Pointer[snapResult]
 }
 
-// snapResult is a verifyResult under one snapshot of the policies.
+// snapResult is a verifyResult under one snapshot of the policies, known
+// by its number: a token remembered across reloads of the policy file must
+// not keep each old snapshot in memory.
 type snapResult struct {
-	snap *snapshot
-	res  verifyResult
+	gen uint64
+	res verifyResult
 }
 
 // size is about what e holds in memory: its strings and their headers.
@@ -85,11 +87,11 @@ func (e *cachedToken) size() int {
 
 // result maps the token's policy names to the policies of snap.
 func (e *cachedToken) result(snap *snapshot, claim string) verifyResult {
-	if last := e.last.Load(); last != nil && last.snap == snap {
+	if last := e.last.Load(); last != nil && last.gen == snap.gen {
 		return last.res
 	}
 	res := e.resolve(snap, claim)
-	e.last.Store(&snapResult{snap: snap, res: res})
+	e.last.Store(&snapResult{gen: snap.gen, res: res})
 	return res
 }
 

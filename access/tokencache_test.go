@@ -3,8 +3,10 @@ package access
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"testing"
 	"time"
+	"weak"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -212,4 +214,26 @@ func TestOIDCTokenCacheKeptWhenKeysUnchanged(t *testing.T) {
 	if n := g.oidc.keys.signatureChecks.Load() - checks; n != 0 {
 		t.Errorf("%d signature checks for a remembered token after a fetch of the same keys, want 0", n)
 	}
+}
+
+// TestRememberedResultKeepsNoSnapshot: a remembered token keeps its result
+// for the policies it was last checked against, not that snapshot of every
+// policy: a token last used before the policy file changed must not keep
+// the old file's thousands of policies in memory.
+func TestRememberedResultKeepsNoSnapshot(t *testing.T) {
+	policies := []Policy{{Name: "p", Tenants: []string{"team-a"}, Scopes: []string{"metrics:write"}}}
+	e := &cachedToken{names: []string{"p"}}
+	old := compile(policies, nil, nil)
+	if e.result(old, "claim").grant == nil {
+		t.Fatal("no grant for the token's policy")
+	}
+	gone := weak.Make(old)
+	old = nil
+	for range 3 {
+		runtime.GC()
+	}
+	if gone.Value() != nil {
+		t.Error("the remembered result keeps its snapshot of the policies in memory")
+	}
+	runtime.KeepAlive(e) // the remembered token lives on
 }
