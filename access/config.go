@@ -8,7 +8,6 @@ import (
 	"io"
 	"net/url"
 	"os"
-	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -315,7 +314,11 @@ func (c *Config) check() *checker {
 	if o := c.OIDC; o != nil {
 		if o.Issuer == "" {
 			ck.errorf("access_policies.oidc.issuer: required")
-		} else if u, err := url.Parse(o.Issuer); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
+		} else if u, err := url.Parse(o.Issuer); err == nil && u.User != nil || err != nil && strings.Contains(o.Issuer, "@") {
+			// Not quoted: it would show the password in logs, errors and
+			// the admin view.
+			ck.errorf("access_policies.oidc.issuer: user info (user:password@) has no place in an issuer URL")
+		} else if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
 			ck.errorf("access_policies.oidc.issuer: %q is not an absolute http or https URL without query or fragment", o.Issuer)
 		}
 		if strings.ContainsFunc(o.PolicyClaim, isControl) {
@@ -375,11 +378,16 @@ func (c *Config) parseFile(data []byte) ([]Policy, error) {
 	return *f.Policies, nil
 }
 
-// yamlValue matches the values YAML errors quote, such as
-// "cannot unmarshal !!str `sha256:...` into ...".
-var yamlValue = regexp.MustCompile("`[^`]*`")
-
-// redactYAML returns a YAML error without the values it quotes.
+// redactYAML returns a YAML error without the values it quotes, such as
+// "cannot unmarshal !!str `sha256:...`" or "unknown anchor 'x'": each of its
+// lines up to its first quote, which keeps the line number and the kind of
+// mistake. A value may be a token pasted in place of its hash.
 func redactYAML(err error) string {
-	return yamlValue.ReplaceAllString(err.Error(), "(value not shown)")
+	lines := strings.Split(err.Error(), "\n")
+	for i, l := range lines {
+		if j := strings.IndexAny(l, "`'\""); j >= 0 {
+			lines[i] = l[:j] + "(value not shown)"
+		}
+	}
+	return strings.Join(lines, "\n")
 }

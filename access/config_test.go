@@ -46,6 +46,8 @@ func TestValidateErrors(t *testing.T) {
 		{"unknown scope", func(c *Config) { c.Policies[1].Scopes = []string{"metrics:wrte"} },
 			`access_policies.policies[1] (ops).scopes: unknown scope "metrics:wrte" (known: metrics:write, metrics:read, metrics:delete, rules:read, rules:write, alerts:read, alerts:write, admin)`},
 		{"empty scopes", func(c *Config) { c.Policies[0].Scopes = nil }, `access_policies.policies[0] (team-a).scopes: required`},
+		{"issuer with user info", func(c *Config) { c.OIDC = &OIDCConfig{Issuer: "https://client:hunter2@idp.example/realms/x"} },
+			"access_policies.oidc.issuer: user info (user:password@) has no place in an issuer URL"},
 		{"admin on a tenant", func(c *Config) { c.Policies[1].Tenants = []string{"team-a"} },
 			`access_policies.policies[1] (ops).scopes: admin acts on the whole cluster (ring and status pages, /ingester/shutdown, /runtime_config …), not on a tenant: a policy granting it needs tenants "*"`},
 		{"empty tenants", func(c *Config) { c.Policies[0].Tenants = nil }, `access_policies.policies[0] (team-a).tenants: required`},
@@ -118,7 +120,7 @@ func assertNoSecret(t *testing.T, s string) {
 		}
 	}
 	// YAML errors quote 7 characters of a value: "s3cr3t" catches that.
-	for _, tok := range []string{"token-a", "token-b", "token-c", "s3cr3t"} {
+	for _, tok := range []string{"token-a", "token-b", "token-c", "s3cr3t", "cr3t-t0"} {
 		if strings.Contains(s, tok) {
 			t.Fatalf("%q contains a token", s)
 		}
@@ -194,6 +196,9 @@ policies:
 		{"unknown field", "policies:\n  - name: x\n    tenant: [x]\n", `field tenant not found`},
 		{"token where a list is", "policies:\n  - name: x\n    tenants: [x]\n    scopes: [metrics:read]\n    tokens: s3cr3t-t0ken\n", `cannot unmarshal`},
 		{"not YAML", "policies: [", `access_policies.file (` + path + `)`},
+		// YAML quotes values in several ways; none may show.
+		{"token as an alias", "policies:\n  - name: x\n    tenants: [x]\n    scopes: [metrics:read]\n    tokens:\n      - hash: *s3cr3t-t0ken\n", `unknown anchor`},
+		{"token with a backquote", "policies:\n  - name: x\n    tenants: [x]\n    scopes: [metrics:read]\n    tokens: s3`cr3t-t0ken\n", `access_policies.file (`},
 	}
 	for _, tt := range errCases {
 		t.Run(tt.name, func(t *testing.T) {

@@ -198,16 +198,16 @@ func (g *Guard) decide(r *http.Request, scope Scope) Decision {
 			return Decision{
 				Status:  http.StatusServiceUnavailable,
 				Message: "cannot check the token now: the identity provider's keys are unavailable; try again later",
-				Detail:  res.detail,
+				Detail:  bounded(res.detail),
 				result:  resultUnavailable,
 			}
 		case res.invalid:
-			return g.unauthenticated("invalid token", res.detail)
+			return g.unauthenticated("invalid token", bounded(res.detail))
 		case res.grant == nil:
 			return Decision{
 				Status:  http.StatusForbidden,
 				Message: "the token names no configured access policy",
-				Detail:  res.detail,
+				Detail:  bounded(res.detail),
 				Subject: res.subject,
 				result:  resultForbidden,
 			}
@@ -265,6 +265,18 @@ func (g *Guard) decide(r *http.Request, scope Scope) Decision {
 		rest = more
 	}
 	return Decision{Policy: gr.name, Subject: subject, Tenant: tenantArg, ctr: gr.counters(), result: resultAllowed}
+}
+
+// maxDetail bounds a Detail made from what a client sent (a JWT's header
+// can hold anything, and Detail goes to the access log).
+const maxDetail = 300
+
+// bounded is s cut to maxDetail bytes (at a character boundary).
+func bounded(s string) string {
+	if len(s) <= maxDetail {
+		return s
+	}
+	return strings.ToValidUTF8(s[:maxDetail], "") + "…"
 }
 
 // looksLikeJWT reports whether a credential has the shape of a JWS in

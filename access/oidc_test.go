@@ -185,6 +185,8 @@ func TestOIDCRejected(t *testing.T) {
 			h := b64(map[string]string{"alg": "ES256", "kid": "rsa-1"})
 			return h + "." + parts[1] + "." + parts[2]
 		}(), "verify"},
+		// The detail goes to the access log: a header of 100 KB must not.
+		{"huge alg", b64(map[string]string{"alg": strings.Repeat("A", 100000)}) + "." + parts[1] + "." + parts[2], "malformed"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -198,6 +200,9 @@ func TestOIDCRejected(t *testing.T) {
 				}
 				if strings.Contains(d.Detail, tt.token) || strings.Contains(d.Detail, parts[2]) {
 					t.Fatalf("detail %q has the token", d.Detail)
+				}
+				if len(d.Detail) > maxDetail+len("…") {
+					t.Fatalf("detail of %d bytes, over %d", len(d.Detail), maxDetail)
 				}
 			}
 		})

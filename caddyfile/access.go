@@ -2,6 +2,7 @@ package caddyfile
 
 import (
 	"fmt"
+	"strings"
 
 	parser "github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 
@@ -109,7 +110,12 @@ func unmarshalPolicy(d *parser.Dispenser, i int) (access.Policy, error) {
 			}
 			p.Tokens = append(p.Tokens, tok)
 		default:
-			return p, d.Errf("%s: unrecognized option %q (tenants, scopes, token)", where, opt)
+			// Quoted only if it looks like an option name: it may be a token
+			// pasted on a line of its own.
+			if len(opt) <= 20 && strings.Trim(opt, "abcdefghijklmnopqrstuvwxyz_") == "" {
+				return p, d.Errf("%s: unrecognized option %q (tenants, scopes, token)", where, opt)
+			}
+			return p, d.Errf("%s: unrecognized option on line %d (not shown, in case it is a token; want tenants, scopes or token)", where, d.Line())
 		}
 	}
 	return p, nil

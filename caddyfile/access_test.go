@@ -168,6 +168,7 @@ func TestAccessPoliciesLoadTimeErrors(t *testing.T) {
 			`access_policies: not allowed together with default_tenant`},
 		{"unknown option", "bogus 1", "", `access_policies: unrecognized option "bogus" (policy, file, realm, oidc)`},
 		{"unknown policy option", "policy a {\n tenant team-a\n }", "", `access_policies.policies[0] (a): unrecognized option "tenant" (tenants, scopes, token)`},
+		{"token pasted on a line of its own", "policy a {\n tenants team-a\n scopes metrics:write\n " + token + "\n }", "", `access_policies.policies[0] (a): unrecognized option on line`},
 		{"policy without name", "policy {\n tenants team-a\n }", "", "access_policies.policies[0]: want `policy <name> { ... }`"},
 		{"token with a stray word", "policy a {\n tenants team-a\n scopes metrics:read\n token " + hashA + " until 2027-01-01T00:00:00Z\n }", "",
 			"access_policies.policies[0] (a).tokens[0]: want `token sha256:<64 hex digits> [expires <RFC 3339 time>]`"},

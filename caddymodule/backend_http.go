@@ -155,7 +155,7 @@ func (h *httpBackend) serve(w http.ResponseWriter, r *http.Request, next caddyht
 	// as Caddy logs a handler error.
 	code, cause := handlerError(err)
 	h.logger.Error("backend failed", zap.String("backend", string(h.name)), zap.String("target", h.target),
-		zap.Int("status", code), zap.Error(cause), zap.String("uri", r.RequestURI))
+		zap.Int("status", code), zap.Error(cause), zap.String("uri", r.URL.RequestURI())) // origin form, without user info
 	return h.answer(w, r, code, string(h.name)+" "+h.target+": "+cause.Error())
 }
 

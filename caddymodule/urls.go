@@ -61,6 +61,52 @@ func parseDNSTargets(fields []string) (*ParsedURL, error) {
 // with the URL; the caller names the field. An HTTP URL may leave out its
 // scheme: host:port is http://host:port.
 func ParseBackendURL(raw string) (*ParsedURL, error) {
+	p, err := parseBackendURL(raw)
+	return p, hideUserInfo(raw, err)
+}
+
+// hideUserInfo makes sure an error about raw quotes no user info of it:
+// each URL is quoted with its password redacted, and should a piece of a
+// user info remain (a password holding "://", or split by a space), the
+// error says only that the URL is invalid. Config errors reach Caddy's
+// admin API answers and logs.
+func hideUserInfo(raw string, err error) error {
+	if err == nil || !strings.Contains(raw, "@") {
+		return err
+	}
+	msg := err.Error()
+	for _, f := range strings.Fields(raw) {
+		msg = strings.ReplaceAll(msg, f, redactPassword(f))
+	}
+	for i := strings.IndexByte(raw, '@'); i >= 0; i = indexFrom(raw, '@', i+1) {
+		// The user info starts after the last "//" before the "@", or, when
+		// that leaves no password (one holding "//"), at the start.
+		userinfo := raw[max(strings.LastIndex(raw[:i], "//")+2, 0):i]
+		if !strings.Contains(userinfo, ":") {
+			userinfo = raw[:i]
+		}
+		_, password, ok := strings.Cut(userinfo, ":")
+		if !ok {
+			continue // a user name alone is not a secret
+		}
+		for _, part := range strings.FieldsFunc(password, func(r rune) bool { return r == ':' || r == ' ' || r == '/' }) {
+			if len(part) >= 3 && strings.Contains(msg, part) && part != "xxxxx" {
+				return errors.New("invalid URL with user info (not shown: it may hold a password)")
+			}
+		}
+	}
+	return errors.New(msg)
+}
+
+// indexFrom is the index of c in s at or after from, or -1.
+func indexFrom(s string, c byte, from int) int {
+	if i := strings.IndexByte(s[from:], c); i >= 0 {
+		return from + i
+	}
+	return -1
+}
+
+func parseBackendURL(raw string) (*ParsedURL, error) {
 	fields := strings.Fields(raw)
 	if len(fields) == 0 {
 		return nil, fmt.Errorf("no URL given")

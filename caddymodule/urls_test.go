@@ -67,3 +67,27 @@ func TestParseBackendURLErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestURLErrorsHidePasswords: however a URL with a password is wrong, the
+// error quotes no piece of the password (config errors reach the admin
+// API's answers and logs).
+func TestURLErrorsHidePasswords(t *testing.T) {
+	for _, raw := range []string{
+		"dns:///mimir:9095 http://admin:hunter2@mimir:8080",
+		"http://mimir:8080 dns://admin:hunter2@10.0.0.1/mimir:9095",
+		"dns:admin:hunter2@mimir:9095",
+		"admin:hun://ter2@mimir:8080",
+		"http://admin:hunter2 x@mimir:8080",
+		"http://admin:hunter2@mimir:8080/path",
+		"http://admin:hunter2@mimir:99999",
+	} {
+		_, err := ParseBackendURL(raw)
+		if err == nil {
+			t.Errorf("%q accepted", raw)
+			continue
+		}
+		if strings.Contains(err.Error(), "hunter") || strings.Contains(err.Error(), "ter2") {
+			t.Errorf("%q: the error shows the password: %v", raw, err)
+		}
+	}
+}

@@ -131,7 +131,7 @@ func (h *Handler) logFailure(c *call, r *http.Request, code int, line string) {
 	}
 	fields := []zap.Field{zap.Int("status", code), zap.String("endpoint", addrOf(c.endpoint.Load())),
 		zap.String("target", c.group.s.target.String()), zap.String("method", r.Method),
-		zap.String("uri", r.RequestURI), zap.String("error", line)}
+		zap.String("uri", r.URL.RequestURI()), zap.String("error", line)} // origin form: an absolute-form target may hold user info
 	if level > zapcore.DebugLevel {
 		ok, left := h.failures.allow(time.Now())
 		if !ok {

@@ -1,6 +1,7 @@
 package grpcpush
 
 import (
+	"fmt"
 	"net/http"
 	"strings"
 	"testing"
@@ -91,5 +92,30 @@ func TestUseLogger(t *testing.T) {
 	}
 	if got := aLines.All()[0].ContextMap()["backend"]; got != DefaultBackendName {
 		t.Errorf("backend field %v", got)
+	}
+}
+
+// TestLoggedURIHasNoUserInfo: a request in absolute form with user info
+// (sent by the client, so anyone can) is logged with its origin form: the
+// password goes into no log line.
+func TestLoggedURIHasNoUserInfo(t *testing.T) {
+	cl := startCluster(t, 1)
+	core, logs := zapobserver.New(zapcore.DebugLevel)
+	h := newHandler(t, cl, Options{Logger: zap.New(core)})
+	r := pushRequest([]byte("x"))
+	r.Header.Del("X-Scope-OrgID") // refused: 401, logged
+	r.RequestURI = "http://team-a:hunter2@gw/api/v1/push"
+	if w := serve(h, r); w.Code != http.StatusUnauthorized {
+		t.Fatalf("got %d, want 401", w.Code)
+	}
+	if logs.Len() == 0 {
+		t.Fatal("the refused request was not logged")
+	}
+	for _, e := range logs.All() {
+		for k, v := range e.ContextMap() {
+			if strings.Contains(fmt.Sprint(v), "hunter2") {
+				t.Errorf("log line %q, field %s: %v", e.Message, k, v)
+			}
+		}
 	}
 }
