@@ -324,6 +324,11 @@ func (s *httpMirror) Send(ctx context.Context, q *grpcpush.Request) (int, error)
 		}
 		req.Header[hd.Key] = hd.Values
 	}
+	if _, ok := req.Header["User-Agent"]; !ok {
+		// As reverse_proxy does: no Go-http-client of its own for a client
+		// that sent none.
+		req.Header["User-Agent"] = []string{""}
+	}
 	resp, err := s.transport.RoundTrip(req)
 	if err != nil {
 		return 0, err

@@ -438,3 +438,27 @@ func TestMirrorReloadKeepsCopiesInFlight(t *testing.T) {
 		t.Errorf("%v copies counted ok, want 2", n)
 	}
 }
+
+// TestHTTPMirrorAddsNoUserAgent: a client that sends no User-Agent gets
+// none in its copy either (Go's transport would add Go-http-client), as
+// reverse_proxy does for the primary.
+func TestHTTPMirrorAddsNoUserAgent(t *testing.T) {
+	cl := startCluster(t, 1)
+	d := standin.NewDistributor("ua-mirror")
+	d.KeepRecords(10)
+	srv := httptest.NewServer(d)
+	t.Cleanup(srv.Close)
+	c := testcaddy.Start(t, fmt.Sprintf(`[{"handler": "metrics_gateway", "proxy": {"default": {"url": %q}},
+		"mirrors": [{"url": [%q]}]}]`, cl.Target(), srv.URL))
+	req := standin.NewPush("http://gateway"+standin.PushPath, standin.RemoteWriteBody(4, 1), "team-a")
+	req.Header["User-Agent"] = nil // the client sends none
+	resp, err := oneConnClient(t, c).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	standin.WaitFor(t, 10*time.Second, "the copy", func() bool { return len(d.Records()) == 1 })
+	if ua, ok := d.Records()[0].Header["User-Agent"]; ok {
+		t.Errorf("the client sent no User-Agent; the mirror got %q", ua)
+	}
+}
