@@ -462,10 +462,7 @@ func allowWrite(t *testing.T, g *Guard, token, when string) {
 // drops the batch), also within the refetch interval after the failed
 // fetch.
 func TestOIDCNewKeyWhileProviderDown(t *testing.T) {
-	clock := newFakeClock(testStart)
-	is := standin.StartIdP(t, rsaKey1())
-	g := oidcGuard(t, is, clock, nil)
-	allowWrite(t, g, rsaKey1().Sign(t, claims(is, clock, "team-a")), "")
+	clock, is, g, _ := verifiedGuard(t)
 	is.Down.Store(true)
 	clock.Add(minRefetchInterval)
 	tok := rsaKey2().Sign(t, claims(is, clock, "team-a"))
@@ -482,11 +479,7 @@ func TestOIDCNewKeyWhileProviderDown(t *testing.T) {
 // (a push has none), waits at most staleFetchWait for the fetch, then is
 // checked with the keys in hand.
 func TestOIDCStaleKeysWaitLittle(t *testing.T) {
-	clock := newFakeClock(testStart)
-	is := standin.StartIdP(t, rsaKey1())
-	g := oidcGuard(t, is, clock, nil)
-	tok := rsaKey1().Sign(t, claims(is, clock, "team-a"))
-	allowWrite(t, g, tok, "")
+	clock, is, g, tok := verifiedGuard(t)
 	release := is.Stall()
 	t.Cleanup(release)
 	clock.Add(keyMaxAge)
@@ -497,4 +490,16 @@ func TestOIDCStaleKeysWaitLittle(t *testing.T) {
 	}
 	release()
 	standin.WaitFor(t, 20*time.Second, "the hung fetch to end", func() bool { return g.Status().OIDC.Fetches == 2 })
+}
+
+// verifiedGuard is an OIDC Guard on a fake clock whose provider signs with
+// rsaKey1, with a token of team-a verified (so the keys are fetched).
+func verifiedGuard(t *testing.T) (*fakeClock, *standin.IdP, *Guard, string) {
+	t.Helper()
+	clock := newFakeClock(testStart)
+	is := standin.StartIdP(t, rsaKey1())
+	g := oidcGuard(t, is, clock, nil)
+	tok := rsaKey1().Sign(t, claims(is, clock, "team-a"))
+	allowWrite(t, g, tok, "")
+	return clock, is, g, tok
 }

@@ -317,13 +317,7 @@ func TestMirrorOverH2C(t *testing.T) {
 // TestMirrorOverHTTP: a mirror at an http:// URL gets the copies through
 // reverse_proxy's transport, with the tenant and body.
 func TestMirrorOverHTTP(t *testing.T) {
-	cl := startCluster(t, 1)
-	d := standin.NewDistributor("mirror-over-http")
-	d.KeepRecords(100)
-	srv := httptest.NewServer(d)
-	t.Cleanup(srv.Close)
-	c := testcaddy.Start(t, fmt.Sprintf(`[{"handler": "metrics_gateway", "proxy": {"default": {"url": %q}},
-		"mirrors": [{"url": [%q]}]}]`, cl.Target(), srv.URL))
+	d, c := httpMirrorGateway(t, "mirror-over-http")
 	client := oneConnClient(t, c)
 	for i := 0; i < 10; i++ {
 		if code, _ := pushAs(t, client, "team-a", standin.RemoteWriteBody(7, 1)); code != http.StatusOK {
@@ -443,13 +437,7 @@ func TestMirrorReloadKeepsCopiesInFlight(t *testing.T) {
 // none in its copy either (Go's transport would add Go-http-client), as
 // reverse_proxy does for the primary.
 func TestHTTPMirrorAddsNoUserAgent(t *testing.T) {
-	cl := startCluster(t, 1)
-	d := standin.NewDistributor("ua-mirror")
-	d.KeepRecords(10)
-	srv := httptest.NewServer(d)
-	t.Cleanup(srv.Close)
-	c := testcaddy.Start(t, fmt.Sprintf(`[{"handler": "metrics_gateway", "proxy": {"default": {"url": %q}},
-		"mirrors": [{"url": [%q]}]}]`, cl.Target(), srv.URL))
+	d, c := httpMirrorGateway(t, "ua-mirror")
 	req := standin.NewPush("http://gateway"+standin.PushPath, standin.RemoteWriteBody(4, 1), "team-a")
 	req.Header["User-Agent"] = nil // the client sends none
 	resp, err := oneConnClient(t, c).Do(req)
@@ -461,4 +449,17 @@ func TestHTTPMirrorAddsNoUserAgent(t *testing.T) {
 	if ua, ok := d.Records()[0].Header["User-Agent"]; ok {
 		t.Errorf("the client sent no User-Agent; the mirror got %q", ua)
 	}
+}
+
+// httpMirrorGateway is a gateway in front of a gRPC stand-in cluster with
+// an HTTP mirror: an HTTP distributor stand-in that records what it gets.
+func httpMirrorGateway(t *testing.T, name string) (*standin.Distributor, *testcaddy.Caddy) {
+	t.Helper()
+	cl := startCluster(t, 1)
+	d := standin.NewDistributor(name)
+	d.KeepRecords(100)
+	srv := httptest.NewServer(d)
+	t.Cleanup(srv.Close)
+	return d, testcaddy.Start(t, fmt.Sprintf(`[{"handler": "metrics_gateway", "proxy": {"default": {"url": %q}},
+		"mirrors": [{"url": [%q]}]}]`, cl.Target(), srv.URL))
 }
