@@ -438,11 +438,12 @@ func logHas(c *testcaddy.Caddy, name, msg string) bool {
 // /prometheus/api/v1/../../../api/v1/push. So is a raw "#" in the request
 // target: dskit's httpgrpc cuts the target there, so a gRPC backend would
 // serve /graphite/metrics (metrics:write) for /graphite/metrics#x, routed
-// as /graphite (metrics:read). Both kinds of backend are tried.
+// as /graphite (metrics:read). So is a target that is not a path (x:%zz).
+// Both kinds of backend are tried.
 func TestNonCanonicalPathsRefused(t *testing.T) {
 	def := startEchoBackend(t, "default")
 	cl := startCluster(t, 1)
-	c := testcaddy.Start(t, fmt.Sprintf(`[{"handler": "metrics_gateway", "proxy": {"default": {"url": %q}, "graphite": {"url": %q}}}]`, def.URL(), cl.Target()))
+	c := testcaddy.Start(t, fmt.Sprintf(`[{"handler": "metrics_gateway", "proxy": {"default": {"url": %q}, "query_frontend": {"url": %q}}}]`, cl.Target(), def.URL()))
 	for _, path := range []string{
 		"/prometheus/api/v1/../../../api/v1/push",
 		"/prometheus/api/v1/query/../admin/tsdb/delete_series",
@@ -455,6 +456,10 @@ func TestNonCanonicalPathsRefused(t *testing.T) {
 		"/prometheus/api/v1/query?query=up#x",
 		"/graphite/metrics#x",
 		"/graphite/render#/../metrics",
+		// Absolute form without a path: the default route's, and no
+		// component can parse it (a 500 counted against the endpoint).
+		"x:%zz",
+		"http:1:b",
 	} {
 		conn := dialRaw(t, c)
 		if _, err := fmt.Fprintf(conn, "POST %s HTTP/1.1\r\nHost: gateway\r\nX-Scope-OrgID: team-a\r\nContent-Length: 0\r\n\r\n", path); err != nil {

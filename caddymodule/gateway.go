@@ -369,6 +369,13 @@ func (g *Gateway) serveRoute(w http.ResponseWriter, r *http.Request, next caddyh
 		// backend that resolves "..", "." or "//" would serve another one.
 		return g.answerError(w, r, http.StatusBadRequest, "path is not in canonical form (no ., .. or empty segments)")
 	}
+	if r.URL.Opaque != "" {
+		// An absolute-form target without a path ("x:%zz", "http:1:b"):
+		// Go's server takes it, the route is the default one's, and the
+		// component cannot parse it (a 500 that passive health would
+		// count against a healthy endpoint).
+		return g.answerError(w, r, http.StatusBadRequest, "the request target is not a path")
+	}
 	if strings.IndexByte(r.RequestURI, '#') >= 0 {
 		// A request target has no fragment (RFC 9112). Go's server keeps
 		// a raw "#" in the path the route is chosen on, while the gRPC

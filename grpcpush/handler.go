@@ -295,6 +295,9 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, c *call, start t
 		// failed) is not copied twice.
 		c.site.tee.Copy(c.view(tenant))
 	}
+	// The call is done: the body leaves the budget before a client that
+	// reads its answer slowly could keep it there.
+	c.releaseBody()
 	return h.relay(w, r, c, &c.resp)
 }
 
@@ -307,6 +310,15 @@ func (h *Handler) relay(w http.ResponseWriter, r *http.Request, c *call, resp *h
 	if resp.Code == StatusClientClosedRequest && r.Context().Err() == nil {
 		return 0, h.failed(c, r, http.StatusServiceUnavailable,
 			"the component canceled the request (499) while the client was still connected: "+excerpt(resp.Body))
+	}
+	if int64(len(resp.Body)) > h.s.maxResponse {
+		// gRPC's receive limit has room for the message's own overhead,
+		// and error answers travel in the call's status, outside it.
+		if resp.Code < 400 {
+			return 0, h.failed(c, r, http.StatusBadGateway,
+				fmt.Sprintf("response larger than %d bytes (max_response_body)", h.s.maxResponse))
+		}
+		resp.Body = resp.Body[:h.s.maxResponse] // the status is what a client acts on
 	}
 	h.answering(r, c.endpoint.Load())
 	return writeResponse(w, resp, r.Method == http.MethodHead), nil

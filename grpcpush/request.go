@@ -115,6 +115,7 @@ func (c *call) setBody(buf *[]byte, n int) {
 func (c *call) releaseBody() {
 	if c.req.root != nil {
 		c.req.root.Free()
+		c.req.root = nil // once: the answer's writing may come after it
 	}
 }
 

@@ -52,3 +52,32 @@ func TestMalformedComponentResponse(t *testing.T) {
 		})
 	}
 }
+
+// TestMaxResponseBodyExact: an answer one byte over max_response_body is
+// the backend's failure (502), though gRPC's own limit leaves room for the
+// message around it; an error answer, which travels outside that limit,
+// keeps its status with its body cut to the limit.
+func TestMaxResponseBodyExact(t *testing.T) {
+	const limit = 4096
+	cl := startCluster(t, 1)
+	cl.Distributors[0].SetBehavior(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.URL.Query().Get("error") != "" {
+			w.WriteHeader(http.StatusUnprocessableEntity)
+			_, _ = w.Write(make([]byte, 512<<10))
+			return true
+		}
+		_, _ = w.Write(make([]byte, limit+1))
+		return true
+	})
+	h := newHandler(t, cl, Options{MaxResponseBody: limit})
+	r := pushRequest([]byte("x"))
+	r.Method, r.RequestURI = http.MethodGet, "/prometheus/api/v1/query?query=up"
+	if w := serve(h, r); w.Code != http.StatusBadGateway {
+		t.Errorf("an answer of %d bytes over a %d-byte limit: %d, want 502", limit+1, limit, w.Code)
+	}
+	r = pushRequest([]byte("x"))
+	r.Method, r.RequestURI = http.MethodGet, "/prometheus/api/v1/query?query=up&error=1"
+	if w := serve(h, r); w.Code != http.StatusUnprocessableEntity || w.Body.Len() != limit {
+		t.Errorf("a 422 of 512 KiB: %d with %d bytes, want 422 with %d", w.Code, w.Body.Len(), limit)
+	}
+}
