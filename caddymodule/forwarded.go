@@ -27,14 +27,15 @@ func forwardedHeaders(r *http.Request) []httpgrpc.Header {
 	// A header the client's Connection header lists ends at this hop:
 	// reverse_proxy removes it before it reads the prior values.
 	connection := r.Header["Connection"]
+	listed := func(field string) bool { return len(connection) > 0 && grpcpush.ConnectionLists(connection, field) }
 	prior := func(field string, all bool) (string, bool, bool) {
-		if len(connection) > 0 && grpcpush.ConnectionLists(connection, field) {
+		if listed(field) {
 			return "", false, false
 		}
 		return priorHeader(r.Header, field, all)
 	}
 	var priorVia []string
-	if len(connection) == 0 || !grpcpush.ConnectionLists(connection, "Via") {
+	if !listed("Via") {
 		priorVia = r.Header["Via"]
 	}
 	via := httpgrpc.Header{Key: "Via", Values: append(append([]string(nil), priorVia...),

@@ -364,30 +364,37 @@ func (g *Gateway) serveRoute(w http.ResponseWriter, r *http.Request, next caddyh
 	if route.Component == ComponentGateway {
 		return serveLocal(w, route, repl)
 	}
-	if !canonicalPath(r.URL.Path) {
-		// The route (and its access scope) is chosen on this path; a
-		// backend that resolves "..", "." or "//" would serve another one.
-		return g.answerError(w, r, http.StatusBadRequest, "path is not in canonical form (no ., .. or empty segments)")
-	}
-	if r.URL.Opaque != "" {
-		// An absolute-form target without a path ("x:%zz", "http:1:b"):
-		// Go's server takes it, the route is the default one's, and the
-		// component cannot parse it (a 500 that passive health would
-		// count against a healthy endpoint).
-		return g.answerError(w, r, http.StatusBadRequest, "the request target is not a path")
-	}
-	if strings.IndexByte(r.RequestURI, '#') >= 0 {
-		// A request target has no fragment (RFC 9112). Go's server keeps
-		// a raw "#" in the path the route is chosen on, while the gRPC
-		// tunnel's far end (dskit's httpgrpc) cuts the target there: a
-		// backend would serve /graphite/metrics for /graphite/metrics#x,
-		// routed (and its scope decided) as /graphite.
-		return g.answerError(w, r, http.StatusBadRequest, "a request target has no fragment: send # as %23")
+	if msg := targetProblem(r); msg != "" {
+		return g.answerError(w, r, http.StatusBadRequest, msg)
 	}
 	if status, msg := g.admit(w, r, route, repl); status != 0 {
 		return g.answerError(w, r, status, msg)
 	}
 	return g.backends[route.Component].serve(w, r, next, len(g.tee) > 0 && route.mirrored(r.Method))
+}
+
+// targetProblem says why r's request target cannot be served as routed, or
+// "". The route, and its access scope, is chosen on r.URL.Path; a backend
+// must serve that same path.
+func targetProblem(r *http.Request) string {
+	switch {
+	case !canonicalPath(r.URL.Path):
+		// A backend that resolves "..", "." or "//" would serve another
+		// path.
+		return "path is not in canonical form (no ., .. or empty segments)"
+	case r.URL.Opaque != "":
+		// An absolute-form target without a path ("x:%zz", "http:1:b"):
+		// routed as the default, and no component can parse it (a 500
+		// that passive health would count against a healthy endpoint).
+		return "the request target is not a path"
+	case strings.IndexByte(r.RequestURI, '#') >= 0:
+		// A request target has no fragment (RFC 9112). Go's server keeps
+		// a raw "#" in the path, while the gRPC tunnel's far end (dskit's
+		// httpgrpc) cuts the target there: /graphite/metrics#x, routed as
+		// /graphite, would be served as /graphite/metrics.
+		return "a request target has no fragment: send # as %23"
+	}
+	return ""
 }
 
 // canonicalPath reports whether p has no ".", ".." or empty segments (a
@@ -472,11 +479,12 @@ func (g *Gateway) Cleanup() error {
 	if g.retire == nil { // not provisioned
 		g.retire = new(retirement)
 	}
-	return g.retire.start(func() {
+	g.retire.start(func() {
 		if err := releasePooled(pooled); err != nil {
 			g.logger.Error("releasing the upstreams of a retired config", zap.Error(err))
 		}
 	})
+	return nil
 }
 
 // retireLimit is the longest a retired config keeps its pooled upstreams
@@ -513,18 +521,17 @@ func (r *retirement) run() {
 
 // start retires: it runs release now when no request is in flight, else
 // when the last one leaves (or at retireLimit). A second call does nothing.
-func (r *retirement) start(release func()) error {
+func (r *retirement) start(release func()) {
 	if r.retired.Load() {
-		return nil // Cleanup may be called twice
+		return // Cleanup may be called twice
 	}
 	r.release = release
 	r.retired.Store(true)
 	if r.n.Load() == 0 {
 		r.run()
-		return nil
+		return
 	}
 	time.AfterFunc(retireLimit, r.run)
-	return nil
 }
 
 // Interface guards.

@@ -78,7 +78,10 @@ func hideUserInfo(raw string, err error) error {
 	for _, f := range strings.Fields(raw) {
 		msg = strings.ReplaceAll(msg, f, redactPassword(f))
 	}
-	for i := strings.IndexByte(raw, '@'); i >= 0; i = indexFrom(raw, '@', i+1) {
+	for i := range len(raw) {
+		if raw[i] != '@' {
+			continue
+		}
 		// The user info starts after the last "//" before the "@", or, when
 		// that leaves no password (one holding "//"), at the start.
 		userinfo := raw[max(strings.LastIndex(raw[:i], "//")+2, 0):i]
@@ -96,14 +99,6 @@ func hideUserInfo(raw string, err error) error {
 		}
 	}
 	return errors.New(msg)
-}
-
-// indexFrom is the index of c in s at or after from, or -1.
-func indexFrom(s string, c byte, from int) int {
-	if i := strings.IndexByte(s[from:], c); i >= 0 {
-		return from + i
-	}
-	return -1
 }
 
 func parseBackendURL(raw string) (*ParsedURL, error) {

@@ -97,10 +97,14 @@ func (b *Budget) Get(n int) *[]byte {
 
 // Put implements mem.BufferPool: it gives back a buffer from take or Get.
 func (b *Budget) Put(buf *[]byte) {
-	size := int64(cap(*buf))
+	b.uncount(int64(cap(*buf)))
+	bodyPool.Put(buf)
+}
+
+// uncount gives size bytes back to the bound.
+func (b *Budget) uncount(size int64) {
 	b.used.Add(-size)
 	b.measure(-size)
-	bodyPool.Put(buf)
 }
 
 // lease returns the pool through which a body's buffer, shared with gRPC
@@ -139,10 +143,7 @@ type leaked struct {
 }
 
 // forgetLeaked uncounts a buffer that gRPC lost without giving it back.
-func forgetLeaked(l leaked) {
-	l.budget.used.Add(-l.size)
-	l.budget.measure(-l.size)
-}
+func forgetLeaked(l leaked) { l.budget.uncount(l.size) }
 
 func (b *Budget) measure(delta int64) {
 	if b.held != nil {

@@ -3,7 +3,6 @@ package grpcpush
 import (
 	"net/http"
 	"strconv"
-	"strings"
 
 	"golang.org/x/net/http/httpguts"
 )
@@ -35,8 +34,10 @@ func dropWrongContentLength(hdr http.Header, bodyLen int, head bool) {
 	if !ok {
 		return
 	}
-	if len(v) == 1 && v[0] != "" && strings.Trim(v[0], "0123456789") == "" { // digits only: no sign
-		if n, err := strconv.ParseInt(v[0], 10, 64); err == nil && (head || n == int64(bodyLen)) {
+	if len(v) == 1 {
+		// ParseUint takes digits only: a "+5" that Go's client refuses
+		// goes too.
+		if n, err := strconv.ParseUint(v[0], 10, 63); err == nil && (head || n == uint64(bodyLen)) {
 			return
 		}
 	}
