@@ -28,9 +28,10 @@ func idpClaims(idp *standin.IdP, policy any) map[string]any {
 // TestAccessOIDC: JWTs of a local identity provider (discovery and key set
 // on loopback, tokens signed by the test) through a real Caddy.
 func TestAccessOIDC(t *testing.T) {
+	t.Parallel() // Caddy runs in a process of its own
 	k1, k2, stray := standin.NewECKey("k1"), standin.NewECKey("k2"), standin.NewECKey("stray")
 	idp := standin.StartIdP(t, k1)
-	s := startAccess(t, fmt.Sprintf(`access_policies {
+	s := startAccessProcess(t, fmt.Sprintf(`access_policies {
 			policy grafana {
 				tenants team-a team-b
 				scopes metrics:read

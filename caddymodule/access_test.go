@@ -144,11 +144,22 @@ const accessCaddyfile = `:8000 {
 
 func startAccess(t *testing.T, policies, extra string) *accessSetup {
 	t.Helper()
+	return startAccessWith(t, testcaddy.StartCaddyfile, policies, extra)
+}
+
+// startAccessProcess is startAccess with Caddy in a process of its own.
+func startAccessProcess(t *testing.T, policies, extra string) *accessSetup {
+	t.Helper()
+	return startAccessWith(t, testcaddy.StartCaddyfileProcess, policies, extra)
+}
+
+func startAccessWith(t *testing.T, start func(testing.TB, string) *testcaddy.Caddy, policies, extra string) *accessSetup {
+	t.Helper()
 	s := &accessSetup{cl: startAccessCluster(t), backends: map[caddymodule.Component]*echoBackend{}}
 	for _, c := range []caddymodule.Component{caddymodule.ComponentDefault, caddymodule.ComponentQueryFrontend, caddymodule.ComponentRuler, caddymodule.ComponentAlertmanager} {
 		s.backends[c] = startEchoBackend(t, string(c))
 	}
-	s.c = testcaddy.StartCaddyfile(t, s.caddyfile(policies, extra))
+	s.c = start(t, s.caddyfile(policies, extra))
 	return s
 }
 
@@ -244,6 +255,7 @@ func noSecrets(t *testing.T, what, s string) {
 // TestAccessWriterToken: a writer token pushes to its tenant and nothing
 // else; the distributor sees exactly one tenant and no credential.
 func TestAccessWriterToken(t *testing.T) {
+	t.Parallel()
 	s := startAccess(t, accessPolicies(), "")
 	c := s.c
 
@@ -286,6 +298,7 @@ func TestAccessWriterToken(t *testing.T) {
 
 // TestAccessReaderToken: a read token on one or several of its tenants.
 func TestAccessReaderToken(t *testing.T) {
+	t.Parallel()
 	s := startAccess(t, accessPolicies(), "")
 	c := s.c
 	for _, tc := range []struct {
@@ -340,6 +353,7 @@ func TestAccessReaderToken(t *testing.T) {
 // the challenge, from the gateway's own error writer (handle_errors
 // included); / and /ready need none.
 func TestAccessUnauthenticated(t *testing.T) {
+	t.Parallel()
 	for _, withHandler := range []bool{false, true} {
 		t.Run(fmt.Sprintf("handle_errors=%t", withHandler), func(t *testing.T) {
 			extra := ""
@@ -388,6 +402,7 @@ func TestAccessUnauthenticated(t *testing.T) {
 // scope to read and their write scope to change anything; a path the route
 // table does not claim needs admin.
 func TestAccessScopesPerMethod(t *testing.T) {
+	t.Parallel()
 	s := startAccess(t, accessPolicies(), "")
 	c := s.c
 	cases := []struct {
@@ -448,6 +463,7 @@ func TestAccessScopesPerMethod(t *testing.T) {
 // TestAccessVisible: the decision metric, the placeholder and access log
 // field, and the admin view; no token or hash in any of them.
 func TestAccessVisible(t *testing.T) {
+	t.Parallel()
 	s := startAccess(t, accessPolicies(), "")
 	c := s.c
 	before := scrape(t, c)
@@ -526,6 +542,7 @@ func TestAccessVisible(t *testing.T) {
 // runs: a new token works within 10 s of the change, a removed one stops,
 // and a broken file keeps the policies in force and shows its error.
 func TestAccessPolicyFile(t *testing.T) {
+	t.Parallel() // Caddy runs in a process of its own
 	dir := t.TempDir()
 	file := filepath.Join(dir, "policies.yaml")
 	writeFile := func(content string) { standin.ReplaceFile(t, file, content) }
@@ -534,7 +551,7 @@ func TestAccessPolicyFile(t *testing.T) {
 	}
 	const tokB, tokC = "file-token-b-0123456789abcdefghijklmnopqrstu", "file-token-c-0123456789abcdefghijklmnopqrstu"
 	writeFile("policies:\n" + filePolicy("file-b", "team-b", tokB))
-	s := startAccess(t, fmt.Sprintf(`access_policies {
+	s := startAccessProcess(t, fmt.Sprintf(`access_policies {
 			policy grafana {
 				tenants team-a
 				scopes metrics:read
@@ -599,6 +616,7 @@ func TestAccessPolicyFile(t *testing.T) {
 // inline policies while clients push with a token every config has: no
 // request fails; the changed policies apply.
 func TestAccessReloadUnderLoad(t *testing.T) {
+	t.Parallel()
 	cl := startAccessCluster(t)
 	const tokExtra = "extra-token-0123456789abcdefghijklmnopqrstuv"
 	config := func(extra bool, realm string) string {

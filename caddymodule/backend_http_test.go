@@ -27,6 +27,7 @@ func closedPort(t *testing.T) string {
 // failed: 502 while reverse_proxy tries it, 503 once its passive health
 // check has taken the only upstream out.
 func TestHTTPBackendErrorsHaveABody(t *testing.T) {
+	t.Parallel()
 	def := startEchoBackend(t, "default")
 	down := "http://" + closedPort(t)
 	c := testcaddy.Start(t, fmt.Sprintf(`[{"handler": "metrics_gateway", "proxy": {
@@ -67,6 +68,7 @@ func TestHTTPBackendErrorsHaveABody(t *testing.T) {
 // TestHTTPBackendErrorsReachHandleErrors checks that with handle_errors
 // the error goes to Caddy's error routes, as any reverse_proxy error does.
 func TestHTTPBackendErrorsReachHandleErrors(t *testing.T) {
+	t.Parallel()
 	down := "http://" + closedPort(t)
 	c := testcaddy.StartCaddyfile(t, fmt.Sprintf(`
 :80 {

@@ -25,6 +25,7 @@ import (
 // many pushes at once on one connection, get every push to a distributor
 // unchanged.
 func TestGRPCPushOverH2TLS(t *testing.T) {
+	t.Parallel()
 	const pushes = 60
 	cl := startCluster(t, 3)
 	for _, d := range cl.Distributors {

@@ -17,6 +17,7 @@ import (
 // token and its hash; `hash-token` gives the same hash for the token; a
 // policy holding the hash accepts the token.
 func TestAccessTokenCommands(t *testing.T) {
+	t.Parallel()
 	cmd, ok := caddycmd.Commands()["metrics-gateway"]
 	if !ok || cmd.Func == nil {
 		t.Fatal("the metrics-gateway command is not registered with Caddy")

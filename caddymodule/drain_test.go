@@ -1,12 +1,8 @@
 package caddymodule_test
 
 import (
-	"bytes"
 	"fmt"
 	"net/http"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"sync"
 	"syscall"
 	"testing"
@@ -16,62 +12,24 @@ import (
 	"github.com/metrics-gateway/metrics_gateway/internal/testcaddy"
 )
 
-// buildCaddy builds cmd/caddy into dir.
-func buildCaddy(t *testing.T, dir string) string {
-	t.Helper()
-	bin := filepath.Join(dir, "caddy")
-	args := []string{"build", "-o", bin}
-	if raceEnabled {
-		args = append(args, "-race")
-	}
-	out, err := exec.Command("go", append(args, "../cmd/caddy")...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("go build ./cmd/caddy: %v\n%s", err, out)
-	}
-	return bin
-}
-
-// TestGracefulDrain runs the built binary with shutdown_delay and sends it
-// SIGTERM while a client pushes: during the delay /ready answers 503 and
-// every push sent is served; the process exits within delay + grace.
+// TestGracefulDrain runs Caddy's command line (`caddy run`) in a process
+// of its own with shutdown_delay and sends it SIGTERM while a client
+// pushes: during the delay /ready answers 503 and every push sent is
+// served; the process exits within delay + grace.
 func TestGracefulDrain(t *testing.T) {
+	t.Parallel()
 	const delay, grace = 3 * time.Second, 5 * time.Second
 	cl := startCluster(t, 1)
-	dir, err := os.MkdirTemp("", "mg") // unix socket paths must stay short
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	bin := buildCaddy(t, dir)
-	httpSock := filepath.Join(dir, "http.sock")
-	cfg := fmt.Sprintf(`{
+	c := testcaddy.StartProcess(t, func(c *testcaddy.Caddy) string {
+		return fmt.Sprintf(`{
 		"admin": {"listen": "unix/%s", "config": {"persist": false}},
 		"logging": {"logs": {"default": {"level": "WARN"}}},
 		"apps": {"http": {"shutdown_delay": %q, "grace_period": %q, "servers": {"gateway": {
 			"listen": ["unix/%s"], "automatic_https": {"disable": true},
 			"routes": [{"handle": %s}]}}}}}`,
-		filepath.Join(dir, "admin.sock"), delay.String(), grace.String(), httpSock, cl.handlerJSON(""))
-	cfgFile := filepath.Join(dir, "caddy.json")
-	if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	var output bytes.Buffer
-	cmd := exec.Command(bin, "run", "--config", cfgFile)
-	cmd.Stdout, cmd.Stderr = &output, &output
-	cmd.Env = append(os.Environ(), "HOME="+dir, "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir)
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{}) // closed when the process has exited
-	go func() { _ = cmd.Wait(); close(exited) }()
-	t.Cleanup(func() {
-		select {
-		case <-exited:
-		default:
-			_ = cmd.Process.Kill()
-			<-exited
-		}
+			c.AdminSock, delay.String(), grace.String(), c.HTTPSock, cl.handlerJSON(""))
 	})
+	httpSock, proc := c.HTTPSock, c.Process
 
 	// Probes use a new connection each, as the kubelet does.
 	probeTransport := testcaddy.UnixTransport(httpSock)
@@ -118,7 +76,7 @@ func TestGracefulDrain(t *testing.T) {
 	})
 
 	sigterm := time.Now()
-	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	if err := proc.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	standin.WaitFor(t, 20*time.Second, "/ready to answer 503", func() bool { return ready() == http.StatusServiceUnavailable })
@@ -127,9 +85,9 @@ func TestGracefulDrain(t *testing.T) {
 	}
 
 	select {
-	case <-exited:
+	case <-proc.Exited():
 	case <-time.After(delay + grace + 10*time.Second):
-		t.Fatalf("still running %v after SIGTERM\n%s", delay+grace+10*time.Second, output.String())
+		t.Fatalf("still running %v after SIGTERM\n%s", delay+grace+10*time.Second, proc.Output())
 	}
 	exitAfter := time.Since(sigterm)
 	close(stop)

@@ -54,6 +54,7 @@ const handleErrors = `handle_errors {
 // without handle_errors they keep their one-line body; Retry-After stays on
 // 503 either way. The gateway's placeholders work in header directives.
 func TestHandleErrorsAndPlaceholders(t *testing.T) {
+	t.Parallel()
 	cl := startCluster(t, 1)
 	// Calls of tenant "stopping" fail as a distributor going away does.
 	unavailable := func(ctx context.Context) error {
@@ -121,6 +122,7 @@ func TestHandleErrorsAndPlaceholders(t *testing.T) {
 // (the calls are counted), and once the calls are done exactly the live
 // endpoint's series are left.
 func TestGRPCSeriesAfterChurn(t *testing.T) {
+	t.Parallel()
 	cl := startCluster(t, 3)
 	release := make(chan struct{})
 	var held atomic.Int64
@@ -225,6 +227,7 @@ func endpointSeries(t *testing.T, c *testcaddy.Caddy) []string {
 // does) a forced reload of the same config connects anew with the new
 // certificate; a forced reload with unchanged files keeps the connection.
 func TestGRPCCertificateRotation(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	pki := testpki.New(t, "gateway")
 	caFile := filepath.Join(dir, "ca.pem")

@@ -178,6 +178,7 @@ func TestStalledUploadsBoundMemory(t *testing.T) {
 // Retry-After before the rest of its body is read, reaching no distributor.
 // Small pushes still pass; the stalled ones end with 408.
 func TestMaxBufferedBytes(t *testing.T) {
+	t.Parallel()
 	cl := startCluster(t, 2)
 	c := testcaddy.Start(t, cl.handlerJSON(`"timeout": "5s", "max_request_body": 16777216, "max_buffered_bytes": 67108864`))
 	body := standin.RemoteWriteBody(100, 1)
@@ -279,6 +280,7 @@ func TestLateUploadKeepsEndpointHealthy(t *testing.T) {
 // jitter; retry_after sets the bounds or turns it off; a component's own
 // 429 keeps its Retry-After.
 func TestRetryAfterLikeMimir(t *testing.T) {
+	t.Parallel()
 	cl := startCluster(t, 1)
 	unavailable := func(context.Context) error { return status.Error(codes.Unavailable, "distributor is stopping") }
 	cl.raw.Store(&unavailable)
@@ -359,6 +361,7 @@ func TestRetryAfterLikeMimir(t *testing.T) {
 // Content-Length over max_size is refused by request_body itself; a body
 // without one is cut while the gateway reads it.)
 func TestRequestBodyMaxSizeIs413(t *testing.T) {
+	t.Parallel()
 	cl := startCluster(t, 1)
 	c := testcaddy.StartCaddyfile(t, fmt.Sprintf(`
 http://gateway {
@@ -392,6 +395,7 @@ http://gateway {
 // through the failed config's logger: its own lines (here an endpoint
 // change) keep going where the loaded config says.
 func TestFailedReloadLeavesLogger(t *testing.T) {
+	t.Parallel()
 	cl := startCluster(t, 1)
 	c := testcaddy.StartJSON(t, func(tc *testcaddy.Caddy) string { return loggedConfig(tc, cl, "a.log", "") })
 	standin.WaitFor(t, 20*time.Second, "the first endpoint line in a.log", func() bool { return logHas(c, "a.log", "endpoints changed") })
@@ -441,6 +445,7 @@ func logHas(c *testcaddy.Caddy, name, msg string) bool {
 // as /graphite (metrics:read). So is a target that is not a path (x:%zz).
 // Both kinds of backend are tried.
 func TestNonCanonicalPathsRefused(t *testing.T) {
+	t.Parallel()
 	def := startEchoBackend(t, "default")
 	cl := startCluster(t, 1)
 	c := testcaddy.Start(t, fmt.Sprintf(`[{"handler": "metrics_gateway", "proxy": {"default": {"url": %q}, "query_frontend": {"url": %q}}}]`, cl.Target(), def.URL()))

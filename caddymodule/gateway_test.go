@@ -150,6 +150,7 @@ var routedPaths = []struct {
 }
 
 func TestRoutesReachTheirBackends(t *testing.T) {
+	t.Parallel()
 	_, handler := startTenBackends(t)
 	c := testcaddy.Start(t, handler)
 
@@ -191,6 +192,7 @@ func TestRoutesReachTheirBackends(t *testing.T) {
 }
 
 func TestLocalAnswers(t *testing.T) {
+	t.Parallel()
 	_, handler := startTenBackends(t)
 	c := testcaddy.Start(t, handler)
 	for path, want := range map[string]string{"/": "OK", "/ready": "ready"} {
@@ -205,6 +207,7 @@ func TestLocalAnswers(t *testing.T) {
 }
 
 func TestStreamingResponseIsNotBuffered(t *testing.T) {
+	t.Parallel()
 	backends, handler := startTenBackends(t)
 	c := testcaddy.Start(t, handler)
 	qf := backends[caddymodule.ComponentQueryFrontend]
@@ -233,6 +236,7 @@ func TestStreamingResponseIsNotBuffered(t *testing.T) {
 }
 
 func TestUnsetComponentsUseDefault(t *testing.T) {
+	t.Parallel()
 	def := startEchoBackend(t, "default")
 	dist := startEchoBackend(t, "distributor")
 	handler := fmt.Sprintf(`[{"handler": "metrics_gateway", "proxy": {
@@ -258,6 +262,7 @@ func TestUnsetComponentsUseDefault(t *testing.T) {
 // TestSeveralURLsAndReverseProxyBlock checks that a backend with several
 // URLs and a reverse_proxy config balances over them with that config.
 func TestSeveralURLsAndReverseProxyBlock(t *testing.T) {
+	t.Parallel()
 	a, b := startEchoBackend(t, "qf-a"), startEchoBackend(t, "qf-b")
 	def := startEchoBackend(t, "default")
 	handler := fmt.Sprintf(`[{"handler": "metrics_gateway", "proxy": {
@@ -288,6 +293,7 @@ func TestSeveralURLsAndReverseProxyBlock(t *testing.T) {
 }
 
 func TestTenant(t *testing.T) {
+	t.Parallel()
 	def := startEchoBackend(t, "default")
 	tenantOf := func(c *testcaddy.Caddy, header string, user string) (int, string) {
 		t.Helper()
@@ -499,6 +505,7 @@ func TestReloadSwitchesBackends(t *testing.T) {
 // TestExampleCaddyfileRuns starts the gateway from examples/Caddyfile (its
 // listeners moved to the test's sockets) and asks it whether it is ready.
 func TestExampleCaddyfileRuns(t *testing.T) {
+	t.Parallel()
 	caddyfile, err := os.ReadFile("../examples/Caddyfile")
 	if err != nil {
 		t.Fatal(err)
@@ -544,6 +551,7 @@ func runLoad(t *testing.T, n int, do func(worker int)) (stop func()) {
 // TestHTTPSAndH2CBackends checks that https:// and h2c:// URLs select the
 // reverse_proxy transport they need.
 func TestHTTPSAndH2CBackends(t *testing.T) {
+	t.Parallel()
 	proto := func(w http.ResponseWriter, r *http.Request) { fmt.Fprintf(w, "%s %v", r.Proto, r.TLS != nil) }
 
 	tlsSrv := httptest.NewTLSServer(http.HandlerFunc(proto))

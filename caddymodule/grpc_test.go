@@ -195,6 +195,7 @@ func maxOverMean(counts []int64) float64 {
 // one keep-alive connection, push 500 Remote-Write bodies of 2000 samples
 // each; every request goes round-robin to the next distributor.
 func TestGRPCPushBalanced(t *testing.T) {
+	t.Parallel()
 	const clients, pushes = 4, 500
 	cl := startCluster(t, 3)
 	for _, d := range cl.Distributors {
@@ -255,6 +256,7 @@ func TestGRPCPushBalanced(t *testing.T) {
 // TestGRPCErrorContract checks, through Caddy, what a remote-write client
 // gets for each kind of distributor answer.
 func TestGRPCErrorContract(t *testing.T) {
+	t.Parallel()
 	cl := startCluster(t, 1)
 	c := testcaddy.Start(t, cl.handlerJSON(`"retries": 0`))
 	body := standin.RemoteWriteBody(10, 1)
@@ -344,6 +346,7 @@ func TestGRPCErrorContract(t *testing.T) {
 // TestGRPCRemoteWrite2AndBodyLimit checks Remote-Write 2.0's headers both
 // ways and the body limit.
 func TestGRPCRemoteWrite2AndBodyLimit(t *testing.T) {
+	t.Parallel()
 	cl := startCluster(t, 1)
 	cl.Distributors[0].KeepRecords(10)
 	c := testcaddy.Start(t, cl.handlerJSON(`"max_request_body": 65536`))
@@ -380,6 +383,7 @@ func TestGRPCRemoteWrite2AndBodyLimit(t *testing.T) {
 // clients push: no acknowledged push is lost, almost none fail, and the
 // others take over.
 func TestGRPCEndpointDiesUnderLoad(t *testing.T) {
+	t.Parallel()
 	cl := startCluster(t, 3)
 	c := testcaddy.Start(t, cl.handlerJSON(`"refresh": "200ms"`))
 	// Small bodies: the point is the kill, not the decoding, and a busy
@@ -427,6 +431,7 @@ func TestGRPCEndpointDiesUnderLoad(t *testing.T) {
 // TestGRPCDiscovery checks that a new A record gets traffic within
 // refresh + 1 s, and that the gateway keeps serving when DNS goes away.
 func TestGRPCDiscovery(t *testing.T) {
+	t.Parallel()
 	cl := startCluster(t, 3)
 	cl.List(2)
 	c := testcaddy.Start(t, cl.handlerJSON(`"refresh": "300ms"`))
@@ -456,6 +461,7 @@ func TestGRPCDiscovery(t *testing.T) {
 // TestGRPCReloadsKeepConnections reloads the config 20 times under load: no
 // request fails and the gRPC connections are reused, not re-dialled.
 func TestGRPCReloadsKeepConnections(t *testing.T) {
+	t.Parallel()
 	cl := startCluster(t, 3)
 	handler := cl.handlerJSON("")
 	c := testcaddy.Start(t, handler)
@@ -513,6 +519,7 @@ func TestGRPCReloadsKeepConnections(t *testing.T) {
 // TestAdminBackendsView reads /metrics_gateway/backends, kills an endpoint
 // and sees its state change.
 func TestAdminBackendsView(t *testing.T) {
+	t.Parallel()
 	cl := startCluster(t, 3)
 	c := testcaddy.Start(t, cl.handlerJSON(""))
 	body := standin.RemoteWriteBody(10, 1)
@@ -559,6 +566,7 @@ func TestAdminBackendsView(t *testing.T) {
 // TestGRPCRemovedRecord checks that an endpoint whose A record is removed
 // gets no new requests once the next refresh has dropped it.
 func TestGRPCRemovedRecord(t *testing.T) {
+	t.Parallel()
 	cl := startCluster(t, 3)
 	c := testcaddy.Start(t, cl.handlerJSON(`"refresh": "200ms"`))
 	body := standin.RemoteWriteBody(10, 1)
@@ -662,6 +670,7 @@ func TestGRPCHungEndpointAndDisconnect(t *testing.T) {
 // distributor's settings while a push is in flight: the old gRPC upstream
 // is retired, and the push still completes on it.
 func TestGRPCReloadDrainsChangedBackend(t *testing.T) {
+	t.Parallel()
 	cl := startCluster(t, 1)
 	c := testcaddy.Start(t, cl.handlerJSON(`"timeout": "10s"`))
 	body := standin.RemoteWriteBody(10, 1)

@@ -211,6 +211,7 @@ func TestGRPCPassiveHealthStatus(t *testing.T) {
 // TestGRPCPassiveHealthAllOut: with every endpoint out, calls go to all of
 // them rather than nowhere.
 func TestGRPCPassiveHealthAllOut(t *testing.T) {
+	t.Parallel()
 	cl := startCluster(t, 2)
 	c := testcaddy.Start(t, cl.handlerJSON(`"retries": 0, "fail_duration": "60s", "unhealthy_status": [503]`))
 	warmUp(t, cl, c, 2)
@@ -241,6 +242,7 @@ func TestGRPCPassiveHealthAllOut(t *testing.T) {
 // TestGRPCRetrySkipsEndpointOut: a call retried after UNAVAILABLE goes to
 // an endpoint that is in, never to one that is out.
 func TestGRPCRetrySkipsEndpointOut(t *testing.T) {
+	t.Parallel()
 	cl := startCluster(t, 3)
 	c := testcaddy.Start(t, cl.handlerJSON(`"retries": 2, "fail_duration": "60s", "max_fails": 2, "unhealthy_status": [503]`))
 	warmUp(t, cl, c, 3)

@@ -25,10 +25,11 @@ import (
 )
 
 // This file: clients that misbehave on purpose, against a real Caddy
-// running examples/Caddyfile (its distributor pointed at stand-ins). Each
-// gets a documented status or a closed connection; meanwhile a
-// well-behaved client pushes and sees no failure, and afterwards the
-// process's goroutines and file descriptors are back where they started.
+// running examples/Caddyfile (its distributor pointed at stand-ins) in a
+// process of its own. Each gets a documented status or a closed
+// connection; meanwhile a well-behaved client pushes and sees no failure,
+// and afterwards Caddy's goroutines and file descriptors are back where
+// they started.
 
 // serverLimits are the timeouts and header limit of the example's server.
 type serverLimits struct {
@@ -39,7 +40,8 @@ type serverLimits struct {
 }
 
 // startExample runs examples/Caddyfile with its distributor replaced by
-// the cluster and returns the server limits it configures.
+// the cluster, in a Caddy process of its own, and returns the server
+// limits it configures.
 func startExample(t *testing.T, cl *cluster) (*testcaddy.Caddy, serverLimits) {
 	t.Helper()
 	raw, err := os.ReadFile("../examples/Caddyfile")
@@ -50,7 +52,7 @@ func startExample(t *testing.T, cl *cluster) (*testcaddy.Caddy, serverLimits) {
 	if caddyfile == string(raw) {
 		t.Fatal("examples/Caddyfile has no distributor dns:///localhost:9095 to replace")
 	}
-	c := testcaddy.StartCaddyfile(t, caddyfile)
+	c := testcaddy.StartCaddyfileProcess(t, caddyfile)
 	adapted, err := c.Adapt(caddyfile)
 	if err != nil {
 		t.Fatal(err)
@@ -72,30 +74,26 @@ func startExample(t *testing.T, cl *cluster) (*testcaddy.Caddy, serverLimits) {
 	return c, lim
 }
 
-// openFDs counts the process's open file descriptors.
-func openFDs(t *testing.T) int {
+// waitBaseline polls until Caddy's goroutines and fds are back within
+// tolerance of their baselines.
+func waitBaseline(t *testing.T, c *testcaddy.Caddy, goroutines, fds, gTol, fdTol int) {
 	t.Helper()
-	fds, err := os.ReadDir("/proc/self/fd")
+	var g, f int
+	standin.WaitFor(t, 30*time.Second, "Caddy's goroutines and fds back to their baselines", func() bool {
+		g, f = count(t, c.Goroutines), count(t, c.FDs)
+		return g <= goroutines+gTol && f <= fds+fdTol
+	})
+	t.Logf("back to baseline: %d goroutines (baseline %d, +%d allowed), %d fds (baseline %d, +%d allowed)",
+		g, goroutines, gTol, f, fds, fdTol)
+}
+
+func count(t *testing.T, of func() (int, error)) int {
+	t.Helper()
+	n, err := of()
 	if err != nil {
 		t.Fatal(err)
 	}
-	return len(fds)
-}
-
-// waitBaseline polls until goroutines and fds are back within tolerance of
-// their baselines.
-func waitBaseline(t *testing.T, goroutines, fds, gTol, fdTol int) {
-	t.Helper()
-	standin.WaitGoroutines(t, goroutines, gTol)
-	deadline := time.Now().Add(30 * time.Second)
-	for openFDs(t) > fds+fdTol {
-		if time.Now().After(deadline) {
-			t.Fatalf("open fds: %d, baseline %d (+%d allowed)", openFDs(t), fds, fdTol)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Logf("back to baseline: %d goroutines (baseline %d, +%d allowed), %d fds (baseline %d, +%d allowed)",
-		standin.NumGoroutines(), goroutines, gTol, openFDs(t), fds, fdTol)
+	return n
 }
 
 // raiseFDLimit makes room for n more descriptors.
@@ -204,7 +202,8 @@ func trickle(conn net.Conn, s string, interval time.Duration) {
 // against examples/Caddyfile, with the server limits the example sets.
 func TestHostileClients(t *testing.T) {
 	const abandoned = 5000
-	raiseFDLimit(t, 2*abandoned+4096) // both ends of every connection are in this process
+	t.Parallel()                      // Caddy runs in a process of its own
+	raiseFDLimit(t, 2*abandoned+4096) // before Caddy starts: it inherits the limit
 	began := time.Now()
 	cl := startCluster(t, 3)
 	c, lim := startExample(t, cl)
@@ -215,7 +214,7 @@ func TestHostileClients(t *testing.T) {
 		return cl.conns.Load() == 3
 	})
 	c.Client.CloseIdleConnections()
-	goroutines, fds := standin.NumGoroutines(), openFDs(t)
+	goroutines, fds := count(t, c.Goroutines), count(t, c.FDs)
 	stop := wellBehaved(t, c)
 	t.Logf("set up after %v", time.Since(began).Round(time.Millisecond))
 
@@ -436,6 +435,6 @@ func TestHostileClients(t *testing.T) {
 		t.Fatalf("gateway not ready after the attacks: %v %v %q", resp, err, b)
 	}
 	c.Client.CloseIdleConnections()
-	waitBaseline(t, goroutines, fds, 10, 5)
+	waitBaseline(t, c, goroutines, fds, 10, 5)
 	t.Logf("back to baseline after %v", time.Since(began).Round(time.Millisecond))
 }

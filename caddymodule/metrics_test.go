@@ -107,6 +107,7 @@ func metricSum(text, name string, labels ...string) float64 {
 // finds Mimir's request metrics with route names from the route table, then
 // reloads and finds them again. Two gateway instances share the collectors.
 func TestMetricsMimirStyle(t *testing.T) {
+	t.Parallel()
 	cl := startCluster(t, 1)
 	qf := startEchoBackend(t, "query_frontend")
 	handler := fmt.Sprintf(`[{"handler": "subroute", "routes": [
@@ -206,6 +207,7 @@ func checkMetrics(t *testing.T, before, after string, want map[string]float64) {
 // TestAccessLogFields checks that access log entries say where each
 // request went: route, backend component and, for gRPC, the endpoint.
 func TestAccessLogFields(t *testing.T) {
+	t.Parallel()
 	cl := startCluster(t, 1)
 	qf := startEchoBackend(t, "query_frontend")
 	c := testcaddy.Start(t, fmt.Sprintf(`[{"handler": "metrics_gateway", "proxy": {

@@ -60,6 +60,7 @@ func pushAs(t *testing.T, client *http.Client, tenant string, body []byte) (int,
 // sample count and tenant, and none of the other's. Queries and rule
 // changes, sent to the same cluster, are never mirrored.
 func TestMirrorTenants(t *testing.T) {
+	t.Parallel()
 	const clients, pushes = 4, 60
 	cl, m := startCluster(t, 3), mirrorCluster(t, 2)
 	c := testcaddy.Start(t, fmt.Sprintf(`[{"handler": "metrics_gateway", "proxy": {"default": {"url": %q}},
@@ -115,6 +116,7 @@ func TestMirrorTenants(t *testing.T) {
 // TestMirrorOnlyAccepted: a push the primary refuses or fails is not
 // copied (the client retries it, and the copy of the retry follows).
 func TestMirrorOnlyAccepted(t *testing.T) {
+	t.Parallel()
 	cl, m := startCluster(t, 1), mirrorCluster(t, 1)
 	var n atomic.Int64
 	cl.Distributors[0].SetBehavior(func(w http.ResponseWriter, r *http.Request) bool {
@@ -145,6 +147,7 @@ func TestMirrorOnlyAccepted(t *testing.T) {
 // TestMirrorPercent: percent 50 over 100 tenants mirrors 30 to 70 of them,
 // each with all of its pushes or none.
 func TestMirrorPercent(t *testing.T) {
+	t.Parallel()
 	cl, m := startCluster(t, 1), mirrorCluster(t, 1)
 	c := testcaddy.Start(t, fmt.Sprintf(`[{"handler": "metrics_gateway", "proxy": {"default": {"url": %q}},
 		"mirrors": [{"url": [%q], "percent": 50}]}]`, cl.Target(), m.Target()))
@@ -287,6 +290,7 @@ func mirrorEndpointState(t *testing.T, c *testcaddy.Caddy) string {
 // HTTP/2 without TLS, as an h2c:// backend would (the scheme sets the
 // transport's versions).
 func TestMirrorOverH2C(t *testing.T) {
+	t.Parallel()
 	cl := startCluster(t, 1)
 	d := standin.NewDistributor("mirror-over-h2c")
 	var overH2 atomic.Int64
@@ -317,6 +321,7 @@ func TestMirrorOverH2C(t *testing.T) {
 // TestMirrorOverHTTP: a mirror at an http:// URL gets the copies through
 // reverse_proxy's transport, with the tenant and body.
 func TestMirrorOverHTTP(t *testing.T) {
+	t.Parallel()
 	d, c := httpMirrorGateway(t, "mirror-over-http")
 	client := oneConnClient(t, c)
 	for i := 0; i < 10; i++ {
@@ -379,6 +384,7 @@ func TestMirrorOverHTTP(t *testing.T) {
 
 // TestMirrorInAdminView: the admin view lists the mirror with its endpoints.
 func TestMirrorInAdminView(t *testing.T) {
+	t.Parallel()
 	cl, m := startCluster(t, 1), mirrorCluster(t, 2)
 	c := testcaddy.Start(t, fmt.Sprintf(`[{"handler": "metrics_gateway", "proxy": {"default": {"url": %q}},
 		"mirrors": [{"url": [%q]}]}]`, cl.Target(), m.Target()))
@@ -398,6 +404,7 @@ func TestMirrorInAdminView(t *testing.T) {
 // lasts until the old config's requests are done; a copy offered to it
 // after that is counted dropped, never lost without a trace.
 func TestMirrorReloadKeepsCopiesInFlight(t *testing.T) {
+	t.Parallel()
 	cl := startCluster(t, 1)
 	m := mirrorCluster(t, 1)
 	cfg := func(maxInFlight int) string {
@@ -437,6 +444,7 @@ func TestMirrorReloadKeepsCopiesInFlight(t *testing.T) {
 // none in its copy either (Go's transport would add Go-http-client), as
 // reverse_proxy does for the primary.
 func TestHTTPMirrorAddsNoUserAgent(t *testing.T) {
+	t.Parallel()
 	d, c := httpMirrorGateway(t, "ua-mirror")
 	req := standin.NewPush("http://gateway"+standin.PushPath, standin.RemoteWriteBody(4, 1), "team-a")
 	req.Header["User-Agent"] = nil // the client sends none

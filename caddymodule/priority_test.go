@@ -116,6 +116,7 @@ func pushN(t *testing.T, c *testcaddy.Caddy, n int, body []byte) {
 // with at most 1 % failed pushes and none lost; once the first zone's DNS
 // name answers a live endpoint, traffic returns within refresh + 1 s.
 func TestGRPCZonesFailover(t *testing.T) {
+	t.Parallel()
 	const refresh = 300 * time.Millisecond
 	zs := startZones(t, 3, 2, zoneNames...) // zone a lists distributors 0, 1; 2 stands by
 	c := testcaddy.Start(t, zs.handlerJSON(`"refresh": "300ms"`, 0, 1, 2))
@@ -202,6 +203,7 @@ func TestGRPCZonesFailover(t *testing.T) {
 // TestGRPCZonesMinReady: with min_ready 2, the first zone stops serving
 // when it drops to one READY endpoint.
 func TestGRPCZonesMinReady(t *testing.T) {
+	t.Parallel()
 	zs := startZones(t, 2, 2, zoneNames[:2]...)
 	c := testcaddy.Start(t, zs.handlerJSON(`"refresh": "300ms", "min_ready": 2`, 0, 1))
 	body := standin.RemoteWriteBody(50, 1)
@@ -241,6 +243,7 @@ func TestGRPCZonesMinReady(t *testing.T) {
 // order of the targets and min_ready keeps every connection, and the new
 // first group serves.
 func TestGRPCZonesReorderKeepsConnections(t *testing.T) {
+	t.Parallel()
 	zs := startZones(t, 2, 2, zoneNames[:2]...)
 	c := testcaddy.Start(t, zs.handlerJSON("", 0, 1))
 	standin.WaitFor(t, 20*time.Second, "4 connections", func() bool { return zs.conns.Load() == 4 })
@@ -275,6 +278,7 @@ func TestGRPCZonesReorderKeepsConnections(t *testing.T) {
 // is read, an upload held by the old config leaves no room for a second
 // one under the new config: it is answered 503 (two budgets took both).
 func TestZoneReorderKeepsOneBudget(t *testing.T) {
+	t.Parallel()
 	zs := startZones(t, 1, 1, zoneNames[:2]...)
 	opts := fmt.Sprintf(`"timeout": "15s", "max_request_body": %d, "max_buffered_bytes": %d`, 16<<20, grpcpush.MinBufferedBytes(16<<20))
 	c := testcaddy.Start(t, zs.handlerJSON(opts, 0, 1))

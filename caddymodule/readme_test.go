@@ -10,6 +10,7 @@ import (
 // TestREADMERouteTable keeps the route table in README.md the same as the
 // one the gateway runs.
 func TestREADMERouteTable(t *testing.T) {
+	t.Parallel()
 	readme, err := os.ReadFile("../README.md")
 	if err != nil {
 		t.Fatal(err)

@@ -78,6 +78,7 @@ const parityCaddyfile = `{
 // the client's address trusted they are kept and extended, as reverse_proxy
 // does. Two X-Scope-OrgID lines are refused with 400 on both paths.
 func TestForwardedHeadersParity(t *testing.T) {
+	t.Parallel()
 	cl := startCluster(t, 1)
 	cl.Distributors[0].KeepRecords(100)
 	viaHTTP := standin.NewDistributor("http")
@@ -184,6 +185,7 @@ func last(t *testing.T, d *standin.Distributor) standin.Record {
 // the client's (413, no call); by default a 3 MiB answer passes even with a
 // small max_request_body.
 func TestGRPCResponseLimit(t *testing.T) {
+	t.Parallel()
 	cl := startCluster(t, 1)
 	large := bytes.Repeat([]byte("x"), 3<<20)
 	cl.Distributors[0].SetBehavior(func(w http.ResponseWriter, r *http.Request) bool {
@@ -240,6 +242,7 @@ func TestGRPCResponseLimit(t *testing.T) {
 // are not relayed, as reverse_proxy drops them; others are. Checked on the
 // gRPC path and on reverse_proxy's.
 func TestHopByHopResponseHeadersParity(t *testing.T) {
+	t.Parallel()
 	cl := startCluster(t, 1)
 	cl.Distributors[0].SetBehavior(func(w http.ResponseWriter, r *http.Request) bool {
 		w.Header().Set("Connection", "X-Hop-Secret")
@@ -312,6 +315,7 @@ func TestGRPCSlowUploadEndsAtTimeout(t *testing.T) {
 // a site's Set-Cookie beside the component's (replaced), and the
 // component's Content-Length for HEAD (dropped).
 func TestTunnelParity(t *testing.T) {
+	t.Parallel()
 	cl := startCluster(t, 1)
 	d := cl.Distributors[0]
 	d.KeepRecords(100)

@@ -10,6 +10,7 @@ import (
 // TestRouteScopes checks the scope each kind of request needs under
 // access_policies, per method where reads and writes differ.
 func TestRouteScopes(t *testing.T) {
+	t.Parallel()
 	rs, err := NewRoutes(RouteTable("/prometheus", "/alertmanager"))
 	if err != nil {
 		t.Fatal(err)
@@ -126,6 +127,7 @@ func TestRouteScopes(t *testing.T) {
 // TestEveryRouteHasAScope: a row without a scope would let any credential
 // through; only the gateway's own paths have none.
 func TestEveryRouteHasAScope(t *testing.T) {
+	t.Parallel()
 	for _, prefixes := range [][2]string{{"/prometheus", "/alertmanager"}, {"/api/prom", "/am"}} {
 		table := RouteTable(prefixes[0], prefixes[1])
 		seen := map[string]RouteScope{}

@@ -7,6 +7,7 @@ import (
 // TestRouteTable checks every row of the route table and its boundaries
 // with the default prefixes.
 func TestRouteTable(t *testing.T) {
+	t.Parallel()
 	rs, err := NewRoutes(RouteTable("/prometheus", "/alertmanager"))
 	if err != nil {
 		t.Fatal(err)
@@ -92,6 +93,7 @@ func TestRouteTable(t *testing.T) {
 }
 
 func TestRouteTableCustomPrefixes(t *testing.T) {
+	t.Parallel()
 	rs, err := NewRoutes(RouteTable("/mimir/prom", "/am"))
 	if err != nil {
 		t.Fatal(err)
@@ -120,6 +122,7 @@ func TestRouteTableCustomPrefixes(t *testing.T) {
 // Prometheus prefix: its rows coincide with fixed rows of the same
 // component, which is allowed.
 func TestRouteTableCortexPrefix(t *testing.T) {
+	t.Parallel()
 	rs, err := NewRoutes(RouteTable("/api/prom", "/alertmanager"))
 	if err != nil {
 		t.Fatal(err)
@@ -133,6 +136,7 @@ func TestRouteTableCortexPrefix(t *testing.T) {
 }
 
 func TestRouteTableCollidingPrefixes(t *testing.T) {
+	t.Parallel()
 	_, err := NewRoutes(RouteTable("/same", "/same"))
 	if err == nil || err.Error() != "route /same is claimed by both alertmanager and query_frontend: prometheus_http_prefix and alertmanager_http_prefix must not collide with each other or with fixed routes" {
 		t.Fatalf("got %v", err)
@@ -140,6 +144,7 @@ func TestRouteTableCollidingPrefixes(t *testing.T) {
 }
 
 func TestRouteNames(t *testing.T) {
+	t.Parallel()
 	rs, err := NewRoutes(RouteTable("/prometheus", "/alertmanager"))
 	if err != nil {
 		t.Fatal(err)

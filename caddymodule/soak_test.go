@@ -54,7 +54,7 @@ func snapshot(t *testing.T, c *testcaddy.Caddy, cl *cluster) soakSnapshot {
 
 func takeSnapshot(t *testing.T, c *testcaddy.Caddy, cl *cluster) soakSnapshot {
 	return soakSnapshot{
-		goroutines: standin.NumGoroutines(), fds: openFDs(t),
+		goroutines: standin.NumGoroutines(), fds: count(t, c.FDs),
 		upstreams: caddymodule.PooledGRPCUpstreams(), gateways: caddymodule.LiveGateways(),
 		serverConns: int(cl.conns.Load()), names: gatewaySeries(t, c), rss: rss(t),
 	}

@@ -9,6 +9,7 @@ import (
 // TestParseBackendURLWithoutScheme: an HTTP backend written without a
 // scheme is http://, as Caddy's reverse_proxy reads an upstream address.
 func TestParseBackendURLWithoutScheme(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		raw   string
 		dials []string
@@ -35,6 +36,7 @@ func TestParseBackendURLWithoutScheme(t *testing.T) {
 // TestParseBackendURLErrors: what a URL cannot be, with or without a
 // scheme; the message quotes the URL as written, but for a password in it.
 func TestParseBackendURLErrors(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct{ raw, want string }{
 		{":8080", `":8080" has no host`},
 		{"mimir:8080/api", `"mimir:8080/api": a backend URL is scheme://host[:port] only`},
@@ -72,6 +74,7 @@ func TestParseBackendURLErrors(t *testing.T) {
 // error quotes no piece of the password (config errors reach the admin
 // API's answers and logs).
 func TestURLErrorsHidePasswords(t *testing.T) {
+	t.Parallel()
 	for _, raw := range []string{
 		"dns:///mimir:9095 http://admin:hunter2@mimir:8080",
 		"http://mimir:8080 dns://admin:hunter2@10.0.0.1/mimir:9095",

@@ -1,11 +1,35 @@
 package grpcpush
 
 import (
+	"flag"
+	"runtime"
+	"strconv"
 	"testing"
+	"time"
 
 	"github.com/metrics-gateway/metrics_gateway/internal/standin"
 )
 
+// aMinuteUnresolvable is TestUnresolvableNameForAMinute's run, started
+// before the tests: a minute of waiting that overlaps theirs.
+var aMinuteUnresolvable *unresolvableRun
+
 // Every test leaves no goroutine behind: Handlers, clusters and servers
 // are stopped, and calls in flight end with them.
-func TestMain(m *testing.M) { standin.TestMain(m) }
+func TestMain(m *testing.M) {
+	flag.Parse()
+	given := false
+	flag.Visit(func(f *flag.Flag) { given = given || f.Name == "test.parallel" })
+	if !given {
+		// TestUnresolvableNameForAMinute waits for its run in a slot of
+		// its own: one more than the default, for the tests that work.
+		_ = flag.Set("test.parallel", strconv.Itoa(runtime.GOMAXPROCS(0)+1))
+	}
+	standin.TestMain(m, func() (after func()) {
+		aMinuteUnresolvable = runUnresolvable(time.Second, time.Minute)
+		return func() {
+			close(aMinuteUnresolvable.stop) // when the test did not run
+			<-aMinuteUnresolvable.done
+		}
+	})
+}

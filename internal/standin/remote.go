@@ -21,12 +21,26 @@ const remoteEnv = "METRICS_GATEWAY_STANDIN_SERVER"
 // TestMain is the TestMain of a package whose tests use StartRemote. In a
 // binary that StartRemote started, it serves the stand-ins (remoteMain);
 // otherwise it runs the tests and fails the run when a test leaves a
-// goroutine behind (goleak).
-func TestMain(m *testing.M) {
+// goroutine behind (goleak). Each of around is called before the tests,
+// and what it returns after them, before the leak check.
+func TestMain(m *testing.M, around ...func() (after func())) {
 	if code, ok := remoteMain(); ok {
 		os.Exit(code)
 	}
-	goleak.VerifyTestMain(m)
+	goleak.VerifyTestMain(aroundRun{m, around})
+}
+
+// aroundRun is a testing.M whose Run is wrapped by functions.
+type aroundRun struct {
+	m      *testing.M
+	around []func() (after func())
+}
+
+func (r aroundRun) Run() int {
+	for _, f := range r.around {
+		defer f()()
+	}
+	return r.m.Run()
 }
 
 // remoteMain serves, when the test binary was started by StartRemote, n

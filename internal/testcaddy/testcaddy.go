@@ -1,7 +1,9 @@
-// Package testcaddy runs a real Caddy in the test process, with its admin API
-// and HTTP server on unix sockets in the test's temporary directory, so that
-// tests bind no TCP port and packages can run in parallel. Caddy's state is
-// process-wide: one Caddy per test at a time (no t.Parallel).
+// Package testcaddy runs a real Caddy, with its admin API and HTTP server on
+// unix sockets in the test's temporary directory, so that tests bind no TCP
+// port and packages can run in parallel. Caddy's state is process-wide: the
+// tests that run one in the test process (Start, StartCaddyfile, StartJSON)
+// take turns, while those that run it in a child process (StartProcess) do
+// not wait.
 package testcaddy
 
 import (
@@ -14,6 +16,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -36,13 +39,47 @@ type Caddy struct {
 	AccessLog string
 	// Client sends requests to the HTTP server; any host name reaches it.
 	Client *http.Client
-	admin  *http.Client
+	// Process is the child process of a Caddy started by StartProcess;
+	// nil for one in the test process.
+	Process *Process
+	admin   *http.Client
+}
+
+// turn is held by the test whose Caddy runs in the test process.
+var (
+	turn   = make(chan struct{}, 1)
+	turnMu sync.Mutex
+	holder testing.TB // the test holding turn
+)
+
+// takeTurn waits until no other test runs a Caddy in this process and
+// gives the turn back when the test ends (after Caddy has stopped: the
+// cleanup registered first runs last). A test starting a second Caddy
+// (which replaces its first) has the turn already.
+func takeTurn(t testing.TB) {
+	turnMu.Lock()
+	mine := holder == t
+	turnMu.Unlock()
+	if mine {
+		return
+	}
+	turn <- struct{}{}
+	turnMu.Lock()
+	holder = t
+	turnMu.Unlock()
+	t.Cleanup(func() {
+		turnMu.Lock()
+		holder = nil
+		turnMu.Unlock()
+		<-turn
+	})
 }
 
 // Start loads a config whose single HTTP server runs the given handlers (a
 // JSON array of handler objects) and stops Caddy when the test ends.
 func Start(t testing.TB, handlers string) *Caddy {
 	t.Helper()
+	takeTurn(t)
 	c := newCaddy(t)
 	if err := caddy.Load(c.Config(handlers), true); err != nil {
 		t.Fatalf("loading config: %v", err)
@@ -59,6 +96,7 @@ func Start(t testing.TB, handlers string) *Caddy {
 // logs into the test's directory, and loads it.
 func StartCaddyfile(t testing.TB, caddyfile string) *Caddy {
 	t.Helper()
+	takeTurn(t)
 	c := newCaddy(t)
 	cfg, err := c.Adapt(caddyfile)
 	if err != nil {
@@ -76,6 +114,7 @@ func StartCaddyfile(t testing.TB, caddyfile string) *Caddy {
 // protocols), and stops Caddy when the test ends.
 func StartJSON(t testing.TB, config func(c *Caddy) string) *Caddy {
 	t.Helper()
+	takeTurn(t)
 	c := newCaddy(t)
 	if err := caddy.Load([]byte(config(c)), true); err != nil {
 		t.Fatalf("loading config: %v", err)
