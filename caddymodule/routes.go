@@ -77,6 +77,14 @@ type RouteScope struct {
 	Read, Write access.Scope
 }
 
+// String is the scope, or the read and write scopes with their methods.
+func (s RouteScope) String() string {
+	if s.Read == s.Write {
+		return string(s.Read)
+	}
+	return string(s.Read) + " (GET, HEAD, OPTIONS) / " + string(s.Write) + " (others)"
+}
+
 // ScopeFor returns the scope a request with the given method needs on the
 // route ("" for the gateway's own paths).
 func (r *Route) ScopeFor(method string) access.Scope {
@@ -100,6 +108,10 @@ var (
 	scopeDelete       = scope(access.ScopeMetricsDelete)
 	scopeRules        = scopeRW(access.ScopeRulesRead, access.ScopeRulesWrite)
 	scopeAlerts       = scopeRW(access.ScopeAlertsRead, access.ScopeAlertsWrite)
+	// scopeQueries is a query API's prefix: reads by GET, and any other
+	// method only for admin, where the rows below it name no query taken
+	// by POST (a write there is not a query).
+	scopeQueries = scopeRW(access.ScopeMetricsRead, access.ScopeAdmin)
 )
 
 // Placeholders in route paths for the configurable Prometheus and
@@ -137,7 +149,7 @@ var routeTable = []Route{
 	{Path: "/api/prom/api/v1/rules", Match: Prefix, Component: ComponentRuler, Scope: scopeRules},
 	{Path: "/api/prom/api/v1/alerts", Match: Prefix, Component: ComponentRuler, Scope: scopeRules},
 
-	{Path: prometheusPrefix, Match: Prefix, Component: ComponentQueryFrontend, Scope: scopeMetricsRead},
+	{Path: prometheusPrefix, Match: Prefix, Component: ComponentQueryFrontend, Scope: scopeQueries},
 	{Path: prometheusPrefix + "/api/v1", Match: Prefix, Component: ComponentQueryFrontend, Name: "prometheus_api_v1_other", Scope: scopeMetricsRead},
 	{Path: prometheusPrefix + "/api/v1/query", Match: Exact, Component: ComponentQueryFrontend, Scope: scopeMetricsRead},
 	{Path: prometheusPrefix + "/api/v1/query_range", Match: Exact, Component: ComponentQueryFrontend, Scope: scopeMetricsRead},
@@ -151,7 +163,17 @@ var routeTable = []Route{
 	{Path: prometheusPrefix + "/api/v1/format_query", Match: Exact, Component: ComponentQueryFrontend, Scope: scopeMetricsRead},
 	// Prometheus's TSDB admin API (Cortex's series deletion): not a read.
 	{Path: prometheusPrefix + "/api/v1/admin", Match: Prefix, Component: ComponentQueryFrontend, Scope: scopeDelete},
-	{Path: "/api/prom", Match: Prefix, Component: ComponentQueryFrontend, Scope: scopeMetricsRead},
+	// Cortex's legacy prefix also carries its configs API (rules,
+	// Alertmanager configuration) and, on an Alertmanager, the whole
+	// Alertmanager API: those writes need their own scopes.
+	{Path: "/api/prom", Match: Prefix, Component: ComponentQueryFrontend, Scope: scopeQueries},
+	{Path: "/api/prom/read", Match: Exact, Component: ComponentQueryFrontend, Scope: scopeMetricsRead},
+	{Path: "/api/prom/configs/rules", Match: Prefix, Component: ComponentQueryFrontend, Scope: scopeRules},
+	{Path: "/api/prom/configs/alertmanager", Match: Prefix, Component: ComponentQueryFrontend, Scope: scopeAlerts},
+	{Path: "/api/prom/configs/templates", Match: Prefix, Component: ComponentQueryFrontend, Scope: scopeAlerts},
+	{Path: "/api/prom/api/v1/silence", Match: Prefix, Component: ComponentQueryFrontend, Scope: scopeAlerts},
+	{Path: "/api/prom/api/v1/silences", Match: Prefix, Component: ComponentQueryFrontend, Scope: scopeAlerts},
+	{Path: "/api/prom/api/v2", Match: Prefix, Component: ComponentQueryFrontend, Scope: scopeAlerts},
 	{Path: "/api/prom/api/v1", Match: Prefix, Component: ComponentQueryFrontend, Name: "api_prom_api_v1_other", Scope: scopeMetricsRead},
 	{Path: "/api/prom/api/v1/admin", Match: Prefix, Component: ComponentQueryFrontend, Scope: scopeDelete},
 	{Path: "/api/v1/status/buildinfo", Match: Exact, Component: ComponentQueryFrontend, Scope: scopeMetricsRead},
@@ -165,11 +187,14 @@ var routeTable = []Route{
 
 	{Path: "/admin/api", Match: Prefix, Component: ComponentAdminAPI, Scope: scopeAdmin},
 
-	// GEM's Graphite proxy: a POST to /graphite/metrics ingests (a GET
-	// there is graphite-web's metrics find); everything else reads, POSTs
-	// to /render and /metrics/find included (Grafana's Graphite data source
-	// posts them). Below /graphite/metrics only the known reads are reads.
-	{Path: "/graphite", Match: Prefix, Component: ComponentGraphite, Scope: scopeMetricsRead},
+	// GEM's Graphite proxy: reads by GET; a POST to /graphite/metrics
+	// ingests (a GET there is graphite-web's metrics find), one to
+	// /graphite/config/* replaces the tenant's storage schemas or
+	// aggregations, so any method but a read needs metrics:write, except
+	// the reads Grafana's Graphite data source posts (/render,
+	// /metrics/find).
+	{Path: "/graphite", Match: Prefix, Component: ComponentGraphite, Scope: scopeRW(access.ScopeMetricsRead, access.ScopeMetricsWrite)},
+	{Path: "/graphite/render", Match: Prefix, Component: ComponentGraphite, Scope: scopeMetricsRead},
 	{Path: "/graphite/metrics", Match: Prefix, Component: ComponentGraphite, Scope: scopeRW(access.ScopeMetricsRead, access.ScopeMetricsWrite)},
 	{Path: "/graphite/metrics/find", Match: Prefix, Component: ComponentGraphite, Scope: scopeMetricsRead},
 	{Path: "/graphite/metrics/expand", Match: Prefix, Component: ComponentGraphite, Scope: scopeMetricsRead},
@@ -226,10 +251,10 @@ func NewRoutes(table []Route) (*Routes, error) {
 		}
 		if prev, dup := m[row.Path]; dup {
 			// A prefix may legitimately coincide with a fixed row of the
-			// same component (Cortex's legacy /api/prom as the Prometheus
-			// prefix); the first row keeps its name.
-			if prev.Component != row.Component {
-				return nil, &duplicateRouteError{path: row.Path, a: prev.Component, b: row.Component}
+			// same component and scopes (Cortex's legacy /api/prom as the
+			// Prometheus prefix); the first row keeps its name.
+			if prev.Component != row.Component || prev.Scope != row.Scope {
+				return nil, &duplicateRouteError{path: row.Path, a: *prev, b: *row}
 			}
 			continue
 		}
@@ -240,11 +265,15 @@ func NewRoutes(table []Route) (*Routes, error) {
 
 type duplicateRouteError struct {
 	path string
-	a, b Component
+	a, b Route
 }
 
 func (e *duplicateRouteError) Error() string {
-	return "route " + e.path + " is claimed by both " + string(e.a) + " and " + string(e.b) +
+	claim := func(r Route) string { return string(r.Component) }
+	if e.a.Component == e.b.Component {
+		claim = func(r Route) string { return string(r.Component) + " with scope " + r.Scope.String() }
+	}
+	return "route " + e.path + " is claimed by both " + claim(e.a) + " and " + claim(e.b) +
 		": prometheus_http_prefix and alertmanager_http_prefix must not collide with each other or with fixed routes"
 }
 

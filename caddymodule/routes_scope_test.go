@@ -64,11 +64,38 @@ func TestRouteScopes(t *testing.T) {
 		{get, "/graphite/metrics/expand", mr},
 		{get, "/graphite/tags/autoComplete/tags", mr},
 
-		// Graphite ingestion.
+		{post, "/api/prom/read", mr},
+		{post, "/api/prom/api/v1/query_range", mr},
+
+		// Graphite ingestion, and GEM's per-tenant storage schemas and
+		// aggregations (a POST replaces them); any Graphite request but a
+		// read is a write.
 		{post, "/graphite/metrics", mw},
 		{post, "/graphite/metrics/", mw},
 		{get, "/graphite/metrics", mr},
 		{post, "/graphite/metrics/other", mw},
+		{get, "/graphite/config/storageSchemas", mr},
+		{post, "/graphite/config/storageSchemas", mw},
+		{post, "/graphite/config/storageAggregations", mw},
+		{post, "/graphite/tags/delSeries", mw},
+
+		// Writes under a query API's prefix are not queries: Cortex's
+		// configs API and, on an Alertmanager, the Alertmanager API under
+		// /api/prom.
+		{post, "/prometheus/anything", admin},
+		{get, "/prometheus/anything", mr},
+		{post, "/api/prom/configs/rules", rw},
+		{get, "/api/prom/configs/rules", rr},
+		{post, "/api/prom/configs/alertmanager", aw},
+		{post, "/api/prom/configs/alertmanager/validate", aw},
+		{post, "/api/prom/configs/templates", aw},
+		{del, "/api/prom/configs/deactivate", admin},
+		{post, "/api/prom/configs/restore", admin},
+		{post, "/api/prom/api/v1/silences", aw},
+		{del, "/api/prom/api/v1/silence/abc", aw},
+		{get, "/api/prom/api/v2/alerts", ar},
+		{post, "/api/prom/api/v2/silences", aw},
+		{del, "/api/prom/api/v2/silence/abc", aw},
 
 		// Deletion.
 		{post, "/compactor/delete_tenant", md},

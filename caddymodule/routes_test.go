@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"strings"
 	"testing"
 )
 
@@ -139,6 +140,17 @@ func TestRouteTableCollidingPrefixes(t *testing.T) {
 	t.Parallel()
 	_, err := NewRoutes(RouteTable("/same", "/same"))
 	if err == nil || err.Error() != "route /same is claimed by both alertmanager and query_frontend: prometheus_http_prefix and alertmanager_http_prefix must not collide with each other or with fixed routes" {
+		t.Fatalf("got %v", err)
+	}
+}
+
+// TestRouteTablePrefixOnAFixedRow: a prefix that coincides with a fixed
+// row of its component but other scopes (the multi-tenant Alertmanager's
+// admin pages) is refused, not silently given the first row's scope.
+func TestRouteTablePrefixOnAFixedRow(t *testing.T) {
+	t.Parallel()
+	_, err := NewRoutes(RouteTable("/prometheus", "/multitenant_alertmanager"))
+	if err == nil || !strings.Contains(err.Error(), "route /multitenant_alertmanager is claimed by both alertmanager with scope alerts:read (GET, HEAD, OPTIONS) / alerts:write (others) and alertmanager with scope admin") {
 		t.Fatalf("got %v", err)
 	}
 }
