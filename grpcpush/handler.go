@@ -281,6 +281,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, c *call, start t
 	defer cancel()
 	ctx = metadata.NewOutgoingContext(ctx, c.outgoingMD(tenant))
 	if err := h.invoke(ctx, c); err != nil {
+		c.releaseBody() // the call is done, as below: its error answer may meet a slow reader
 		return h.callError(w, r, c, err)
 	}
 	if hm := c.group.tracker.health; hm != nil {
@@ -289,10 +290,11 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, c *call, start t
 	if !validStatus(int(c.resp.Code)) {
 		return 0, h.failed(c, r, http.StatusBadGateway, fmt.Sprintf("invalid status %d", c.resp.Code))
 	}
-	if c.site.tee != nil && c.resp.Code/100 == 2 {
-		// Once the primary accepted it: the copy never competes with the
-		// primary's call, and a push the client will retry (refused or
-		// failed) is not copied twice.
+	if c.site.tee != nil && c.resp.Code/100 == 2 && int64(len(c.resp.Body)) <= h.s.maxResponse {
+		// Once the primary accepted it (and the client is told so, not
+		// 502 for an answer over max_response_body): the copy never
+		// competes with the primary's call, and a push the client will
+		// retry (refused or failed) is not copied twice.
 		c.site.tee.Copy(c.view(tenant))
 	}
 	// The call is done: the body leaves the budget before a client that

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -394,6 +395,37 @@ func TestSlowReaderHoldsNoBody(t *testing.T) {
 	l.conns <- s
 	t.Cleanup(func() { c.Close() })
 	go fmt.Fprintf(c, "GET /prometheus/api/v1/query_range?query=up HTTP/1.1\r\nHost: gw\r\nX-Scope-OrgID: tenant-1\r\n\r\n")
+	go func() { _, _ = c.Read(make([]byte, 64)) }() // the start of the answer, then nothing more
+	standin.WaitFor(t, 20*time.Second, "the call made", func() bool { return cl.Distributors[0].Requests() == 1 })
+	standin.WaitFor(t, 20*time.Second, "the body out of the budget", func() bool { return h.own.budget.Used() == 0 })
+	if n := done.Load(); n != 0 {
+		t.Fatalf("the request ended (%d): the answer was not held by the slow reader", n)
+	}
+}
+
+// TestSlowReaderOfAnErrorHoldsNoBody is TestSlowReaderHoldsNoBody for a
+// push the component refuses: a 5xx (dskit's httpgrpc server returns it as
+// a gRPC error carrying the answer) larger than the connection's buffers,
+// to a client that does not read it.
+func TestSlowReaderOfAnErrorHoldsNoBody(t *testing.T) {
+	var done atomic.Int64
+	cl := startCluster(t, 1)
+	cl.Distributors[0].SetBehavior(func(w http.ResponseWriter, r *http.Request) bool {
+		http.Error(w, strings.Repeat("e", 1<<20), http.StatusInternalServerError)
+		return true
+	})
+	h := newHandler(t, cl, Options{Retries: Ptr(0), OnDone: func(*http.Request, string, int) { done.Add(1) }})
+	waitReady(t, h, 1)
+	l := &pipeListener{conns: make(chan net.Conn), done: make(chan struct{})}
+	srv := &http.Server{Handler: h}
+	go func() { _ = srv.Serve(l) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	c, s := net.Pipe()
+	l.conns <- s
+	t.Cleanup(func() { c.Close() })
+	body := strings.Repeat("b", 1<<20)
+	go fmt.Fprintf(c, "POST %s HTTP/1.1\r\nHost: gw\r\nX-Scope-OrgID: tenant-1\r\nContent-Length: %d\r\n\r\n%s",
+		standin.PushPath, len(body), body)
 	go func() { _, _ = c.Read(make([]byte, 64)) }() // the start of the answer, then nothing more
 	standin.WaitFor(t, 20*time.Second, "the call made", func() bool { return cl.Distributors[0].Requests() == 1 })
 	standin.WaitFor(t, 20*time.Second, "the body out of the budget", func() bool { return h.own.budget.Used() == 0 })

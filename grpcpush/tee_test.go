@@ -1,6 +1,7 @@
 package grpcpush
 
 import (
+	"errors"
 	"net/http"
 	"net/http/httptest"
 	"sync/atomic"
@@ -54,5 +55,28 @@ func TestPriorityTee(t *testing.T) {
 	_ = p.Handle(w, pushRequest(body))
 	if n := tee.n.Load(); n != 2 {
 		t.Errorf("a refused request reached the Tee (%d copies)", n)
+	}
+}
+
+// TestTeeNotForAnAnswerTheClientGetsAsFailure: a 2xx whose body is over
+// max_response_body reaches the client as 502, which it retries: the Tee
+// gets no copy of it, or the retry would be mirrored twice.
+func TestTeeNotForAnAnswerTheClientGetsAsFailure(t *testing.T) {
+	cl := startCluster(t, 1)
+	cl.Distributors[0].SetBehavior(func(w http.ResponseWriter, r *http.Request) bool {
+		_, _ = w.Write(make([]byte, 2048)) // 200 with a body over the limit below
+		return true
+	})
+	tee := &countingTee{}
+	p, err := NewPriority([]*Handler{newHandler(t, cl, Options{MaxResponseBody: 1024})}, PriorityOptions{Tee: tee})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var e *Error
+	if err := p.Handle(httptest.NewRecorder(), pushRequest(standin.RemoteWriteBody(10, 1))); !errors.As(err, &e) || e.Status != http.StatusBadGateway {
+		t.Fatalf("the client's answer: %v, want 502", err)
+	}
+	if n := tee.n.Load(); n != 0 {
+		t.Errorf("the client got 502 (and retries the push) but the Tee got %d copies of it", n)
 	}
 }
