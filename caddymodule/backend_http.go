@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"sync"
 	"sync/atomic"
 
 	"github.com/caddyserver/caddy/v2"
@@ -132,17 +133,23 @@ func (h *httpBackend) serve(w http.ResponseWriter, r *http.Request, next caddyht
 			return h.answer(w, r, bodyStatus(err), string(h.name)+": reading request body: "+err.Error())
 		}
 		// The primary gets the same bytes, from memory, through a reader
-		// that holds them until the transport, or this handler, closes it.
+		// that holds them until the transport, or answered, closes it.
 		body := q.BodyReader()
-		defer body.Close()
 		r.Body, r.ContentLength = body, int64(len(q.Body()))
-		defer q.Release()
-		defer func() {
-			// Once the primary accepted it, as on the gRPC path.
-			if rec, ok := w.(caddyhttp.ResponseRecorder); ok && rec.Status()/100 == 2 {
-				h.tee.Copy(q)
-			}
-		}()
+		var once sync.Once
+		answered := func(status int) {
+			once.Do(func() {
+				if status/100 == 2 { // once the primary accepted it, as on the gRPC path
+					h.tee.Copy(q)
+				}
+				// The primary has answered: the body leaves the budget
+				// before a client that reads slowly could keep it there.
+				q.Release()
+				_ = body.Close()
+			})
+		}
+		defer answered(0) // no answer (the primary failed): nothing to copy
+		w = &answerWatcher{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, answered: answered}
 	}
 	err := h.rp.ServeHTTP(w, r, next)
 	if err == nil || hasErrorRoutes(r) || responseStarted(w) || r.Context().Err() != nil {
@@ -157,6 +164,25 @@ func (h *httpBackend) serve(w http.ResponseWriter, r *http.Request, next caddyht
 	h.logger.Error("backend failed", zap.String("backend", string(h.name)), zap.String("target", h.target),
 		zap.Int("status", code), zap.Error(cause), zap.String("uri", r.URL.RequestURI())) // origin form, without user info
 	return h.answer(w, r, code, string(h.name)+" "+h.target+": "+cause.Error())
+}
+
+// answerWatcher calls answered with the primary's final status as it is
+// written.
+type answerWatcher struct {
+	*caddyhttp.ResponseWriterWrapper
+	answered func(status int)
+}
+
+func (a *answerWatcher) WriteHeader(status int) {
+	if status >= 200 {
+		a.answered(status)
+	}
+	a.ResponseWriterWrapper.WriteHeader(status)
+}
+
+func (a *answerWatcher) Write(b []byte) (int, error) {
+	a.answered(http.StatusOK) // no WriteHeader: net/http's implicit 200
+	return a.ResponseWriterWrapper.Write(b)
 }
 
 // bodyStatus is the status of a body that could not be read whole for the

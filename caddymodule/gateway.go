@@ -370,7 +370,8 @@ func (g *Gateway) serveRoute(w http.ResponseWriter, r *http.Request, next caddyh
 	if status, msg := g.admit(w, r, route, repl); status != 0 {
 		return g.answerError(w, r, status, msg)
 	}
-	return g.backends[route.Component].serve(w, r, next, len(g.tee) > 0 && route.mirrored(r.Method))
+	mirrored := len(g.tee) > 0 && route.mirrored(r.Method) && g.tee.Mirrors(r.Header.Get(tenantHeader))
+	return g.backends[route.Component].serve(w, r, next, mirrored)
 }
 
 // targetProblem says why r's request target cannot be served as routed, or

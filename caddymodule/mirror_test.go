@@ -1,7 +1,10 @@
 package caddymodule_test
 
 import (
+	"bufio"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -470,4 +473,84 @@ func httpMirrorGateway(t *testing.T, name string) (*standin.Distributor, *testca
 	t.Cleanup(srv.Close)
 	return d, testcaddy.Start(t, fmt.Sprintf(`[{"handler": "metrics_gateway", "proxy": {"default": {"url": %q}},
 		"mirrors": [{"url": [%q]}]}]`, cl.Target(), srv.URL))
+}
+
+// httpPrimaryBuffered is the bytes the mirrored writes to the HTTP backend
+// default hold in its max_buffered_bytes.
+func httpPrimaryBuffered(t *testing.T, c *testcaddy.Caddy) int64 {
+	t.Helper()
+	for _, bs := range backendStatuses(t, c) {
+		if bs.Component == "default" {
+			return bs.BufferedBytes
+		}
+	}
+	t.Fatal("no backend default in the admin view")
+	return 0
+}
+
+// TestHTTPPrimarySlowReaderHoldsNoBody: with mirrors, a write to an HTTP
+// primary is read into a buffer of the backend's max_buffered_bytes. Once
+// the primary has answered, the body leaves the bound, also while a client
+// that does not read keeps the answer from being written (as on the gRPC
+// path, grpcpush's TestSlowReaderHoldsNoBody).
+func TestHTTPPrimarySlowReaderHoldsNoBody(t *testing.T) {
+	t.Parallel()
+	m := mirrorCluster(t, 1)
+	var answered atomic.Int64
+	primary := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, strings.Repeat("x", 4<<20), http.StatusTooManyRequests) // a long refusal
+		answered.Add(1)
+	}))
+	t.Cleanup(primary.Close)
+	c := testcaddy.Start(t, fmt.Sprintf(`[{"handler": "metrics_gateway", "proxy": {"default": {"url": %q}},
+		"mirrors": [{"url": [%q]}]}]`, primary.URL, m.Target()))
+	conn, err := net.Dial("unix", c.HTTPSock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	body := strings.Repeat("b", 1<<20)
+	go fmt.Fprintf(conn, "POST %s HTTP/1.1\r\nHost: gw\r\nX-Scope-OrgID: team-a\r\nContent-Length: %d\r\n\r\n%s",
+		standin.PushPath, len(body), body) // and the answer is never read
+	standin.WaitFor(t, 20*time.Second, "the primary to answer", func() bool { return answered.Load() == 1 })
+	standin.WaitFor(t, 20*time.Second, "the body out of max_buffered_bytes", func() bool { return httpPrimaryBuffered(t, c) == 0 })
+}
+
+// TestHTTPPrimaryStreamsUnmirroredWrites: a write of a tenant no mirror
+// takes is streamed to an HTTP primary as without mirrors, not read whole
+// into max_buffered_bytes first.
+func TestHTTPPrimaryStreamsUnmirroredWrites(t *testing.T) {
+	t.Parallel()
+	m := mirrorCluster(t, 1)
+	arrived := make(chan struct{}, 1)
+	primary := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		arrived <- struct{}{}
+		_, _ = io.Copy(io.Discard, r.Body)
+	}))
+	t.Cleanup(primary.Close)
+	c := testcaddy.Start(t, fmt.Sprintf(`[{"handler": "metrics_gateway", "proxy": {"default": {"url": %q}},
+		"mirrors": [{"url": [%q], "tenants": ["team-a"]}]}]`, primary.URL, m.Target()))
+	conn, err := net.Dial("unix", c.HTTPSock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	body := strings.Repeat("b", 1<<20)
+	// Half the body, then nothing until the primary has the request.
+	fmt.Fprintf(conn, "POST %s HTTP/1.1\r\nHost: gw\r\nX-Scope-OrgID: team-b\r\nContent-Length: %d\r\n\r\n%s",
+		standin.PushPath, len(body), body[:len(body)/2])
+	select {
+	case <-arrived:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the primary got no request in 20s: the half-sent body of team-b (no mirror takes it) was being read whole first")
+	}
+	if n := httpPrimaryBuffered(t, c); n != 0 {
+		t.Errorf("%d bytes of team-b's write in max_buffered_bytes", n)
+	}
+	_, _ = io.WriteString(conn, body[len(body)/2:])
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("the push: %v %v", resp, err)
+	}
+	resp.Body.Close()
 }

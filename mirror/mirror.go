@@ -340,6 +340,17 @@ func (m *Mirror) stop() {
 // Set is several Mirrors; each request goes to each of them.
 type Set []*Mirror
 
+// Mirrors reports whether a mirror of s takes requests of tenant: a write
+// no mirror takes need not be held for a copy.
+func (s Set) Mirrors(tenant string) bool {
+	for _, m := range s {
+		if m.Mirrors(tenant) {
+			return true
+		}
+	}
+	return false
+}
+
 // Copy implements grpcpush.Tee.
 func (s Set) Copy(q *grpcpush.Request) {
 	for _, m := range s {
