@@ -345,7 +345,8 @@ func (s *httpMirror) status() BackendStatus {
 }
 
 // mirrored reports whether a request is a write the mirrors copy: a POST
-// whose route needs metrics:write, except block uploads (the compactor's).
+// on a route that ingests series. Other writes (block uploads, Graphite's
+// storage schemas) are not copied.
 func (r *Route) mirrored(method string) bool {
-	return method == http.MethodPost && r.Scope.Write == scopeMetricsWrite.Write && r.Component != ComponentCompactor
+	return method == http.MethodPost && r.Ingests
 }

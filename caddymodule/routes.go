@@ -69,6 +69,9 @@ type Route struct {
 	// Scope is what a request on the route needs under access_policies
 	// (see ScopeFor); zero for the paths the gateway answers itself.
 	Scope RouteScope
+	// Ingests marks the routes whose POSTs write series (pushes, OTLP,
+	// Graphite ingestion): the writes mirrors copy.
+	Ingests bool
 }
 
 // RouteScope is the access scope of a route's requests: Read for the
@@ -129,10 +132,10 @@ var routeTable = []Route{
 	{Path: "/", Match: Exact, Component: ComponentGateway},
 	{Path: "/ready", Match: Exact, Component: ComponentGateway},
 
-	{Path: "/api/v1/push", Match: Prefix, Component: ComponentDistributor, Scope: scopeMetricsWrite},
-	{Path: "/otlp/v1/metrics", Match: Prefix, Component: ComponentDistributor, Scope: scopeMetricsWrite},
+	{Path: "/api/v1/push", Match: Prefix, Component: ComponentDistributor, Scope: scopeMetricsWrite, Ingests: true},
+	{Path: "/otlp/v1/metrics", Match: Prefix, Component: ComponentDistributor, Scope: scopeMetricsWrite, Ingests: true},
 	{Path: "/distributor", Match: Prefix, Component: ComponentDistributor, Scope: scopeAdmin},
-	{Path: "/api/prom/push", Match: Exact, Component: ComponentDistributor, Scope: scopeMetricsWrite},
+	{Path: "/api/prom/push", Match: Exact, Component: ComponentDistributor, Scope: scopeMetricsWrite, Ingests: true},
 
 	{Path: "/ingester", Match: Prefix, Component: ComponentIngester, Scope: scopeAdmin},
 
@@ -195,7 +198,7 @@ var routeTable = []Route{
 	// /metrics/find).
 	{Path: "/graphite", Match: Prefix, Component: ComponentGraphite, Scope: scopeRW(access.ScopeMetricsRead, access.ScopeMetricsWrite)},
 	{Path: "/graphite/render", Match: Prefix, Component: ComponentGraphite, Scope: scopeMetricsRead},
-	{Path: "/graphite/metrics", Match: Prefix, Component: ComponentGraphite, Scope: scopeRW(access.ScopeMetricsRead, access.ScopeMetricsWrite)},
+	{Path: "/graphite/metrics", Match: Prefix, Component: ComponentGraphite, Scope: scopeRW(access.ScopeMetricsRead, access.ScopeMetricsWrite), Ingests: true},
 	{Path: "/graphite/metrics/find", Match: Prefix, Component: ComponentGraphite, Scope: scopeMetricsRead},
 	{Path: "/graphite/metrics/expand", Match: Prefix, Component: ComponentGraphite, Scope: scopeMetricsRead},
 }

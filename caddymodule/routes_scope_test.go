@@ -176,3 +176,36 @@ func TestEveryRouteHasAScope(t *testing.T) {
 		}
 	}
 }
+
+// TestMirroredRoutes: the mirrors copy the POSTs that ingest series, and no
+// other write.
+func TestMirroredRoutes(t *testing.T) {
+	t.Parallel()
+	rs, err := NewRoutes(RouteTable("/prometheus", "/alertmanager"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		method, path string
+		want         bool
+	}{
+		{http.MethodPost, "/api/v1/push", true},
+		{http.MethodPost, "/api/v1/push/influx/write", true},
+		{http.MethodPost, "/otlp/v1/metrics", true},
+		{http.MethodPost, "/api/prom/push", true},
+		{http.MethodPost, "/graphite/metrics", true},
+		{http.MethodGet, "/api/v1/push", false},
+		{http.MethodPut, "/api/v1/push", false},
+		{http.MethodGet, "/graphite/metrics", false},
+		{http.MethodPost, "/graphite/metrics/find", false},
+		{http.MethodPost, "/graphite/config/storageSchemas", false},
+		{http.MethodPost, "/graphite/tags/delSeries", false},
+		{http.MethodPost, "/api/v1/upload/block/01ABC/start", false},
+		{http.MethodPost, "/prometheus/config/v1/rules/ns", false},
+		{http.MethodPost, "/prometheus/api/v1/query", false},
+	} {
+		if got := rs.Match(c.path).mirrored(c.method); got != c.want {
+			t.Errorf("%s %s mirrored: %v, want %v", c.method, c.path, got, c.want)
+		}
+	}
+}
