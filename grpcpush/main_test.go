@@ -1,9 +1,7 @@
 package grpcpush
 
 import (
-	"flag"
 	"runtime"
-	"strconv"
 	"testing"
 	"time"
 
@@ -17,14 +15,9 @@ var aMinuteUnresolvable *unresolvableRun
 // Every test leaves no goroutine behind: Handlers, clusters and servers
 // are stopped, and calls in flight end with them.
 func TestMain(m *testing.M) {
-	flag.Parse()
-	given := false
-	flag.Visit(func(f *flag.Flag) { given = given || f.Name == "test.parallel" })
-	if !given {
-		// TestUnresolvableNameForAMinute waits for its run in a slot of
-		// its own: one more than the default, for the tests that work.
-		_ = flag.Set("test.parallel", strconv.Itoa(runtime.GOMAXPROCS(0)+1))
-	}
+	// TestUnresolvableNameForAMinute waits for its run in a slot of its
+	// own: one more than the default, for the tests that work.
+	standin.SetDefaultParallel(runtime.GOMAXPROCS(0) + 1)
 	standin.TestMain(m, func() (after func()) {
 		aMinuteUnresolvable = runUnresolvable(time.Second, time.Minute)
 		return func() {

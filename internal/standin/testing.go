@@ -3,9 +3,11 @@ package standin
 import (
 	"bytes"
 	"context"
+	"flag"
 	"net/http"
 	"os"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -214,4 +216,17 @@ func PushCPU(b *testing.B, bodyLen, warmUp int, push func() error) {
 			}
 		}
 	})
+}
+
+// SetDefaultParallel makes n the -parallel of a test binary unless its
+// command line gives one: for packages whose parallel tests mostly wait
+// (on timers, child processes, their turn at a shared resource) rather
+// than compute. Call it in TestMain, before m.Run.
+func SetDefaultParallel(n int) {
+	flag.Parse()
+	given := false
+	flag.Visit(func(f *flag.Flag) { given = given || f.Name == "test.parallel" })
+	if !given {
+		_ = flag.Set("test.parallel", strconv.Itoa(n))
+	}
 }

@@ -3,7 +3,6 @@ package testcaddy
 import (
 	"bufio"
 	"bytes"
-	"flag"
 	"fmt"
 	"os"
 	"os/exec"
@@ -16,6 +15,8 @@ import (
 	"time"
 
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
+
+	"github.com/metrics-gateway/metrics_gateway/internal/standin"
 )
 
 // childEnv marks a test binary started by StartProcess: its TestMain runs
@@ -33,12 +34,7 @@ func TestMain(m *testing.M) {
 	if os.Getenv(childEnv) != "" {
 		caddycmd.Main() // exits
 	}
-	flag.Parse()
-	given := false
-	flag.Visit(func(f *flag.Flag) { given = given || f.Name == "test.parallel" })
-	if !given {
-		_ = flag.Set("test.parallel", "1000")
-	}
+	standin.SetDefaultParallel(1000)
 	os.Exit(m.Run())
 }
 
@@ -114,20 +110,24 @@ func startProcess(t testing.TB, config func(c *Caddy) ([]byte, error)) *Caddy {
 }
 
 // stop ends the process as an operator would (SIGTERM: Caddy drains and
-// exits), killing it if it is still running after a minute.
+// exits), killing it if it is still running after a minute, and fails the
+// test if the race detector reported a race in it (a child's report does
+// not fail the test by itself).
 func (p *Process) stop(t testing.TB) {
 	select {
 	case <-p.exited:
-		return
 	default:
+		_ = p.Signal(syscall.SIGTERM)
+		select {
+		case <-p.exited:
+		case <-time.After(time.Minute):
+			t.Errorf("caddy still running a minute after SIGTERM; killed:\n%s", p.Output())
+			_ = p.Kill()
+			<-p.exited
+		}
 	}
-	_ = p.Signal(syscall.SIGTERM)
-	select {
-	case <-p.exited:
-	case <-time.After(time.Minute):
-		t.Errorf("caddy still running a minute after SIGTERM; killed:\n%s", p.Output())
-		_ = p.Kill()
-		<-p.exited
+	if out := p.Output(); strings.Contains(out, "WARNING: DATA RACE") {
+		t.Errorf("the race detector reported in the caddy process:\n%s", out)
 	}
 }
 
