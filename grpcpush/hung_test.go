@@ -377,43 +377,28 @@ func (l *pipeListener) Addr() net.Addr { return &net.TCPAddr{IP: net.IPv4(127, 0
 
 // TestSlowReaderHoldsNoBody: once the call is done, the request's body
 // leaves max_buffered_bytes, also while a client that does not read keeps
-// its answer from being written.
+// its answer from being written: an answer larger than the connection's
+// buffers, and a refusal as large (a 5xx, which dskit's httpgrpc server
+// returns as a gRPC error carrying the answer).
 func TestSlowReaderHoldsNoBody(t *testing.T) {
-	var done atomic.Int64
-	cl := startCluster(t, 1)
-	cl.Distributors[0].SetBehavior(func(w http.ResponseWriter, r *http.Request) bool {
-		_, _ = w.Write(make([]byte, 4<<20))
-		return true
-	})
-	h := newHandler(t, cl, Options{Retries: Ptr(0), OnDone: func(*http.Request, string, int) { done.Add(1) }})
-	waitReady(t, h, 1)
-	l := &pipeListener{conns: make(chan net.Conn), done: make(chan struct{})}
-	srv := &http.Server{Handler: h}
-	go func() { _ = srv.Serve(l) }()
-	t.Cleanup(func() { _ = srv.Close() })
-	c, s := net.Pipe()
-	l.conns <- s
-	t.Cleanup(func() { c.Close() })
-	go fmt.Fprintf(c, "GET /prometheus/api/v1/query_range?query=up HTTP/1.1\r\nHost: gw\r\nX-Scope-OrgID: tenant-1\r\n\r\n")
-	go func() { _, _ = c.Read(make([]byte, 64)) }() // the start of the answer, then nothing more
-	standin.WaitFor(t, 20*time.Second, "the call made", func() bool { return cl.Distributors[0].Requests() == 1 })
-	standin.WaitFor(t, 20*time.Second, "the body out of the budget", func() bool { return h.own.budget.Used() == 0 })
-	if n := done.Load(); n != 0 {
-		t.Fatalf("the request ended (%d): the answer was not held by the slow reader", n)
+	for name, answer := range map[string]standin.Behavior{
+		"a 200": func(w http.ResponseWriter, r *http.Request) bool {
+			_, _ = w.Write(make([]byte, 4<<20))
+			return true
+		},
+		"a 500": func(w http.ResponseWriter, r *http.Request) bool {
+			http.Error(w, strings.Repeat("e", 1<<20), http.StatusInternalServerError)
+			return true
+		},
+	} {
+		t.Run(name, func(t *testing.T) { slowReaderHoldsNoBody(t, answer) })
 	}
 }
 
-// TestSlowReaderOfAnErrorHoldsNoBody is TestSlowReaderHoldsNoBody for a
-// push the component refuses: a 5xx (dskit's httpgrpc server returns it as
-// a gRPC error carrying the answer) larger than the connection's buffers,
-// to a client that does not read it.
-func TestSlowReaderOfAnErrorHoldsNoBody(t *testing.T) {
+func slowReaderHoldsNoBody(t *testing.T, answer standin.Behavior) {
 	var done atomic.Int64
 	cl := startCluster(t, 1)
-	cl.Distributors[0].SetBehavior(func(w http.ResponseWriter, r *http.Request) bool {
-		http.Error(w, strings.Repeat("e", 1<<20), http.StatusInternalServerError)
-		return true
-	})
+	cl.Distributors[0].SetBehavior(answer)
 	h := newHandler(t, cl, Options{Retries: Ptr(0), OnDone: func(*http.Request, string, int) { done.Add(1) }})
 	waitReady(t, h, 1)
 	l := &pipeListener{conns: make(chan net.Conn), done: make(chan struct{})}
