@@ -100,7 +100,6 @@ func TestDirectiveAdapts(t *testing.T) {
 		}
 		prometheus_http_prefix   /api/prom
 		alertmanager_http_prefix /am
-		default_tenant           anonymous
 		tenant                   {http.auth.user.id}
 		retry_after              2s 30s
 	}
@@ -129,7 +128,6 @@ func TestDirectiveAdapts(t *testing.T) {
 		},
 		"prometheus_http_prefix":   "/api/prom",
 		"alertmanager_http_prefix": "/am",
-		"default_tenant":           "anonymous",
 		"tenant":                   "{http.auth.user.id}",
 		"retry_after":              map[string]any{"min": float64(2e9), "max": float64(30e9)},
 	}
@@ -207,6 +205,16 @@ func TestLoadTimeErrors(t *testing.T) {
 		{"tls option twice", "default http://a:1\n distributor dns:///d:9095 {\n tls {\n ca /a.pem\n ca /b.pem\n }\n }", "tls.ca: given twice"},
 		{"empty tls value", "default http://a:1\n distributor dns:///d:9095 {\n tls {\n ca \"\"\n }\n }", "tls.ca: empty value"},
 		{"empty compression", "default http://a:1\n distributor dns:///d:9095 {\n compression \"\"\n }", "proxy.distributor.grpc.compression: empty value"},
+		// What loading refuses, adapting refuses: a reverse_proxy block
+		// naming its own upstreams or a transport its URL contradicts.
+		{"reverse_proxy to", "default http://a:1 {\n to http://b:2\n }", "proxy.default: reverse_proxy: upstreams come from url"},
+		{"reverse_proxy dynamic", "default http://a:1 {\n dynamic srv _x._tcp.example.com\n }", "proxy.default: reverse_proxy: upstreams come from url"},
+		{"transport tls on http://", "default http://a:1 {\n transport http {\n tls\n }\n }", "proxy.default: reverse_proxy.transport: tls is set but the URL is http://"},
+		{"h2c:// with fastcgi", "default h2c://a:1 {\n transport fastcgi\n }", "proxy.default: reverse_proxy.transport: h2c:// URLs need the http transport"},
+		// A call ends at timeout: none could be later than this.
+		{"unhealthy_latency from timeout on", "default http://a:1\n distributor dns:///d:9095 {\n timeout 5s\n fail_duration 10s\n unhealthy_latency 5s\n }", "proxy.distributor.grpc: unhealthy_latency 5s: must be below timeout 5s"},
+		// One target in two spellings (port 53 is the default).
+		{"dns target twice, spelled two ways", "default http://a:1\n distributor dns://10.0.0.1/d:9095 dns://10.0.0.1:53/d:9095", `proxy.distributor.url: "dns://10.0.0.1:53/d:9095" is listed twice`},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -295,6 +303,7 @@ func TestJSONLoadTimeErrors(t *testing.T) {
 		{"empty proxy", `{"proxy": {}}`, "proxy: no backends configured; set at least proxy.default"},
 		{"no default", `{"proxy": {"ruler": {"url": "http://a:1"}}}`, "proxy.default: required"},
 		{"bad prefix", `{"proxy": {"default": {"url": "http://a:1"}}, "alertmanager_http_prefix": "/am/"}`, `alertmanager_http_prefix: "/am/" must not end with /`},
+		{"prefix no request matches", `{"proxy": {"default": {"url": "http://a:1"}}, "prometheus_http_prefix": "/a/../prometheus"}`, `prometheus_http_prefix: "/a/../prometheus" must be a canonical path`},
 		{"colliding prefixes", `{"proxy": {"default": {"url": "http://a:1"}}, "alertmanager_http_prefix": "/p", "prometheus_http_prefix": "/p"}`, "route /p is claimed by both"},
 		{"grpc options on http", `{"proxy": {"default": {"url": "http://a:1", "grpc": {"retries": 1}}}}`, "proxy.default.grpc: only valid with a dns: URL"},
 		{"reverse_proxy on dns", `{"proxy": {"default": {"url": "http://a:1"}, "distributor": {"url": "dns:///d:9095", "reverse_proxy": {}}}}`, "proxy.distributor.reverse_proxy: only valid with HTTP URLs"},
@@ -327,6 +336,19 @@ func TestJSONLoadTimeErrors(t *testing.T) {
 			"mirrors[0].tenants: empty; leave it out to mirror every tenant"},
 		{"mirror max_buffered_bytes", `{"proxy": {"default": {"url": "http://a:1"}}, "mirrors": [{"url": ["dns:///m:9095"], "max_buffered_bytes": 1073741824}]}`,
 			"mirrors[0].max_buffered_bytes: a copy holds the request's own body"},
+		{"mirror of the distributor, spelled another way", `{"proxy": {"default": {"url": "http://a:1"}, "distributor": {"url": "dns://10.0.0.1/d:9095"}}, "mirrors": [{"url": ["dns://10.0.0.1:53/d:9095"]}]}`,
+			"is proxy.distributor's too"},
+		// "*" is every tenant in access_policies, but a tenant ID here.
+		{"mirror tenants *", `{"proxy": {"default": {"url": "http://a:1"}}, "mirrors": [{"url": ["dns:///m:9095"], "tenants": ["*"]}]}`,
+			`mirrors[0].tenants: "*" would mirror only a tenant named "*"`},
+		// tenant sets every request's tenant: default_tenant would never apply.
+		{"tenant and default_tenant", `{"proxy": {"default": {"url": "http://a:1"}}, "tenant": "{http.auth.user.id}", "default_tenant": "anonymous"}`,
+			"default_tenant: not used together with tenant"},
+		// Policies without a token, and no file or oidc: every request 401.
+		{"access policies nobody can use", `{"proxy": {"default": {"url": "http://a:1"}}, "access_policies": {"policies": [{"name": "team-a", "tenants": ["team-a"], "scopes": ["metrics:write"]}]}}`,
+			"access_policies: no policy has a token, and there is no file or oidc"},
+		{"retry_after off with bounds", `{"proxy": {"default": {"url": "http://a:1"}}, "retry_after": {"off": true, "min": "500ms", "max": "1ms"}}`,
+			"retry_after: off sends no Retry-After: min and max are not used with it"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

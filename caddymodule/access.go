@@ -58,8 +58,17 @@ func (g *Gateway) checkAccess() error {
 	if err := g.AccessPolicies.Validate(); err != nil {
 		return err
 	}
-	if a := g.AccessPolicies; len(a.Policies) == 0 && a.File == "" && a.OIDC == nil {
-		return errors.New("access_policies: no policy, file or oidc: every request would be refused")
+	if a := g.AccessPolicies; a.File == "" && a.OIDC == nil {
+		if len(a.Policies) == 0 {
+			return errors.New("access_policies: no policy, file or oidc: every request would be refused")
+		}
+		hasToken := false
+		for _, p := range a.Policies {
+			hasToken = hasToken || len(p.Tokens) > 0
+		}
+		if !hasToken {
+			return errors.New("access_policies: no policy has a token, and there is no file or oidc: every request would be refused")
+		}
 	}
 	return nil
 }

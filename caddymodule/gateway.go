@@ -9,6 +9,7 @@ package caddymodule
 import (
 	"fmt"
 	"net/http"
+	"path"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -55,7 +56,8 @@ type Gateway struct {
 	// placeholders evaluated per request, e.g. "{http.auth.user.id}" after
 	// basic_auth. It replaces any X-Scope-OrgID the client sent, so a client
 	// can never choose another tenant; if it evaluates empty the request is
-	// answered 401. Takes precedence over DefaultTenant. Default: none.
+	// answered 401. Not with DefaultTenant, which it would leave unused.
+	// Default: none.
 	Tenant string `json:"tenant,omitempty"`
 
 	// RetryAfter is the Retry-After of the gateway's own 429 and 503
@@ -235,6 +237,9 @@ func (g *Gateway) checkConfig() (map[Component]*ParsedURL, error) {
 		if err := CheckTenantTemplate(g.Tenant); err != nil {
 			return nil, fmt.Errorf("tenant: %v", err)
 		}
+		if g.DefaultTenant != "" {
+			return nil, fmt.Errorf("default_tenant: not used together with tenant, which sets the tenant of every request (one that evaluates empty or invalid gets 401, never default_tenant)")
+		}
 	}
 	if err := g.RetryAfter.value().Check(); err != nil {
 		return nil, err // names retry_after
@@ -262,6 +267,12 @@ func (g *Gateway) checkConfig() (map[Component]*ParsedURL, error) {
 		if u.Kind == KindGRPC {
 			if err := checkGRPC(c, b, u); err != nil {
 				return nil, err
+			}
+		}
+		if u.Kind == KindHTTP {
+			// What Provision would refuse (upstreams, transport), no I/O.
+			if _, err := reverseProxyConfig(b.ReverseProxy, u); err != nil {
+				return nil, fmt.Errorf("proxy.%s: %v", c, err)
 			}
 		}
 		parsed[c] = u
@@ -325,6 +336,9 @@ func CheckPrefix(p string) error {
 		return fmt.Errorf("%q must not end with /", p)
 	case strings.ContainsAny(p, "?#{} \t"):
 		return fmt.Errorf("%q must be a plain path", p)
+	case path.Clean(p) != p:
+		// Request paths are matched in canonical form only.
+		return fmt.Errorf("%q must be a canonical path (no //, . or .. segments)", p)
 	}
 	return nil
 }

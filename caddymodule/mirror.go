@@ -14,6 +14,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"go.uber.org/zap"
 
+	"github.com/metrics-gateway/metrics_gateway/access"
 	"github.com/metrics-gateway/metrics_gateway/grpcpush"
 	"github.com/metrics-gateway/metrics_gateway/mirror"
 	"github.com/metrics-gateway/metrics_gateway/orgid"
@@ -114,12 +115,15 @@ func (m *MirrorConfig) check(i int) error {
 		return fmt.Errorf("%s.tenants: empty; leave it out to mirror every tenant", field)
 	}
 	for _, t := range m.Tenants {
+		if t == access.AllTenants {
+			return fmt.Errorf("%s.tenants: %q would mirror only a tenant named %q; leave tenants out to mirror every tenant", field, t, t)
+		}
 		if err := orgid.CheckOne(t); err != nil {
 			return fmt.Errorf("%s.tenants: %q: %v", field, t, err)
 		}
 	}
 	if m.MaxBufferedBytes != 0 {
-		return fmt.Errorf("%s.max_buffered_bytes: a copy holds the request's own body, counted against the primary backend's max_buffered_bytes: set it there", field)
+		return fmt.Errorf("%s.max_buffered_bytes: a copy holds the request's own body, counted against the primary backend's max_buffered_bytes: set it in a dns: backend's grpc block (an HTTP backend has the default)", field)
 	}
 	if err := (mirror.Options{Percent: m.percent(), MaxInFlight: m.MaxInFlight, Timeout: time.Duration(m.Timeout)}).Check(); err != nil {
 		return fmt.Errorf("%s: %v", field, err)

@@ -36,25 +36,31 @@ type ParsedURL struct {
 	Dials []string
 	// Targets are all gRPC targets of a dns: backend, in priority order.
 	Targets []string
+	// canonical are Targets in canonical form, for comparisons.
+	canonical []string
 }
 
 // parseDNSTargets checks the URLs of a dns: backend: one or more targets,
 // the priority groups in order, each named once, no HTTP URL among them.
 func parseDNSTargets(fields []string) (*ParsedURL, error) {
 	seen := map[string]bool{}
+	canonical := make([]string, 0, len(fields))
 	for _, f := range fields {
 		if !strings.HasPrefix(f, "dns:") {
 			return nil, fmt.Errorf("%q: dns: and HTTP URLs cannot be mixed in one backend", f)
 		}
-		if _, err := grpcpush.ParseTarget(f); err != nil {
+		t, err := grpcpush.ParseTarget(f)
+		if err != nil {
 			return nil, err
 		}
-		if seen[f] {
+		key := strings.ToLower(t.String()) // dns://10.0.0.1/ is dns://10.0.0.1:53/; names ignore case
+		if seen[key] {
 			return nil, fmt.Errorf("%q is listed twice", f)
 		}
-		seen[f] = true
+		seen[key] = true
+		canonical = append(canonical, key)
 	}
-	return &ParsedURL{Kind: KindGRPC, Scheme: "dns", Targets: fields}, nil
+	return &ParsedURL{Kind: KindGRPC, Scheme: "dns", Targets: fields, canonical: canonical}, nil
 }
 
 // ParseBackendURL checks a backend's url field. Errors say what is wrong
@@ -134,7 +140,7 @@ func parseBackendURL(raw string) (*ParsedURL, error) {
 // its HTTP host:port addresses.
 func (p *ParsedURL) addresses() []string {
 	if p.Kind == KindGRPC {
-		return p.Targets
+		return p.canonical
 	}
 	return p.Dials
 }

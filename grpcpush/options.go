@@ -244,6 +244,9 @@ func (o Options) checked() (settings, error) {
 	if o.Retries != nil {
 		s.retries = *o.Retries
 	}
+	if s.compression == "none" { // the Caddyfile's spelling, and the error's
+		s.compression = ""
+	}
 	if s.logger == nil {
 		s.logger = zap.NewNop()
 	}
@@ -296,6 +299,9 @@ func (s *settings) check(o Options) error {
 		errs = append(errs, fmt.Errorf("lb_policy %q: must be %s or %s", s.lbPolicy, LBRoundRobin, LBLeastConn))
 	}
 	errs = append(errs, o.checkHealth()...)
+	if o.UnhealthyLatency > 0 && o.UnhealthyLatency >= s.timeout {
+		errs = append(errs, fmt.Errorf("unhealthy_latency %v: must be below timeout %v (a call ends at timeout, so no call could count as late)", o.UnhealthyLatency, s.timeout))
+	}
 	if err := o.RetryAfter.Check(); err != nil {
 		errs = append(errs, err)
 	}

@@ -36,6 +36,9 @@ type RetryAfter struct {
 // Check rejects bounds that cannot work.
 func (ra RetryAfter) Check() error {
 	if ra.Off {
+		if ra.Min != 0 || ra.Max != 0 {
+			return errors.New("retry_after: off sends no Retry-After: min and max are not used with it")
+		}
 		return nil
 	}
 	lo, hi := ra.bounds()

@@ -100,6 +100,11 @@ func TestOptionsValidation(t *testing.T) {
 	if s, _ := (Options{Target: "dns:///d:1", Retries: Ptr(0)}).settings(); s.retries != 0 {
 		t.Errorf("Retries: Ptr(0) gave %d retries", s.retries)
 	}
+	// "none", as the Caddyfile and the error above spell it, is no
+	// compression in JSON too.
+	if s, err := (Options{Target: "dns:///d:1", Compression: "none"}).settings(); err != nil || s.compression != "" {
+		t.Errorf(`Compression "none": %q, %v`, s.compression, err)
+	}
 }
 
 func TestOptionsKey(t *testing.T) {
