@@ -127,6 +127,7 @@ func transportFor(raw json.RawMessage, scheme string) (json.RawMessage, error) {
 func (h *httpBackend) serve(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, mirrored bool) error {
 	h.inflight.Add(1)
 	defer h.done()
+	started := w // the request metrics' recorder, which says whether the answer began
 	if mirrored && h.tee != nil {
 		q, err := grpcpush.ReadRequest(r, grpcpush.DefaultMaxRequestBody, h.budget, forwardedHeaders(r))
 		if err != nil {
@@ -152,7 +153,7 @@ func (h *httpBackend) serve(w http.ResponseWriter, r *http.Request, next caddyht
 		w = &answerWatcher{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, answered: answered}
 	}
 	err := h.rp.ServeHTTP(w, r, next)
-	if err == nil || hasErrorRoutes(r) || responseStarted(w) || r.Context().Err() != nil {
+	if err == nil || hasErrorRoutes(r) || responseStarted(started) || r.Context().Err() != nil {
 		// handle_errors answers it as any reverse_proxy error, or there is
 		// nothing left to write (response begun, client gone).
 		return err

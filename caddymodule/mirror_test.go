@@ -554,3 +554,29 @@ func TestHTTPPrimaryStreamsUnmirroredWrites(t *testing.T) {
 	}
 	resp.Body.Close()
 }
+
+// TestHTTPMirroredWriteFailureAnswer: a write some mirror takes fails on an
+// HTTP primary that is down as one no mirror takes does: the gateway's
+// line and Retry-After, not Caddy's empty answer.
+func TestHTTPMirroredWriteFailureAnswer(t *testing.T) {
+	t.Parallel()
+	m := startEchoBackend(t, "mirror")
+	c := testcaddy.Start(t, fmt.Sprintf(`[{"handler": "metrics_gateway",
+		"proxy": {"default": {"url": "http://127.0.0.1:1",
+			"reverse_proxy": {"health_checks": {"passive": {"fail_duration": "1m", "max_fails": 1}}}}},
+		"mirrors": [{"url": [%q], "tenants": ["mirrored"]}]}]`, m.URL()))
+	push := func(tenant string) (int, string, string) {
+		req := standin.NewPush("http://gateway"+standin.PushPath, standin.RemoteWriteBody(10, 1), tenant)
+		resp, body, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.StatusCode, resp.Header.Get("Retry-After"), string(body)
+	}
+	push("plain") // refused: the passive health check takes the upstream out
+	for _, tenant := range []string{"plain", "mirrored"} {
+		if code, ra, body := push(tenant); code != http.StatusServiceUnavailable || ra == "" || body == "" {
+			t.Errorf("%s tenant's push: %d, Retry-After %q, body %q; want 503 with the gateway's Retry-After and line", tenant, code, ra, body)
+		}
+	}
+}
