@@ -243,9 +243,10 @@ func (f *docFixture) specialRows() map[string]func() []instance {
 	t := f.t
 	return map[string]func() []instance{
 		"the component answered `499` (it saw the request canceled), the client still connected": func() []instance {
-			// Mimir's way (a 4xx error carrying its HTTPResponse), and a
-			// component that answers it as OK.
-			return f.paths("/http/499", "/status/499")
+			// Mimir's way (a 4xx error carrying its HTTPResponse), a
+			// component that answers it as OK, and one that sends it as
+			// the code of a status without details.
+			return f.paths("/http/499", "/status/499", "/raw/499/context canceled")
 		},
 		"`OK`: the component answered": func() []instance { return f.paths("/http/200", "/http/202") },
 		"a status with an `httpgrpc.HTTPResponse` detail (Mimir's own 4xx and 5xx)": func() []instance {

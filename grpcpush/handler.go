@@ -452,6 +452,12 @@ func (h *Handler) callError(w http.ResponseWriter, r *http.Request, c *call, err
 		(&Error{Status: http.StatusServiceUnavailable, Msg: h.s.backend + ": call canceled: the client closed its side of the connection"}).Write(w, "")
 		return o.code, nil
 	}
+	if o.code == StatusClientClosedRequest && o.grpcCode != codes.Canceled {
+		// A component's 499 as the code of a status without details, the
+		// client still connected: as relay answers a 499 in an answer.
+		return 0, h.failed(c, r, http.StatusServiceUnavailable,
+			"the component canceled the request (499) while the client was still connected: "+o.msg)
+	}
 	if o.grpcCode == codes.Canceled && h.closed.Load() {
 		// Closed under a late request (e.g. a reload released it): the
 		// client should retry elsewhere, not read 499.
