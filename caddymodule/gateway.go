@@ -376,6 +376,12 @@ func (g *Gateway) serveRoute(w http.ResponseWriter, r *http.Request, next caddyh
 		repl.Set(placeholderBackend, string(route.Component))
 	}
 	if route.Component == ComponentGateway {
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			// Not 200: a push sent here (a client given the gateway's base
+			// URL) would be taken for ingested.
+			w.Header().Set("Allow", "GET, HEAD")
+			return g.answerError(w, r, http.StatusMethodNotAllowed, r.Method+" "+route.Path+": the gateway's own page takes GET and HEAD")
+		}
 		return serveLocal(w, route, repl)
 	}
 	if msg := targetProblem(r); msg != "" {

@@ -203,6 +203,19 @@ func TestLocalAnswers(t *testing.T) {
 		if resp.StatusCode != 200 || string(body) != want {
 			t.Errorf("GET %s = %s %q, want 200 %q", path, resp.Status, body, want)
 		}
+		// A push sent to the gateway's own page (a client given the base
+		// URL) is refused, not answered 200 as if ingested.
+		for _, method := range []string{http.MethodPost, http.MethodPut, http.MethodDelete, http.MethodOptions} {
+			req := standin.NewPush("http://gateway"+path, standin.RemoteWriteBody(10, 1), "tenant-1")
+			req.Method = method
+			resp, body, err := c.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if resp.StatusCode != http.StatusMethodNotAllowed || resp.Header.Get("Allow") != "GET, HEAD" {
+				t.Errorf("%s %s = %s %q (Allow %q), want 405 with Allow: GET, HEAD", method, path, resp.Status, body, resp.Header.Get("Allow"))
+			}
+		}
 	}
 }
 
