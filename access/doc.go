@@ -104,9 +104,10 @@
 // cannot be fetched, JWTs get 503. The cache is the provider's current key
 // set only. A token whose key ID is not in it makes the set be fetched
 // again (key rotation), at most once every 10 seconds whatever the tokens
-// say, so forged key IDs cannot make the gateway hammer the provider; a set
-// older than an hour is fetched again with the next JWT, so a withdrawn key
-// stops working.
+// say, so forged key IDs cannot make the gateway hammer the provider (a
+// token issued after a fetch too recent to repeat gets 503 until the next
+// one: its key may be newer than the set); a set older than an hour is
+// fetched again with the next JWT, so a withdrawn key stops working.
 //
 // # Secrets
 //

@@ -354,8 +354,35 @@ func (k *keySet) VerifySignature(ctx context.Context, raw string) ([]byte, error
 	payload, _, err = next.verify(jws)
 	if err == nil {
 		noteKeys(ctx, next)
+	} else if next == cur && issuedBetween(jws, cur.fetched.Add(-issuerClockSkew), k.now().Add(issuerClockSkew)) {
+		// The key ID is unknown as of a fetch moments ago, too recent to
+		// fetch again, but the token is newer than that fetch: its key
+		// may have been published since. It cannot be checked until the
+		// next fetch (503, which a client retries), rather than found
+		// invalid (401, which drops data).
+		markUnavailable(ctx)
 	}
 	return payload, err
+}
+
+// issuerClockSkew is how far the provider's clock (a token's iat) may be
+// behind the gateway's (a key set's fetch time). Small: a token of a
+// withdrawn key issued longer ago than this before a fetch is invalid
+// (401) at once.
+const issuerClockSkew = 5 * time.Second
+
+// issuedBetween reports whether the token's iat (not yet verified) is from
+// since (to the second) to until: a token claiming to be from the future
+// is not taken for one of a new key.
+func issuedBetween(jws *jose.JSONWebSignature, since, until time.Time) bool {
+	var claims struct {
+		IssuedAt *float64 `json:"iat"`
+	}
+	if json.Unmarshal(jws.UnsafePayloadWithoutVerification(), &claims) != nil || claims.IssuedAt == nil {
+		return false
+	}
+	iat := time.Unix(int64(*claims.IssuedAt), 0)
+	return !iat.Before(since.Truncate(time.Second)) && !iat.After(until)
 }
 
 // errKeysUnavailable is a fetch of the key set that failed, or a token that

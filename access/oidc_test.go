@@ -188,6 +188,10 @@ func TestOIDCRejected(t *testing.T) {
 		// The detail goes to the access log: a header of 100 KB must not.
 		{"huge alg", b64(map[string]string{"alg": strings.Repeat("A", 100000)}) + "." + parts[1] + "." + parts[2], "malformed"},
 	}
+	// The tokens were issued well before the keys are fetched (with the
+	// first of them): an unknown key is then invalid, not one the provider
+	// may have published since the fetch (TestOIDCNewKeyRightAfterAFetch).
+	clock.Add(minRefetchInterval)
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			for _, r := range []*http.Request{bearerReq(tt.token, "team-a"), basicReq("team-a", tt.token)} {
@@ -231,8 +235,11 @@ func TestOIDCKeyRotation(t *testing.T) {
 	// The old key is withdrawn; an hour on, the set is fetched again with
 	// the next JWT and the old key stops working.
 	is.Publish(rsaKey2())
+	c := claims(is, clock, "team-a") // issued before the set is fetched again
+	c["exp"] = clock.Now().Add(3 * time.Hour).Unix()
+	old := rsaKey1().Sign(t, c)
 	clock.Add(keyMaxAge)
-	if d := g.Decide(bearerReq(rsaKey1().Sign(t, claims(is, clock, "team-a"))), ScopeMetricsWrite); d.Status != 401 {
+	if d := g.Decide(bearerReq(old), ScopeMetricsWrite); d.Status != 401 {
 		t.Fatalf("withdrawn key: %+v", d)
 	}
 	if n := is.Fetches.Load(); n != 3 {
@@ -267,20 +274,26 @@ func TestOIDCRefetchRateLimit(t *testing.T) {
 	good := rsaKey1().Sign(t, claims(is, clock, "team-a"))
 	allowWrite(t, g, good, "")
 	// Tokens with made-up key IDs, many at once: one fetch for all of them
-	// after the interval, none before.
+	// after the interval, none before. Within it, a token issued since the
+	// last fetch may be signed with a key published since: 503 (retried)
+	// until a fetch can tell.
 	forged := func(kid string) string { return strayKey().SignAs(t, kid, claims(is, clock, "team-a")) }
 	for i := range 5 {
-		if d := g.Decide(bearerReq(forged("kid-a"+string(rune('0'+i)))), ScopeMetricsWrite); d.Status != 401 {
+		if d := g.Decide(bearerReq(forged("kid-a"+string(rune('0'+i)))), ScopeMetricsWrite); d.Status != 503 {
 			t.Fatalf("%+v", d)
 		}
 	}
 	if n := is.Fetches.Load(); n != 1 {
 		t.Fatalf("%d fetches within the interval, want 1", n)
 	}
+	// Issued before the fetch they cause: invalid (401) once it is done.
+	var toks []string
+	for i := range 20 {
+		toks = append(toks, forged("kid-b"+string(rune('a'+i))))
+	}
 	clock.Add(minRefetchInterval)
 	var wg sync.WaitGroup
-	for i := range 20 {
-		tok := forged("kid-b" + string(rune('a'+i)))
+	for _, tok := range toks {
 		wg.Go(func() {
 			d := g.Decide(bearerReq(tok), ScopeMetricsWrite)
 			if d.Status != 401 {
@@ -461,6 +474,34 @@ func allowWrite(t *testing.T, g *Guard, token, when string) {
 // every time until a fetch can tell, never 401 (a remote-write client
 // drops the batch), also within the refetch interval after the failed
 // fetch.
+// TestOIDCNewKeyRightAfterAFetch: the provider publishes a key moments
+// after a fetch (here one forced by a forged key ID), too soon to fetch
+// again: a valid token of the new key gets 503, which a client retries,
+// not 401, which drops its data; after the interval it is allowed. A
+// token of an unknown key issued before the last fetch is invalid.
+func TestOIDCNewKeyRightAfterAFetch(t *testing.T) {
+	clock := newFakeClock(testStart)
+	is := standin.StartIdP(t, rsaKey1())
+	g := oidcGuard(t, is, clock, nil)
+	oldForged := strayKey().SignAs(t, "old", claims(is, clock, "team-a"))
+	allowWrite(t, g, rsaKey1().Sign(t, claims(is, clock, "team-a")), "")
+	clock.Add(minRefetchInterval)
+	if d := g.Decide(bearerReq(strayKey().SignAs(t, "junk", claims(is, clock, "team-a"))), ScopeMetricsWrite); d.Status != 401 {
+		t.Fatalf("a forged key ID, the keys fetched after it was issued: %+v", d)
+	}
+	if d := g.Decide(bearerReq(oldForged), ScopeMetricsWrite); d.Status != 401 {
+		t.Fatalf("an unknown key ID issued before the last fetch: %+v", d)
+	}
+	is.Publish(rsaKey1(), rsaKey2())
+	clock.Add(time.Second)
+	tok := rsaKey2().Sign(t, claims(is, clock, "team-a"))
+	if d := g.Decide(bearerReq(tok), ScopeMetricsWrite); d.Status != http.StatusServiceUnavailable {
+		t.Fatalf("a valid token of a key published after the last fetch: %d %s (%s), want 503", d.Status, d.Message, d.Detail)
+	}
+	clock.Add(minRefetchInterval)
+	allowWrite(t, g, tok, "")
+}
+
 func TestOIDCNewKeyWhileProviderDown(t *testing.T) {
 	clock, is, g, _ := verifiedGuard(t)
 	is.Down.Store(true)

@@ -84,10 +84,12 @@ func TestAccessOIDC(t *testing.T) {
 	header := base64.RawURLEncoding.EncodeToString([]byte(`{"alg":"none","typ":"JWT","kid":"k1"}`))
 	payload, _ := json.Marshal(idpClaims(idp, "grafana"))
 	for name, tok := range map[string]string{
-		"wrong aud":   k1.Sign(t, claims(func(c map[string]any) { c["aud"] = "someone-else" })),
-		"wrong iss":   k1.Sign(t, claims(func(c map[string]any) { c["iss"] = "https://idp.example.com" })),
-		"expired":     k1.Sign(t, claims(func(c map[string]any) { c["exp"] = time.Now().Add(-time.Minute).Unix() })),
-		"unknown key": stray.Sign(t, idpClaims(idp, "grafana")),
+		"wrong aud": k1.Sign(t, claims(func(c map[string]any) { c["aud"] = "someone-else" })),
+		"wrong iss": k1.Sign(t, claims(func(c map[string]any) { c["iss"] = "https://idp.example.com" })),
+		"expired":   k1.Sign(t, claims(func(c map[string]any) { c["exp"] = time.Now().Add(-time.Minute).Unix() })),
+		// Issued before the keys were fetched: not of a key published
+		// since (which would be 503 until the next fetch).
+		"unknown key": stray.Sign(t, claims(func(c map[string]any) { c["iat"] = time.Now().Add(-time.Minute).Unix() })),
 		// Claims to be k1, signed by another key.
 		"key of another kid": stray.SignAs(t, "k1", idpClaims(idp, "grafana")),
 		"alg none":           header + "." + base64.RawURLEncoding.EncodeToString(payload) + ".",
@@ -114,7 +116,9 @@ func TestAccessOIDC(t *testing.T) {
 		return send(t, c.Client, "GET", "/prometheus/api/v1/query", bearer(tok2, "team-a")).status == 200
 	})
 	t.Logf("the new key worked after %v", time.Since(start).Round(time.Millisecond))
-	if a := send(t, c.Client, "GET", "/prometheus/api/v1/query", bearer(k1.Sign(t, idpClaims(idp, "grafana")), "team-a")); a.status != 401 {
+	withdrawn := idpClaims(idp, "grafana")
+	withdrawn["iat"] = start.Add(-time.Minute).Unix() // before the fetch that found k1 gone
+	if a := send(t, c.Client, "GET", "/prometheus/api/v1/query", bearer(k1.Sign(t, withdrawn), "team-a")); a.status != 401 {
 		t.Errorf("a token of the withdrawn key: %d %q", a.status, a.body)
 	}
 
