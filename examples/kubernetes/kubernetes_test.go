@@ -118,6 +118,7 @@ var apiVersions = map[string]string{
 	"Service":             "v1",
 	"Deployment":          "apps/v1",
 	"PodDisruptionBudget": "policy/v1",
+	"ServiceMonitor":      "monitoring.coreos.com/v1",
 }
 
 // loadObjects parses every YAML document of every .yaml file here.
@@ -330,10 +331,13 @@ func TestManifests(t *testing.T) {
 		t.Error("no Service selects the gateway's pods")
 	}
 	for _, o := range m.objs {
-		if o.Kind == "PodDisruptionBudget" {
+		switch o.Kind {
+		case "PodDisruptionBudget":
 			if spec := decodeSpec[pdbSpec](t, o); !selects(spec.Selector.MatchLabels, podLabels) {
 				t.Errorf("%s: selector %v does not match the gateway's pods %v", o, spec.Selector.MatchLabels, podLabels)
 			}
+		case "ServiceMonitor":
+			checkServiceMonitor(t, m, o)
 		}
 	}
 
@@ -450,9 +454,14 @@ func TestCaddyfile(t *testing.T) {
 			t.Errorf("Caddy listens on %d, which is not a container port", p)
 		}
 	}
-	if got := m.gateway.containerPort(m.gateway.ReadinessProbe.HTTPGet.Port); got != gatewayPorts[0] {
-		t.Errorf("the readiness probe asks port %d, the gateway listens on %d", got, gatewayPorts[0])
+	for name, p := range map[string]*probe{"readiness": m.gateway.ReadinessProbe, "liveness": m.gateway.LivenessProbe} {
+		// The metrics server answers /ready too (200, Caddy's empty
+		// answer), so a probe there would never fail.
+		if got := m.gateway.containerPort(p.HTTPGet.Port); got != gatewayPorts[0] {
+			t.Errorf("the %s probe asks port %d, the gateway listens on %d", name, got, gatewayPorts[0])
+		}
 	}
+
 
 	// Graceful drain: during shutdown_delay /ready answers 503, and the
 	// readiness probe must fail within it, so that the pod leaves the
@@ -478,6 +487,12 @@ func TestCaddyfile(t *testing.T) {
 		if h["handler"] == "metrics_gateway" {
 			gw = h
 		}
+	}
+	// A push without X-Scope-OrgID (the README's remote_write sends none,
+	// as through the chart's gateway, which fills in anonymous) must not
+	// get 401, which Prometheus drops: the gateway needs a default tenant.
+	if tenant, _ := gw["default_tenant"].(string); tenant == "" {
+		t.Error("the gateway has no default_tenant: pushes without X-Scope-OrgID would get 401 from its gRPC backend")
 	}
 	proxy, _ := gw["proxy"].(map[string]any)
 	dist, _ := proxy["distributor"].(map[string]any)
@@ -554,5 +569,50 @@ func TestCaddyfileValidates(t *testing.T) {
 	}
 	if err := caddy.Validate(&cfg); err != nil {
 		t.Fatalf("caddy.Validate: %v", err)
+	}
+}
+
+// checkServiceMonitor: the ServiceMonitor selects a Service of the gateway
+// by its labels, scrapes /metrics on a port of it that reaches the
+// metrics listener, and sets the job label the Mimir mixin matches.
+func checkServiceMonitor(t *testing.T, m *manifest, o object) {
+	t.Helper()
+	spec := decodeSpec[struct {
+		Selector  labelSelector `yaml:"selector"`
+		Endpoints []struct {
+			Port        string `yaml:"port"`
+			Path        string `yaml:"path"`
+			Relabelings []struct {
+				TargetLabel string `yaml:"targetLabel"`
+				Replacement string `yaml:"replacement"`
+			} `yaml:"relabelings"`
+		} `yaml:"endpoints"`
+	}](t, o)
+	if len(spec.Endpoints) != 1 {
+		t.Fatalf("%s: want one endpoint", o)
+	}
+	ep := spec.Endpoints[0]
+	scraped := 0
+	for _, so := range m.objs {
+		if so.Kind != "Service" || !selects(spec.Selector.MatchLabels, so.Metadata.Labels) {
+			continue
+		}
+		for _, p := range m.services[so.Metadata.Name].Ports {
+			if p.Name == ep.Port && m.gateway.containerPort(p.TargetPort) == m.gateway.containerPort("http-metrics") {
+				scraped++
+			}
+		}
+	}
+	if scraped == 0 || ep.Path != "/metrics" {
+		t.Errorf("%s: scrapes port %q path %q of no Service port reaching http-metrics", o, ep.Port, ep.Path)
+	}
+	job := ""
+	for _, r := range ep.Relabelings {
+		if r.TargetLabel == "job" {
+			job = r.Replacement
+		}
+	}
+	if job != o.Metadata.Namespace+"/gateway" {
+		t.Errorf("%s: job label %q, want %s/gateway (the mixin's gateway rows)", o, job, o.Metadata.Namespace)
 	}
 }
