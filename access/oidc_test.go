@@ -480,11 +480,10 @@ func allowWrite(t *testing.T, g *Guard, token, when string) {
 // not 401, which drops its data; after the interval it is allowed. A
 // token of an unknown key issued before the last fetch is invalid.
 func TestOIDCNewKeyRightAfterAFetch(t *testing.T) {
-	clock := newFakeClock(testStart)
-	is := standin.StartIdP(t, rsaKey1())
-	g := oidcGuard(t, is, clock, nil)
-	oldForged := strayKey().SignAs(t, "old", claims(is, clock, "team-a"))
-	allowWrite(t, g, rsaKey1().Sign(t, claims(is, clock, "team-a")), "")
+	clock, is, g, _ := verifiedGuard(t)
+	before := claims(is, clock, "team-a")
+	before["iat"] = clock.Now().Add(-time.Minute).Unix() // before the fetch
+	oldForged := strayKey().SignAs(t, "old", before)
 	clock.Add(minRefetchInterval)
 	if d := g.Decide(bearerReq(strayKey().SignAs(t, "junk", claims(is, clock, "team-a"))), ScopeMetricsWrite); d.Status != 401 {
 		t.Fatalf("a forged key ID, the keys fetched after it was issued: %+v", d)

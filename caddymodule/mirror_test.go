@@ -1,10 +1,8 @@
 package caddymodule_test
 
 import (
-	"bufio"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -498,21 +496,20 @@ func TestHTTPPrimarySlowReaderHoldsNoBody(t *testing.T) {
 	m := mirrorCluster(t, 1)
 	var answered atomic.Int64
 	primary := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		http.Error(w, strings.Repeat("x", 4<<20), http.StatusTooManyRequests) // a long refusal
+		_, _ = io.Copy(io.Discard, r.Body)
 		answered.Add(1)
+		http.Error(w, strings.Repeat("x", 4<<20), http.StatusTooManyRequests) // a long refusal
 	}))
 	t.Cleanup(primary.Close)
 	c := testcaddy.Start(t, fmt.Sprintf(`[{"handler": "metrics_gateway", "proxy": {"default": {"url": %q}},
 		"mirrors": [{"url": [%q]}]}]`, primary.URL, m.Target()))
-	conn, err := net.Dial("unix", c.HTTPSock)
+	push := standin.NewPush("http://gateway"+standin.PushPath, []byte(strings.Repeat("b", 1<<20)), "team-a")
+	resp, err := c.Client.Do(push)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { conn.Close() })
-	body := strings.Repeat("b", 1<<20)
-	go fmt.Fprintf(conn, "POST %s HTTP/1.1\r\nHost: gw\r\nX-Scope-OrgID: team-a\r\nContent-Length: %d\r\n\r\n%s",
-		standin.PushPath, len(body), body) // and the answer is never read
-	standin.WaitFor(t, 20*time.Second, "the primary to answer", func() bool { return answered.Load() == 1 })
+	defer resp.Body.Close() // unread: the rest of the answer waits in the gateway
+	standin.WaitFor(t, 20*time.Second, "the primary to read the push and answer", func() bool { return answered.Load() == 1 })
 	standin.WaitFor(t, 20*time.Second, "the body out of max_buffered_bytes", func() bool { return httpPrimaryBuffered(t, c) == 0 })
 }
 
@@ -530,15 +527,21 @@ func TestHTTPPrimaryStreamsUnmirroredWrites(t *testing.T) {
 	t.Cleanup(primary.Close)
 	c := testcaddy.Start(t, fmt.Sprintf(`[{"handler": "metrics_gateway", "proxy": {"default": {"url": %q}},
 		"mirrors": [{"url": [%q], "tenants": ["team-a"]}]}]`, primary.URL, m.Target()))
-	conn, err := net.Dial("unix", c.HTTPSock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	body := strings.Repeat("b", 1<<20)
 	// Half the body, then nothing until the primary has the request.
-	fmt.Fprintf(conn, "POST %s HTTP/1.1\r\nHost: gw\r\nX-Scope-OrgID: team-b\r\nContent-Length: %d\r\n\r\n%s",
-		standin.PushPath, len(body), body[:len(body)/2])
+	const size = 1 << 20
+	pr, pw := io.Pipe()
+	t.Cleanup(func() { pw.Close() })
+	go func() { _, _ = pw.Write(make([]byte, size/2)) }()
+	push := standin.NewPush("http://gateway"+standin.PushPath, nil, "team-b")
+	push.Body, push.ContentLength = pr, size
+	answer := make(chan error, 1)
+	go func() {
+		resp, _, err := c.Do(push)
+		if err == nil && resp.StatusCode != http.StatusOK {
+			err = fmt.Errorf("%s", resp.Status)
+		}
+		answer <- err
+	}()
 	select {
 	case <-arrived:
 	case <-time.After(20 * time.Second):
@@ -547,12 +550,10 @@ func TestHTTPPrimaryStreamsUnmirroredWrites(t *testing.T) {
 	if n := httpPrimaryBuffered(t, c); n != 0 {
 		t.Errorf("%d bytes of team-b's write in max_buffered_bytes", n)
 	}
-	_, _ = io.WriteString(conn, body[len(body)/2:])
-	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
-	if err != nil || resp.StatusCode != http.StatusOK {
-		t.Fatalf("the push: %v %v", resp, err)
+	go func() { _, _ = pw.Write(make([]byte, size/2)) }()
+	if err := <-answer; err != nil {
+		t.Fatalf("the push: %v", err)
 	}
-	resp.Body.Close()
 }
 
 // TestHTTPMirroredWriteFailureAnswer: a write some mirror takes fails on an

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -387,7 +386,7 @@ func TestSlowReaderHoldsNoBody(t *testing.T) {
 			return true
 		},
 		"a 500": func(w http.ResponseWriter, r *http.Request) bool {
-			http.Error(w, strings.Repeat("e", 1<<20), http.StatusInternalServerError)
+			http.Error(w, string(bytes.Repeat([]byte("e"), 1<<20)), http.StatusInternalServerError)
 			return true
 		},
 	} {
@@ -408,7 +407,7 @@ func slowReaderHoldsNoBody(t *testing.T, answer standin.Behavior) {
 	c, s := net.Pipe()
 	l.conns <- s
 	t.Cleanup(func() { c.Close() })
-	body := strings.Repeat("b", 1<<20)
+	body := bytes.Repeat([]byte("b"), 1<<20)
 	go fmt.Fprintf(c, "POST %s HTTP/1.1\r\nHost: gw\r\nX-Scope-OrgID: tenant-1\r\nContent-Length: %d\r\n\r\n%s",
 		standin.PushPath, len(body), body)
 	go func() { _, _ = c.Read(make([]byte, 64)) }() // the start of the answer, then nothing more

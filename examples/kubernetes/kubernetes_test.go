@@ -462,7 +462,6 @@ func TestCaddyfile(t *testing.T) {
 		}
 	}
 
-
 	// Graceful drain: during shutdown_delay /ready answers 503, and the
 	// readiness probe must fail within it, so that the pod leaves the
 	// Service before the listener closes; the pod may take delay + grace.
