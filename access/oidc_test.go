@@ -469,11 +469,6 @@ func allowWrite(t *testing.T, g *Guard, token, when string) {
 	}
 }
 
-// TestOIDCNewKeyWhileProviderDown: with keys in hand and the provider down,
-// a token signed by a key the provider published since gets 503 (retried)
-// every time until a fetch can tell, never 401 (a remote-write client
-// drops the batch), also within the refetch interval after the failed
-// fetch.
 // TestOIDCNewKeyRightAfterAFetch: the provider publishes a key moments
 // after a fetch (here one forced by a forged key ID), too soon to fetch
 // again: a valid token of the new key gets 503, which a client retries,
@@ -501,6 +496,11 @@ func TestOIDCNewKeyRightAfterAFetch(t *testing.T) {
 	allowWrite(t, g, tok, "")
 }
 
+// TestOIDCNewKeyWhileProviderDown: with keys in hand and the provider down,
+// a token signed by a key the provider published since gets 503 (retried)
+// every time until a fetch can tell, never 401 (a remote-write client
+// drops the batch), also within the refetch interval after the failed
+// fetch.
 func TestOIDCNewKeyWhileProviderDown(t *testing.T) {
 	clock, is, g, _ := verifiedGuard(t)
 	is.Down.Store(true)

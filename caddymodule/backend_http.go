@@ -134,8 +134,10 @@ func (h *httpBackend) serve(w http.ResponseWriter, r *http.Request, next caddyht
 			return h.answer(w, r, bodyStatus(err), string(h.name)+": reading request body: "+err.Error())
 		}
 		// The primary gets the same bytes, from memory, through a reader
-		// that holds them until the transport, or answered, closes it.
+		// that holds them until the transport, or this handler, closes it:
+		// a primary may answer before it has read them all (full duplex).
 		body := q.BodyReader()
+		defer body.Close()
 		r.Body, r.ContentLength = body, int64(len(q.Body()))
 		var once sync.Once
 		answered := func(status int) {
@@ -143,10 +145,10 @@ func (h *httpBackend) serve(w http.ResponseWriter, r *http.Request, next caddyht
 				if status/100 == 2 { // once the primary accepted it, as on the gRPC path
 					h.tee.Copy(q)
 				}
-				// The primary has answered: the body leaves the budget
-				// before a client that reads slowly could keep it there.
+				// The primary has answered: the body leaves the budget as
+				// soon as the transport has sent it, before a client that
+				// reads slowly could keep it there.
 				q.Release()
-				_ = body.Close()
 			})
 		}
 		defer answered(0) // no answer (the primary failed): nothing to copy

@@ -581,3 +581,41 @@ func TestHTTPMirroredWriteFailureAnswer(t *testing.T) {
 		}
 	}
 }
+
+// TestHTTPPrimaryAnswersBeforeReadingAll: a primary that answers before it
+// has read the whole body (full duplex) still gets all of it, and the
+// client all of the answer, whether a mirror takes the tenant (the body
+// read whole first) or not (streamed).
+func TestHTTPPrimaryAnswersBeforeReadingAll(t *testing.T) {
+	t.Parallel()
+	const size = 16 << 20
+	primary := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rc := http.NewResponseController(w)
+		_ = rc.EnableFullDuplex()
+		head := make([]byte, 64<<10)
+		_, _ = io.ReadFull(r.Body, head)
+		w.WriteHeader(http.StatusOK) // the answer begins...
+		_ = rc.Flush()
+		n, err := io.Copy(io.Discard, r.Body) // ...while the body still arrives
+		fmt.Fprintf(w, "read %d, %v", int64(len(head))+n, err)
+	}))
+	t.Cleanup(primary.Close)
+	m := startEchoBackend(t, "mirror")
+	c := testcaddy.StartJSON(t, func(c *testcaddy.Caddy) string {
+		return fmt.Sprintf(`{"admin": {"listen": "unix/%s", "config": {"persist": false}},
+		"logging": {"logs": {"default": {"level": "WARN"}}},
+		"apps": {"http": {"servers": {"gateway": {"listen": ["unix/%s"], "automatic_https": {"disable": true},
+			"enable_full_duplex": true,
+			"routes": [{"handle": [{"handler": "metrics_gateway", "proxy": {"default": {"url": %q}},
+				"mirrors": [{"url": [%q], "tenants": ["mirrored"]}]}]}]}}}}}`,
+			c.AdminSock, c.HTTPSock, primary.URL, m.URL())
+	})
+	body := strings.Repeat("b", size)
+	want := fmt.Sprintf("read %d, <nil>", size)
+	for _, tenant := range []string{"plain", "mirrored"} {
+		resp, got, err := c.Do(standin.NewPush("http://gateway"+standin.PushPath, []byte(body), tenant))
+		if err != nil || resp.StatusCode != http.StatusOK || string(got) != want {
+			t.Errorf("tenant %s: %v %v, answer %q; want 200 %q", tenant, resp, err, got, want)
+		}
+	}
+}

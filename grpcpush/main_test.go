@@ -2,6 +2,7 @@ package grpcpush
 
 import (
 	"runtime"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -9,8 +10,20 @@ import (
 )
 
 // aMinuteUnresolvable is TestUnresolvableNameForAMinute's run, started
-// before the tests: a minute of waiting that overlaps theirs.
+// before the tests: a minute of waiting that overlaps theirs. The test's
+// first run takes it; a repeated one (-count) makes its own.
 var aMinuteUnresolvable *unresolvableRun
+
+// aMinuteTaken is set by the first run of the test.
+var aMinuteTaken atomic.Bool
+
+// aMinuteRun returns the run for one execution of the test.
+func aMinuteRun() *unresolvableRun {
+	if aMinuteTaken.CompareAndSwap(false, true) {
+		return aMinuteUnresolvable
+	}
+	return runUnresolvable(time.Second, time.Minute)
+}
 
 // Every test leaves no goroutine behind: Handlers, clusters and servers
 // are stopped, and calls in flight end with them.

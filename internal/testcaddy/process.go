@@ -80,7 +80,14 @@ func startProcess(t testing.TB, config func(c *Caddy) ([]byte, error)) *Caddy {
 	if err := os.WriteFile(file, cfg, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(os.Args[0], "run", "--config", file)
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(self, "run", "--config", file)
+	// Killed with the test binary, also when it dies without cleanups
+	// (a -timeout panic, SIGKILL).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	p := &Process{exited: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = &p.output, &p.output
 	// Caddy's storage and autosave stay in the test's directory.

@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -55,10 +56,10 @@ var (
 // takeTurn waits until no other test runs a Caddy in this process and
 // gives the turn back when the test ends (after Caddy has stopped: the
 // cleanup registered first runs last). A test starting a second Caddy
-// (which replaces its first) has the turn already.
+// (which replaces its first), or a subtest of it, has the turn already.
 func takeTurn(t testing.TB) {
 	turnMu.Lock()
-	mine := holder == t
+	mine := holder != nil && (holder == t || strings.HasPrefix(t.Name(), holder.Name()+"/"))
 	turnMu.Unlock()
 	if mine {
 		return
