@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"sync"
@@ -128,33 +129,24 @@ func (h *httpBackend) serve(w http.ResponseWriter, r *http.Request, next caddyht
 	h.inflight.Add(1)
 	defer h.done()
 	started := w // the request metrics' recorder, which says whether the answer began
+	body, lost := watchBody(r, &w)
 	if mirrored && h.tee != nil {
-		q, err := grpcpush.ReadRequest(r, grpcpush.DefaultMaxRequestBody, h.budget, forwardedHeaders(r))
+		release, err := h.holdForMirrors(r, &w)
 		if err != nil {
 			return h.answer(w, r, bodyStatus(err), string(h.name)+": reading request body: "+err.Error())
 		}
-		// The primary gets the same bytes, from memory, through a reader
-		// that holds them until the transport, or this handler, closes it:
-		// a primary may answer before it has read them all (full duplex).
-		body := q.BodyReader()
-		defer body.Close()
-		r.Body, r.ContentLength = body, int64(len(q.Body()))
-		var once sync.Once
-		answered := func(status int) {
-			once.Do(func() {
-				if status/100 == 2 { // once the primary accepted it, as on the gRPC path
-					h.tee.Copy(q)
-				}
-				// The primary has answered: the body leaves the budget as
-				// soon as the transport has sent it, before a client that
-				// reads slowly could keep it there.
-				q.Release()
-			})
-		}
-		defer answered(0) // no answer (the primary failed): nothing to copy
-		w = &answerWatcher{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, answered: answered}
+		defer release()
 	}
 	err := h.rp.ServeHTTP(w, r, next)
+	if cause := body.failed(); cause != nil && (lost.held || err != nil && !responseStarted(started)) {
+		// The request's body did not arrive (read_body passed, or it ended
+		// early). reverse_proxy answers that 499 (net/http canceled the
+		// context of the connection that failed the read), or 502/504 from
+		// the transport, though the client may still wait, and a 4xx other
+		// than 429 makes a remote-write client drop the batch. As on the
+		// gRPC path: 408 for the timeout, 400 for a body cut short.
+		return h.answer(w, r, bodyStatus(cause), string(h.name)+": reading request body: "+cause.Error())
+	}
 	if err == nil || hasErrorRoutes(r) || responseStarted(started) || r.Context().Err() != nil {
 		// handle_errors answers it as any reverse_proxy error, or there is
 		// nothing left to write (response begun, client gone).
@@ -167,6 +159,95 @@ func (h *httpBackend) serve(w http.ResponseWriter, r *http.Request, next caddyht
 	h.logger.Error("backend failed", zap.String("backend", string(h.name)), zap.String("target", h.target),
 		zap.Int("status", code), zap.Error(cause), zap.String("uri", r.URL.RequestURI())) // origin form, without user info
 	return h.answer(w, r, code, string(h.name)+" "+h.target+": "+cause.Error())
+}
+
+// watchBody makes r's body remember why reading it failed and *w hold back
+// reverse_proxy's 499 for such a body (serve answers it).
+func watchBody(r *http.Request, w *http.ResponseWriter) (*bodyWatch, *lostBody) {
+	if r.Body == nil || r.Body == http.NoBody {
+		return nil, &lostBody{}
+	}
+	body := &bodyWatch{ReadCloser: r.Body}
+	r.Body = body
+	lost := &lostBody{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: *w}, body: body}
+	*w = lost
+	return body, lost
+}
+
+// holdForMirrors reads r's body whole for the mirrors, into the backend's
+// budget. The primary gets the same bytes, from memory, through a reader
+// that holds them until the transport, or release, closes it: a primary
+// may answer before it has read them all (full duplex). When the primary's
+// answer begins, an accepted write is copied and the body leaves the
+// budget as soon as the transport has sent it, before a client that reads
+// slowly could keep it there.
+func (h *httpBackend) holdForMirrors(r *http.Request, w *http.ResponseWriter) (release func(), err error) {
+	q, err := grpcpush.ReadRequest(r, grpcpush.DefaultMaxRequestBody, h.budget, forwardedHeaders(r))
+	if err != nil {
+		return nil, err
+	}
+	body := q.BodyReader()
+	r.Body, r.ContentLength = body, int64(len(q.Body()))
+	var once sync.Once
+	answered := func(status int) {
+		once.Do(func() {
+			if status/100 == 2 { // once the primary accepted it, as on the gRPC path
+				h.tee.Copy(q)
+			}
+			q.Release()
+		})
+	}
+	*w = &answerWatcher{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: *w}, answered: answered}
+	return func() {
+		answered(0) // no answer (the primary failed): nothing to copy
+		_ = body.Close()
+	}, nil
+}
+
+// bodyWatch remembers why reading a request body failed.
+type bodyWatch struct {
+	io.ReadCloser
+	mu  sync.Mutex
+	err error
+}
+
+func (b *bodyWatch) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err != nil && err != io.EOF {
+		b.mu.Lock()
+		if b.err == nil {
+			b.err = err
+		}
+		b.mu.Unlock()
+	}
+	return n, err
+}
+
+// failed is the first error reading the body returned, or nil (also for a
+// request without a body).
+func (b *bodyWatch) failed() error {
+	if b == nil {
+		return nil
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.err
+}
+
+// lostBody holds back reverse_proxy's 499 when reading the request body
+// failed, for serve to answer it.
+type lostBody struct {
+	*caddyhttp.ResponseWriterWrapper
+	body *bodyWatch
+	held bool
+}
+
+func (l *lostBody) WriteHeader(status int) {
+	if status == grpcpush.StatusClientClosedRequest && l.body.failed() != nil {
+		l.held = true
+		return
+	}
+	l.ResponseWriterWrapper.WriteHeader(status)
 }
 
 // answerWatcher calls answered with the primary's final status as it is
