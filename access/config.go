@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -188,13 +189,25 @@ func parseHash(s string) ([32]byte, error) {
 }
 
 // parseExpires parses a token's expiry; the zero time means never.
+// shown quotes a value for an error about a field that holds no secret,
+// unless it looks like one pasted in the wrong place: scopes and times
+// have a ":" (or are digits and date punctuation), tokens and their hashes
+// in hex or base64url do not.
+func shown(v string) string {
+	timeLike := strings.Trim(v, "0123456789-:.+TZ") == ""
+	if (timeLike || strings.Contains(v, ":")) && !strings.HasPrefix(v, hashPrefix) && len(v) <= 64 {
+		return strconv.Quote(v)
+	}
+	return "(not shown: without a \":\" it may be a token pasted in the wrong place)"
+}
+
 func parseExpires(s string) (time.Time, error) {
 	if s == "" {
 		return time.Time{}, nil
 	}
 	t, err := time.Parse(time.RFC3339, s)
 	if err != nil {
-		return time.Time{}, fmt.Errorf("expires %q is not an RFC 3339 time such as 2027-01-01T00:00:00Z", s)
+		return time.Time{}, fmt.Errorf("expires %s is not an RFC 3339 time such as 2027-01-01T00:00:00Z", shown(s))
 	}
 	return t, nil
 }
@@ -264,7 +277,7 @@ func (c *checker) policy(where string, p Policy) {
 	}
 	for _, s := range p.Scopes {
 		if !Scope(s).Valid() {
-			c.errorf("%s.scopes: unknown scope %q (known: %s)", where, s, knownScopes())
+			c.errorf("%s.scopes: unknown scope %s (known: %s)", where, shown(s), knownScopes())
 		}
 	}
 	if slices.Contains(p.Scopes, string(ScopeAdmin)) && len(p.Tenants) > 0 && !slices.Contains(p.Tenants, AllTenants) {

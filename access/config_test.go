@@ -43,6 +43,11 @@ func TestValidateErrors(t *testing.T) {
 		modify func(c *Config)
 		want   string // substring of the error
 	}{
+		// A token pasted as a scope or an expiry is not quoted back.
+		{"token as a scope", func(c *Config) { c.Policies[1].Scopes = []string{"Xk3v9QpLmN2bR7tY0wEr4uI8oP1aS6dF5gH"} },
+			`access_policies.policies[1] (ops).scopes: unknown scope (not shown: without a ":" it may be a token pasted in the wrong place)`},
+		{"token as expires", func(c *Config) { c.Policies[1].Tokens[0].Expires = "Xk3v9QpLmN2bR7tY0wEr4uI8oP1aS6dF5gH" },
+			`expires (not shown: without a ":" it may be a token pasted in the wrong place) is not an RFC 3339 time`},
 		{"unknown scope", func(c *Config) { c.Policies[1].Scopes = []string{"metrics:wrte"} },
 			`access_policies.policies[1] (ops).scopes: unknown scope "metrics:wrte" (known: metrics:write, metrics:read, metrics:delete, rules:read, rules:write, alerts:read, alerts:write, admin)`},
 		{"empty scopes", func(c *Config) { c.Policies[0].Scopes = nil }, `access_policies.policies[0] (team-a).scopes: required`},

@@ -186,7 +186,7 @@ func TestNewFileErrors(t *testing.T) {
 	}
 	path := filepath.Join(dir, "p.yaml")
 	standin.ReplaceFile(t, path, "policies:\n  - name: x\n    tenants: [x]\n    scopes: [nope]\n")
-	if _, err := New(Config{File: path}, Options{}); err == nil || !strings.Contains(err.Error(), `unknown scope "nope"`) {
+	if _, err := New(Config{File: path}, Options{}); err == nil || !strings.Contains(err.Error(), `unknown scope (not shown`) {
 		t.Fatalf("invalid file: %v", err)
 	}
 	if _, err := New(Config{Realm: `"`}, Options{}); err == nil {
