@@ -191,15 +191,6 @@ func (t *tracker) updateSubConnsLocked(edit func(map[balancer.SubConn]*endpoint)
 	t.bySubConn.Store(&m)
 }
 
-// picked counts a call sent to sc and returns its endpoint (nil if unknown).
-func (t *tracker) picked(sc balancer.SubConn) *endpoint {
-	ep := (*t.bySubConn.Load())[sc]
-	if ep != nil {
-		ep.requests.Add(1)
-	}
-	return ep
-}
-
 // statuses lists the current endpoints by address.
 func (t *tracker) statuses() []EndpointStatus {
 	t.mu.Lock()
@@ -325,20 +316,35 @@ func (p *countingPicker) Pick(info balancer.PickInfo) (balancer.PickResult, erro
 	if p.t.health != nil {
 		return p.t.health.pick(p.Picker, p.t, info)
 	}
-	res, err := p.Picker.Pick(info)
-	if err != nil || res.SubConn == nil {
-		return res, err
+	c, _ := info.Ctx.Value(callKey{}).(*call)
+	for try := 0; ; try++ {
+		res, err := p.Picker.Pick(info)
+		if err != nil || res.SubConn == nil {
+			return res, err
+		}
+		ep := (*p.t.bySubConn.Load())[res.SubConn]
+		if ep != nil && avoid(c, ep, p.t, try) {
+			if res.Done != nil {
+				res.Done(balancer.DoneInfo{})
+			}
+			continue
+		}
+		if ep != nil {
+			ep.requests.Add(1)
+			noteEndpoint(p.t, info, ep)
+		}
+		return res, nil
 	}
-	if ep := p.t.picked(res.SubConn); ep != nil {
-		noteEndpoint(p.t, info, ep)
-	}
-	return res, err
 }
 
 // noteEndpoint tells the request which endpoint its call went to. The call
 // holds a reference to the endpoint's series until it ends.
 func noteEndpoint(t *tracker, info balancer.PickInfo, ep *endpoint) {
-	if c, ok := info.Ctx.Value(callKey{}).(*call); ok && ep.acquire() {
+	c, ok := info.Ctx.Value(callKey{}).(*call)
+	if ok {
+		c.noteTried(ep)
+	}
+	if ok && ep.acquire() {
 		// A retry moves the call's hold to the endpoint it tries now.
 		if prev := c.endpoint.Swap(ep); prev != nil {
 			t.release(prev)

@@ -242,13 +242,14 @@ func (m *healthMonitor) pick(child balancer.Picker, t *tracker, info balancer.Pi
 	var res balancer.PickResult
 	var ep *endpoint
 	var err error
+	c, _ := info.Ctx.Value(callKey{}).(*call)
 	for try := 0; ; try++ {
 		res, err = child.Pick(info)
 		if err != nil || res.SubConn == nil {
 			return res, err
 		}
 		ep = (*t.bySubConn.Load())[res.SubConn]
-		if ep == nil || !ep.health.out.Load() || try >= maxSkips || t.allOut() {
+		if ep == nil || !avoid(c, ep, t, try) {
 			break
 		}
 		if res.Done != nil { // give the pick back (least_request counts it)
@@ -275,6 +276,15 @@ func (m *healthMonitor) pick(child balancer.Picker, t *tracker, info balancer.Pi
 			childDone(di)
 		}
 		took := time.Since(start)
+		if !di.BytesSent {
+			// No stream was opened: the attempt never reached the
+			// endpoint (its connection was draining after a GOAWAY, or
+			// closing; or gRPC gave the pick back, its transport not
+			// ready). Not the endpoint's failure, nor an answer in time:
+			// its connection's state speaks for it.
+			m.callEnded(ep, start, took, false)
+			return
+		}
 		why, slow, answered := m.cfg.failure(callEnd{err: di.Err, took: took, share: share, clientGone: info.Ctx.Err() != nil})
 		if slow && !m.lateCounts(ep, start, took, failsOver) {
 			why = ""
@@ -298,6 +308,23 @@ func (m *healthMonitor) answered(ep *endpoint, code int) {
 
 // maxSkips bounds the picks a call makes to get past endpoints that are out.
 const maxSkips = 4
+
+// avoid reports whether the pick number try of ep, for call c, is given
+// back for another: an earlier attempt of the call went to ep (a retry goes
+// to another endpoint if the policy offers one), or ep is out while another
+// READY endpoint is in.
+func avoid(c *call, ep *endpoint, t *tracker, try int) bool {
+	if c != nil && try < maxRetrySkips && c.triedBefore(ep) {
+		return true
+	}
+	return try < maxSkips && ep.health.out.Load() && !t.allOut()
+}
+
+// maxRetrySkips bounds the picks a retry makes to get past the endpoints its
+// call already tried: least_conn, choosing at random, offers a refusing
+// endpoint (which answers at once, so has the fewest calls) more often than
+// not.
+const maxRetrySkips = 16
 
 // allOut reports whether no READY endpoint is in: then nothing is left out.
 func (t *tracker) allOut() bool {

@@ -212,7 +212,15 @@ func (b *backendMetrics) inc(cc *codeCounters, addr string, code int) {
 	}
 	ref := cc.c[code].Load()
 	if ref == nil {
+		b.m.mu.Lock()
+		if addr == noEndpoint && b.m.users[b.targetKey()] == 0 {
+			// The target's last Handler closed (forgetTarget deleted
+			// its series): a late request must not bring one back.
+			b.m.mu.Unlock()
+			return
+		}
 		ref = &counterRef{b.m.requests.WithLabelValues(b.backend, b.target, addr, strconv.Itoa(code))}
+		b.m.mu.Unlock()
 		cc.c[code].Store(ref)
 	}
 	ref.Inc()

@@ -30,6 +30,28 @@ type call struct {
 	spill []*Handler
 	site  *site
 	tee   Request // the view a Tee gets (see view)
+	// tried are the endpoints the call's attempts were picked for, so that
+	// a retry goes to another one (see avoid).
+	tried  [MaxRetries + 1]*endpoint
+	ntried int
+}
+
+// triedBefore reports whether an earlier attempt of c was picked for ep.
+func (c *call) triedBefore(ep *endpoint) bool {
+	for _, t := range c.tried[:c.ntried] {
+		if t == ep {
+			return true
+		}
+	}
+	return false
+}
+
+// noteTried records that an attempt of c was picked for ep.
+func (c *call) noteTried(ep *endpoint) {
+	if c.ntried < len(c.tried) {
+		c.tried[c.ntried] = ep
+		c.ntried++
+	}
 }
 
 var callPool = sync.Pool{New: func() any { return new(call) }}
@@ -56,6 +78,7 @@ func putCall(c *call) {
 	c.endpoint.Store(nil)
 	c.group, c.spill, c.site = nil, nil, nil
 	c.tee = Request{}
+	c.tried, c.ntried = [MaxRetries + 1]*endpoint{}, 0
 	callPool.Put(c)
 }
 
