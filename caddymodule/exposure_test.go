@@ -284,13 +284,24 @@ func TestRetryAfterLikeMimir(t *testing.T) {
 	cl := startCluster(t, 1)
 	unavailable := func(context.Context) error { return status.Error(codes.Unavailable, "distributor is stopping") }
 	cl.raw.Store(&unavailable)
-	retryAfters := func(c *testcaddy.Caddy, attempt int) map[int]int {
-		seen := map[int]int{}
-		for i := 0; i < 40; i++ {
+	// pushAttempt sends a push as the attempt-th try of a remote-write
+	// client, retrying a connection the old server closes unread right
+	// after a reload (see pushRetrying).
+	pushAttempt := func(c *testcaddy.Caddy, attempt int) (resp *http.Response, err error) {
+		for try := 0; try < 5; try++ {
 			req, _ := http.NewRequest(http.MethodPost, "http://gateway/api/v1/push", strings.NewReader("x"))
 			standin.SetPushHeaders(req.Header, "tenant-1")
 			req.Header.Set("Retry-Attempt", strconv.Itoa(attempt))
-			resp, _, err := c.Do(req)
+			if resp, _, err = c.Do(req); err == nil {
+				break
+			}
+		}
+		return resp, err
+	}
+	retryAfters := func(c *testcaddy.Caddy, attempt int) map[int]int {
+		seen := map[int]int{}
+		for i := 0; i < 40; i++ {
+			resp, err := pushAttempt(c, attempt)
 			if err != nil || resp.StatusCode != 503 {
 				t.Fatalf("attempt %d: %v %v, want 503", attempt, err, resp)
 			}
@@ -333,7 +344,7 @@ func TestRetryAfterLikeMimir(t *testing.T) {
 	if err := c.Reload(with(`{"off": true}`)); err != nil {
 		t.Fatal(err)
 	}
-	resp, _, err := push(c.Client, []byte("x"))
+	resp, err := pushAttempt(c, 1)
 	if err != nil || resp.StatusCode != 503 || resp.Header.Get("Retry-After") != "" {
 		t.Errorf("retry_after off: %v %v, want 503 without Retry-After", err, resp)
 	}
@@ -347,10 +358,7 @@ func TestRetryAfterLikeMimir(t *testing.T) {
 	if err := c.Reload(cl.handlerJSON(`"retries": 0`)); err != nil {
 		t.Fatal(err)
 	}
-	req, _ := http.NewRequest(http.MethodPost, "http://gateway/api/v1/push", strings.NewReader("x"))
-	standin.SetPushHeaders(req.Header, "tenant-1")
-	req.Header.Set("Retry-Attempt", "5")
-	resp, _, err = c.Do(req)
+	resp, err = pushAttempt(c, 5)
 	if err != nil || resp.StatusCode != 429 || resp.Header.Get("Retry-After") != "7" {
 		t.Errorf("Mimir's own 429: %v %v, want 429 with its Retry-After 7", err, resp)
 	}

@@ -636,7 +636,7 @@ func TestGRPCHungEndpointAndDisconnect(t *testing.T) {
 		}
 	}
 	close(release)
-	c.Client.Transport.(*http.Transport).CloseIdleConnections()
+	c.Client.CloseIdleConnections()
 	standin.WaitGoroutines(t, baseline, 10)
 
 	// A client that goes away: the distributor's request context ends.

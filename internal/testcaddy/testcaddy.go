@@ -18,6 +18,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -44,6 +45,48 @@ type Caddy struct {
 	// nil for one in the test process.
 	Process *Process
 	admin   *http.Client
+	loaded  atomic.Int64 // when the last reload through the admin API ended (Unix ns)
+}
+
+// reloadRetry sends a request again when its connection closed before an
+// answer within a moment of a reload: Go's HTTP/1 server closes, unread
+// and unanswered, a request that arrives on a connection in the instant
+// the old server stops. A remote-write client retries those; at other
+// times such an error is the test's to see.
+type reloadRetry struct {
+	http.RoundTripper
+	loaded *atomic.Int64
+}
+
+func (rt *reloadRetry) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := rt.RoundTripper.RoundTrip(r)
+	for try := 0; err != nil && try < 5 && rt.justReloaded() && r.Context().Err() == nil; try++ {
+		if r.Body != nil && r.Body != http.NoBody {
+			if r.GetBody == nil {
+				break
+			}
+			body, berr := r.GetBody()
+			if berr != nil {
+				break
+			}
+			r = r.Clone(r.Context())
+			r.Body = body
+		}
+		resp, err = rt.RoundTripper.RoundTrip(r)
+	}
+	return resp, err
+}
+
+// CloseIdleConnections closes the transport's idle connections (what
+// http.Client.CloseIdleConnections asks of a transport).
+func (rt *reloadRetry) CloseIdleConnections() {
+	if t, ok := rt.RoundTripper.(interface{ CloseIdleConnections() }); ok {
+		t.CloseIdleConnections()
+	}
+}
+
+func (rt *reloadRetry) justReloaded() bool {
+	return time.Since(time.Unix(0, rt.loaded.Load())) < 2*time.Second
 }
 
 // turn is held by the test whose Caddy runs in the test process.
@@ -138,7 +181,7 @@ func newCaddy(t testing.TB) *Caddy {
 		HTTPSock:  filepath.Join(dir, "http.sock"),
 		AccessLog: filepath.Join(dir, "access.log"),
 	}
-	c.Client = &http.Client{Transport: UnixTransport(c.HTTPSock), Timeout: 60 * time.Second}
+	c.Client = &http.Client{Transport: &reloadRetry{RoundTripper: UnixTransport(c.HTTPSock), loaded: &c.loaded}, Timeout: 60 * time.Second}
 	// Caddy replaces its admin server on every load, so admin requests use
 	// a fresh connection each.
 	adminTransport := UnixTransport(c.AdminSock)
@@ -261,6 +304,7 @@ func (c *Caddy) load(cfg []byte, force bool) error {
 	}
 	// Idle connections belong to the old server, which is closing them.
 	c.Client.CloseIdleConnections()
+	c.loaded.Store(time.Now().UnixNano())
 	return nil
 }
 
