@@ -377,3 +377,49 @@ func TestTunnelParity(t *testing.T) {
 		}
 	}
 }
+
+// TestHTTPBackendSlowUpload: a body that does not arrive within the
+// server's read_body, or ends before its Content-Length, gets 408 or 400
+// with the gateway's line on an HTTP backend too, as on the gRPC path, not
+// reverse_proxy's empty 499 (a 4xx a remote-write client drops silently,
+// for a client still waiting for an answer).
+func TestHTTPBackendSlowUpload(t *testing.T) {
+	t.Parallel()
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+	}))
+	t.Cleanup(backend.Close)
+	c := testcaddy.StartJSON(t, func(c *testcaddy.Caddy) string {
+		return fmt.Sprintf(`{"admin": {"listen": "unix/%s", "config": {"persist": false}},
+		"apps": {"http": {"servers": {"gateway": {"listen": ["unix/%s"], "automatic_https": {"disable": true}, "read_timeout": "1s",
+			"routes": [{"handle": [{"handler": "metrics_gateway", "proxy": {"default": {"url": %q}}}]}]}}}}}`,
+			c.AdminSock, c.HTTPSock, backend.URL)
+	})
+	for _, tc := range []struct {
+		name      string
+		halfClose bool
+		want      int
+	}{
+		{"body slower than read_body", false, http.StatusRequestTimeout},
+		{"body cut short", true, http.StatusBadRequest},
+	} {
+		conn, err := net.Dial("unix", c.HTTPSock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		fmt.Fprintf(conn, "POST %s HTTP/1.1\r\nHost: gw\r\nX-Scope-OrgID: a\r\nContent-Length: 1000\r\n\r\n0123456789", standin.PushPath)
+		if tc.halfClose {
+			_ = conn.(*net.UnixConn).CloseWrite()
+		}
+		_ = conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != tc.want || !strings.Contains(string(b), "reading request body") {
+			t.Errorf("%s: %d %q, want %d with the gateway's line", tc.name, resp.StatusCode, b, tc.want)
+		}
+	}
+}

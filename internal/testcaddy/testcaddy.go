@@ -16,9 +16,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -45,78 +42,7 @@ type Caddy struct {
 	// nil for one in the test process.
 	Process *Process
 	admin   *http.Client
-	loaded  atomic.Int64 // when the last reload through the admin API ended (Unix ns)
-}
-
-// reloadRetry sends a request again when its connection closed before an
-// answer within a moment of a reload: Go's HTTP/1 server closes, unread
-// and unanswered, a request that arrives on a connection in the instant
-// the old server stops. A remote-write client retries those; at other
-// times such an error is the test's to see.
-type reloadRetry struct {
-	http.RoundTripper
-	loaded *atomic.Int64
-}
-
-func (rt *reloadRetry) RoundTrip(r *http.Request) (*http.Response, error) {
-	resp, err := rt.RoundTripper.RoundTrip(r)
-	for try := 0; err != nil && try < 5 && rt.justReloaded() && r.Context().Err() == nil; try++ {
-		if r.Body != nil && r.Body != http.NoBody {
-			if r.GetBody == nil {
-				break
-			}
-			body, berr := r.GetBody()
-			if berr != nil {
-				break
-			}
-			r = r.Clone(r.Context())
-			r.Body = body
-		}
-		resp, err = rt.RoundTripper.RoundTrip(r)
-	}
-	return resp, err
-}
-
-// CloseIdleConnections closes the transport's idle connections (what
-// http.Client.CloseIdleConnections asks of a transport).
-func (rt *reloadRetry) CloseIdleConnections() {
-	if t, ok := rt.RoundTripper.(interface{ CloseIdleConnections() }); ok {
-		t.CloseIdleConnections()
-	}
-}
-
-func (rt *reloadRetry) justReloaded() bool {
-	return time.Since(time.Unix(0, rt.loaded.Load())) < 2*time.Second
-}
-
-// turn is held by the test whose Caddy runs in the test process.
-var (
-	turn   = make(chan struct{}, 1)
-	turnMu sync.Mutex
-	holder testing.TB // the test holding turn
-)
-
-// takeTurn waits until no other test runs a Caddy in this process and
-// gives the turn back when the test ends (after Caddy has stopped: the
-// cleanup registered first runs last). A test starting a second Caddy
-// (which replaces its first), or a subtest of it, has the turn already.
-func takeTurn(t testing.TB) {
-	turnMu.Lock()
-	mine := holder != nil && (holder == t || strings.HasPrefix(t.Name(), holder.Name()+"/"))
-	turnMu.Unlock()
-	if mine {
-		return
-	}
-	turn <- struct{}{}
-	turnMu.Lock()
-	holder = t
-	turnMu.Unlock()
-	t.Cleanup(func() {
-		turnMu.Lock()
-		holder = nil
-		turnMu.Unlock()
-		<-turn
-	})
+	loaded  reloadTime
 }
 
 // Start loads a config whose single HTTP server runs the given handlers (a
@@ -304,7 +230,7 @@ func (c *Caddy) load(cfg []byte, force bool) error {
 	}
 	// Idle connections belong to the old server, which is closing them.
 	c.Client.CloseIdleConnections()
-	c.loaded.Store(time.Now().UnixNano())
+	c.loaded.now()
 	return nil
 }
 
