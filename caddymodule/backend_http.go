@@ -204,23 +204,33 @@ func (h *httpBackend) holdForMirrors(r *http.Request, w *http.ResponseWriter) (r
 	}, nil
 }
 
-// bodyWatch remembers why reading a request body failed.
+// bodyWatch remembers why reading a request body failed, unless it was
+// closed on this side first (the HTTP/2 transport closes it when the
+// backend resets the stream: the backend's failure, not the client's).
 type bodyWatch struct {
 	io.ReadCloser
-	mu  sync.Mutex
-	err error
+	mu     sync.Mutex
+	err    error
+	closed bool
 }
 
 func (b *bodyWatch) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
 	if err != nil && err != io.EOF {
 		b.mu.Lock()
-		if b.err == nil {
+		if b.err == nil && !b.closed {
 			b.err = err
 		}
 		b.mu.Unlock()
 	}
 	return n, err
+}
+
+func (b *bodyWatch) Close() error {
+	b.mu.Lock()
+	b.closed = true
+	b.mu.Unlock()
+	return b.ReadCloser.Close()
 }
 
 // failed is the first error reading the body returned, or nil (also for a

@@ -285,17 +285,12 @@ func TestRetryAfterLikeMimir(t *testing.T) {
 	unavailable := func(context.Context) error { return status.Error(codes.Unavailable, "distributor is stopping") }
 	cl.raw.Store(&unavailable)
 	// pushAttempt sends a push as the attempt-th try of a remote-write
-	// client, retrying a connection the old server closes unread right
-	// after a reload (see pushRetrying).
-	pushAttempt := func(c *testcaddy.Caddy, attempt int) (resp *http.Response, err error) {
-		for try := 0; try < 5; try++ {
-			req, _ := http.NewRequest(http.MethodPost, "http://gateway/api/v1/push", strings.NewReader("x"))
-			standin.SetPushHeaders(req.Header, "tenant-1")
-			req.Header.Set("Retry-Attempt", strconv.Itoa(attempt))
-			if resp, _, err = c.Do(req); err == nil {
-				break
-			}
-		}
+	// client.
+	pushAttempt := func(c *testcaddy.Caddy, attempt int) (*http.Response, error) {
+		req, _ := http.NewRequest(http.MethodPost, "http://gateway/api/v1/push", strings.NewReader("x"))
+		standin.SetPushHeaders(req.Header, "tenant-1")
+		req.Header.Set("Retry-Attempt", strconv.Itoa(attempt))
+		resp, _, err := c.Do(req)
 		return resp, err
 	}
 	retryAfters := func(c *testcaddy.Caddy, attempt int) map[int]int {

@@ -587,3 +587,51 @@ func TestHTTPSAndH2CBackends(t *testing.T) {
 		}
 	}
 }
+
+// TestH2CBackendDiesMidUpload: an HTTP/2 backend that resets the stream
+// while the client (over HTTP/2, as Prometheus' remote write speaks over
+// TLS) is still sending the body is the backend's failure, 502, which a
+// remote-write client retries, not the client's 400 (Go's HTTP/2 transport
+// closes the body it was reading).
+func TestH2CBackendDiesMidUpload(t *testing.T) {
+	t.Parallel()
+	backend := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.ReadFull(r.Body, make([]byte, 10))
+		panic(http.ErrAbortHandler) // RST_STREAM mid-upload
+	}))
+	backend.Config.Protocols = new(http.Protocols)
+	backend.Config.Protocols.SetUnencryptedHTTP2(true)
+	backend.Start()
+	t.Cleanup(backend.Close)
+	c := testcaddy.StartJSON(t, func(c *testcaddy.Caddy) string {
+		return fmt.Sprintf(`{"admin": {"listen": "unix/%s", "config": {"persist": false}},
+		"apps": {"http": {"servers": {"gateway": {"listen": ["unix/%s"], "automatic_https": {"disable": true}, "protocols": ["h1", "h2c"],
+			"routes": [{"handle": [{"handler": "metrics_gateway", "proxy": {"default": {"url": "h2c://%s"}}}]}]}}}}}`,
+			c.AdminSock, c.HTTPSock, backend.Listener.Addr())
+	})
+	client := h2cClient(t, c)
+	for try := range 3 {
+		pr, pw := io.Pipe()
+		go func() {
+			for range 50 { // until the answer: the client is still sending
+				if _, err := pw.Write([]byte("0123456789")); err != nil {
+					return
+				}
+				time.Sleep(100 * time.Millisecond) // a slow client's pace, not synchronisation
+			}
+			pw.Close()
+		}()
+		req, _ := http.NewRequest(http.MethodPost, "http://gateway"+standin.PushPath, pr)
+		req.Header.Set("X-Scope-OrgID", "a")
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		pw.CloseWithError(io.ErrClosedPipe)
+		if resp.StatusCode != http.StatusBadGateway {
+			t.Errorf("try %d: the backend died mid-upload: %d %q, want 502", try, resp.StatusCode, b)
+		}
+	}
+}

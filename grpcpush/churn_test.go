@@ -140,3 +140,34 @@ func TestClosedHandlerLeavesNoSeries(t *testing.T) {
 		t.Errorf("%d requests_total series of a closed Handler's target, want 0 (they stay for ever)", n)
 	}
 }
+
+// TestHungEndpointAtStreamQuota: calls that wait out their deadline for a
+// stream of a hung endpoint whose stream quota is full (Mimir's gRPC
+// server allows 100 at once) send no byte, yet count as its failures:
+// else an endpoint hung at its quota would never be taken out.
+func TestHungEndpointAtStreamQuota(t *testing.T) {
+	c := startCluster(t, 1,
+		standin.WithServerOptions(grpc.MaxConcurrentStreams(1)),
+		standin.WithUnaryInterceptors(func(ctx context.Context, _ any, _ *grpc.UnaryServerInfo, _ grpc.UnaryHandler) (any, error) {
+			<-ctx.Done() // hung
+			return nil, ctx.Err()
+		}))
+	h := newHandler(t, c, Options{Timeout: time.Second, FailDuration: time.Minute, MaxFails: 3})
+	waitReady(t, h, 1)
+	body := standin.RemoteWriteBody(10, 1)
+	var wg sync.WaitGroup
+	answers := make([]int, 4) // 1 holds the one stream, 3 wait for it
+	for i := range answers {
+		wg.Go(func() { answers[i] = serve(h, pushRequest(body)).Code })
+	}
+	wg.Wait()
+	for _, code := range answers {
+		if code != http.StatusGatewayTimeout {
+			t.Fatalf("answers %v, want 504 each", answers)
+		}
+	}
+	standin.WaitFor(t, 20*time.Second, "the hung endpoint out (4 failures, max_fails 3)", func() bool {
+		eps := h.Endpoints()
+		return len(eps) == 1 && !eps[0].Healthy
+	})
+}

@@ -276,12 +276,14 @@ func (m *healthMonitor) pick(child balancer.Picker, t *tracker, info balancer.Pi
 			childDone(di)
 		}
 		took := time.Since(start)
-		if !di.BytesSent {
+		if !di.BytesSent && status.Code(di.Err) != codes.DeadlineExceeded {
 			// No stream was opened: the attempt never reached the
 			// endpoint (its connection was draining after a GOAWAY, or
 			// closing; or gRPC gave the pick back, its transport not
 			// ready). Not the endpoint's failure, nor an answer in time:
-			// its connection's state speaks for it.
+			// its connection's state speaks for it. A call that waited
+			// out its deadline for a stream (a hung endpoint's stream
+			// quota full) is one.
 			m.callEnded(ep, start, took, false)
 			return
 		}
