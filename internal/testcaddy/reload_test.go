@@ -1,9 +1,9 @@
 package testcaddy
 
 import (
+	"bytes"
 	"net/http"
 	"net/http/httptest"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -24,7 +24,9 @@ func TestReloadRetry(t *testing.T) {
 	defer srv.Close()
 	var loaded reloadTime
 	client := &http.Client{Transport: &reloadRetry{RoundTripper: &http.Transport{DisableKeepAlives: true}, loaded: &loaded}}
-	post := func() (*http.Response, error) { return client.Post(srv.URL, "text/plain", strings.NewReader("push")) }
+	post := func() (*http.Response, error) {
+		return client.Post(srv.URL, "text/plain", bytes.NewReader([]byte("push")))
+	}
 
 	loaded.now()
 	if resp, err := post(); err != nil || resp.StatusCode != http.StatusTeapot || calls.Load() != 2 {
