@@ -316,35 +316,43 @@ func (p *countingPicker) Pick(info balancer.PickInfo) (balancer.PickResult, erro
 	if p.t.health != nil {
 		return p.t.health.pick(p.Picker, p.t, info)
 	}
+	res, _, err := pickFor(p.Picker, p.t, info)
+	return res, err
+}
+
+// pickFor picks with the child picker for the call of info, giving back
+// (least_request counts picks) those avoid skips, and notes where the call
+// went. It returns the pick and its endpoint (nil if unknown).
+func pickFor(child balancer.Picker, t *tracker, info balancer.PickInfo) (balancer.PickResult, *endpoint, error) {
 	c, _ := info.Ctx.Value(callKey{}).(*call)
 	for try := 0; ; try++ {
-		res, err := p.Picker.Pick(info)
+		res, err := child.Pick(info)
 		if err != nil || res.SubConn == nil {
-			return res, err
+			return res, nil, err
 		}
-		ep := (*p.t.bySubConn.Load())[res.SubConn]
-		if ep != nil && avoid(c, ep, p.t, try) {
-			if res.Done != nil {
-				res.Done(balancer.DoneInfo{})
+		ep := (*t.bySubConn.Load())[res.SubConn]
+		if ep == nil || !avoid(c, ep, t, try) {
+			if ep != nil {
+				ep.requests.Add(1)
+				noteEndpoint(t, c, ep)
 			}
-			continue
+			return res, ep, nil
 		}
-		if ep != nil {
-			ep.requests.Add(1)
-			noteEndpoint(p.t, info, ep)
+		if res.Done != nil {
+			res.Done(balancer.DoneInfo{})
 		}
-		return res, nil
 	}
 }
 
-// noteEndpoint tells the request which endpoint its call went to. The call
-// holds a reference to the endpoint's series until it ends.
-func noteEndpoint(t *tracker, info balancer.PickInfo, ep *endpoint) {
-	c, ok := info.Ctx.Value(callKey{}).(*call)
-	if ok {
-		c.noteTried(ep)
+// noteEndpoint tells the call (nil for one not from ServeHTTP) which
+// endpoint its attempt went to. The call holds a reference to the
+// endpoint's series until it ends.
+func noteEndpoint(t *tracker, c *call, ep *endpoint) {
+	if c == nil {
+		return
 	}
-	if ok && ep.acquire() {
+	c.noteTried(ep)
+	if ep.acquire() {
 		// A retry moves the call's hold to the endpoint it tries now.
 		if prev := c.endpoint.Swap(ep); prev != nil {
 			t.release(prev)

@@ -239,22 +239,9 @@ func (m *healthMonitor) close() {
 // not yet left out by the child (the moment between a failure and the
 // child's new picker), and watches how the call ends.
 func (m *healthMonitor) pick(child balancer.Picker, t *tracker, info balancer.PickInfo) (balancer.PickResult, error) {
-	var res balancer.PickResult
-	var ep *endpoint
-	var err error
-	c, _ := info.Ctx.Value(callKey{}).(*call)
-	for try := 0; ; try++ {
-		res, err = child.Pick(info)
-		if err != nil || res.SubConn == nil {
-			return res, err
-		}
-		ep = (*t.bySubConn.Load())[res.SubConn]
-		if ep == nil || !avoid(c, ep, t, try) {
-			break
-		}
-		if res.Done != nil { // give the pick back (least_request counts it)
-			res.Done(balancer.DoneInfo{})
-		}
+	res, ep, err := pickFor(child, t, info)
+	if err != nil || res.SubConn == nil {
+		return res, err
 	}
 	if w, ok := res.SubConn.(*healthSubConn); ok {
 		res.SubConn = w.SubConn // gRPC wants its own SubConn back
@@ -262,8 +249,6 @@ func (m *healthMonitor) pick(child balancer.Picker, t *tracker, info balancer.Pi
 	if ep == nil {
 		return res, nil
 	}
-	ep.requests.Add(1)
-	noteEndpoint(t, info, ep)
 	start := m.callStarted(ep)
 	share := time.Duration(math.MaxInt64)
 	if deadline, ok := info.Ctx.Deadline(); ok {
