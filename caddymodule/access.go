@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"sort"
 	"sync/atomic"
 
@@ -62,11 +63,7 @@ func (g *Gateway) checkAccess() error {
 		if len(a.Policies) == 0 {
 			return errors.New("access_policies: no policy, file or oidc: every request would be refused")
 		}
-		hasToken := false
-		for _, p := range a.Policies {
-			hasToken = hasToken || len(p.Tokens) > 0
-		}
-		if !hasToken {
+		if !slices.ContainsFunc(a.Policies, func(p access.Policy) bool { return len(p.Tokens) > 0 }) {
 			return errors.New("access_policies: no policy has a token, and there is no file or oidc: every request would be refused")
 		}
 	}
